@@ -1,0 +1,158 @@
+"""MPS, through its control binary: one control daemon per GPU, each with its own pipe and log dirs.
+
+The same code drives NVIDIA's ``nvidia-cuda-mps-control`` and the fake one
+(``python -m slurm_vgpu.adapters.fake_mps``); ``Config.mps_control`` names which. Commands go to the
+binary's stdin in client mode, one command per run, so each reply is read on its own.
+
+Limits are set on the *server* (one per Unix user per GPU): a client's ``CUDA_MPS_*`` variables can
+only lower them, so the server's caps are what holds.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PID_FILE = "nvidia-cuda-mps-control.pid"
+
+
+class MpsError(RuntimeError):
+    """The control daemon misbehaved or refused a command."""
+
+
+class MpsUnavailable(MpsError):
+    """This node cannot run MPS at all (binary missing): the node is broken, not the job."""
+
+
+@dataclass(frozen=True)
+class MpsControl:
+    """The control daemon of one GPU. ``binary`` may carry arguments (``python -m ...``)."""
+
+    binary: str
+    gpu_uuid: str
+    pipe_dir: Path
+    log_dir: Path
+    # A wedged control daemon is a broken node; a slow answer under a burst of job starts is not
+    # (seen on 2 cores: ~40 prologs at once pushed single commands past 5 s and drained a node).
+    timeout: float = 30.0
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "CUDA_VISIBLE_DEVICES": self.gpu_uuid,
+            "CUDA_MPS_PIPE_DIRECTORY": str(self.pipe_dir),
+            "CUDA_MPS_LOG_DIRECTORY": str(self.log_dir),
+        }
+
+    def argv(self, *args: str) -> list[str]:
+        argv = shlex.split(self.binary)
+        if not argv or shutil.which(argv[0]) is None:
+            raise MpsUnavailable(
+                f"MPS control binary {self.binary!r} not found; install the NVIDIA driver's "
+                "nvidia-cuda-mps-control or set MpsControl= in slurm-vgpu.conf"
+            )
+        return [*argv, *args]
+
+    def daemon_pid(self) -> int | None:
+        """The control daemon's PID when it runs (from its PID file, checked against /proc)."""
+        try:
+            pid = int((self.pipe_dir / PID_FILE).read_text().strip())
+            os.kill(pid, 0)
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return None
+        return pid
+
+    def ensure_running(self) -> None:
+        """Start the daemon (``-d``) unless it runs; its directories are root-owned 0755."""
+        if self.daemon_pid() is not None:
+            return
+        for directory in (self.pipe_dir, self.log_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(0o755)
+        result = subprocess.run(
+            self.argv("-d"), env=self.env(), capture_output=True, text=True, timeout=self.timeout,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        if result.returncode != 0:
+            raise MpsError(f"{self.binary} -d failed for {self.gpu_uuid}: {_output(result)}")
+        deadline = time.monotonic() + self.timeout
+        while self.daemon_pid() is None:
+            if time.monotonic() > deadline:
+                raise MpsError(f"MPS control daemon for {self.gpu_uuid} wrote no PID file in {self.pipe_dir}")
+            time.sleep(0.01)
+
+    def command(self, line: str) -> list[str]:
+        """Send one command; return the reply's non-empty lines."""
+        result = subprocess.run(
+            self.argv(), input=line + "\n", env=self.env(), capture_output=True, text=True,
+            timeout=self.timeout,
+        )
+        if result.returncode != 0:
+            raise MpsError(f"MPS command {line!r} for {self.gpu_uuid} failed: {_output(result)}")
+        return [r.strip() for r in result.stdout.splitlines() if r.strip()]
+
+    def servers(self) -> dict[int, int]:
+        """Running servers as {uid: pid}; the owner is read from /proc, as for any process."""
+        owners = {}
+        for text in self.command("get_server_list"):
+            uid = process_uid(int(text)) if text.isdigit() else None
+            if uid is not None:
+                owners[uid] = int(text)
+        return owners
+
+    def ensure_server(self, uid: int) -> int:
+        """The PID of ``uid``'s server, started now if it does not run yet."""
+        running = self.servers()
+        if uid in running:
+            return running[uid]
+        self.command(f"start_server -uid {uid}")
+        pid = self.servers().get(uid)
+        if pid is None:
+            raise MpsError(f"MPS server for uid {uid} on {self.gpu_uuid} did not start; see {self.log_dir}")
+        return pid
+
+    def set_limits(self, server_pid: int, percentage: int, memory_mib: int | None) -> None:
+        """Cap the server's clients: active thread percentage and pinned memory on device 0 (the
+        daemon sees only its own GPU, so the GPU is device 0)."""
+        self._expect_set(f"set_active_thread_percentage {server_pid} {percentage}")
+        if memory_mib is not None:
+            self._expect_set(f"set_device_pinned_mem_limit {server_pid} 0 {memory_mib}M")
+
+    def shutdown_server(self, server_pid: int) -> None:
+        self._expect_set(f"shutdown_server {server_pid}")
+
+    def quit(self) -> None:
+        if self.daemon_pid() is not None:
+            self.command("quit")
+
+    def _expect_set(self, line: str) -> None:
+        """A set command answers nothing or the value it set; anything else is a refusal."""
+        for reply in self.command(line):
+            try:
+                float(reply)
+            except ValueError:
+                raise MpsError(f"MPS refused {line!r} on {self.gpu_uuid}: {reply}") from None
+
+
+def control_for(config, gpu_uuid: str) -> MpsControl:
+    """The control daemon of one GPU under ``Config.run_dir / "mps" / <uuid>``."""
+    base = config.gpu_dir(gpu_uuid)
+    return MpsControl(config.mps_control, gpu_uuid, base / "pipe", base / "log")
+
+
+def process_uid(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    except FileNotFoundError:
+        return None
+    return None
+
+
+def _output(result: subprocess.CompletedProcess) -> str:
+    return (result.stderr.strip() or result.stdout.strip() or f"exit code {result.returncode}")[:500]

@@ -1,0 +1,237 @@
+"""Slurm, through its command-line tools (``squeue --json``, ``scontrol``, ``scancel``).
+
+The CLI with ``--json`` works on every Slurm from 22.05 to 25.11; pyslurm on PyPI needs 25.11+.
+Everything slurm-vgpu asks of Slurm goes through this module.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import subprocess
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+UNPLACED = "unplaced"
+_FIELD = re.compile(r"([a-z_-]+)=(\"[^\"]*\"|\S+)")
+
+
+class SlurmError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class VgpuRequest:
+    """What job_submit.lua recorded in a job's admin_comment."""
+
+    state: str  # unplaced | pinned | failed
+    share: int
+    slo_class: str
+    memory_mib: int | None = None
+    model: str | None = None
+    gpu: str | None = None  # the GPU UUID once pinned
+    wait: str | None = None  # why it waits, as last told to the user
+
+    def comment(self) -> str:
+        parts = [f"vgpu-state={self.state}", f"share={self.share}", f"class={self.slo_class}"]
+        if self.memory_mib is not None:
+            parts.append(f"mem_mib={self.memory_mib}")
+        if self.model:
+            parts.append(f"model={self.model}")
+        if self.gpu:
+            parts.append(f"gpu={self.gpu}")
+        if self.wait:
+            parts.append(f'wait="{self.wait.replace(chr(34), chr(39))}"')
+        return " ".join(parts)
+
+
+def parse_request(admin_comment: str | None) -> VgpuRequest | None:
+    """``vgpu-state=unplaced share=30 class=latency mem_mib=8192 model=h100`` -> VgpuRequest."""
+    values = {k: v.strip('"') for k, v in _FIELD.findall(admin_comment or "")}
+    if "vgpu-state" not in values or "share" not in values:
+        return None
+    return VgpuRequest(
+        state=values["vgpu-state"],
+        share=int(values["share"]),
+        slo_class=values.get("class", "throughput"),
+        memory_mib=int(values["mem_mib"]) if "mem_mib" in values else None,
+        model=values.get("model"),
+        gpu=values.get("gpu"),
+        wait=values.get("wait"),
+    )
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: int
+    user_id: int
+    user_name: str
+    state: str  # PENDING, RUNNING, COMPLETED, ...
+    priority: int
+    submit_time: int
+    nodes: str
+    tres_per_node: str
+    request: VgpuRequest | None
+
+
+class Slurm:
+    """Talks to one cluster; ``slurm_conf`` selects it (dev clusters), else Slurm's default."""
+
+    def __init__(self, slurm_conf: Path | str | None = None, timeout: float = 30.0):
+        self.env = {**os.environ, **({"SLURM_CONF": str(slurm_conf)} if slurm_conf else {})}
+        self.timeout = timeout
+
+    def _run(self, *argv: str) -> str:
+        try:
+            result = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=self.timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise SlurmError(f"{' '.join(argv)} timed out after {self.timeout:.0f}s") from exc
+        if result.returncode != 0:
+            raise SlurmError(f"{' '.join(argv)} failed: {result.stderr.strip() or result.stdout.strip()}")
+        return result.stdout
+
+    def jobs(self) -> list[Job]:
+        """Every job slurmctld still knows (pending, running, and recently ended)."""
+        doc = json.loads(self._run("squeue", "--json", "--all"))
+        return [_job(j) for j in doc.get("jobs", [])]
+
+    def vgpu_jobs(self) -> list[Job]:
+        return [j for j in self.jobs() if j.request is not None]
+
+    def pin(self, job_id: int, gres_type: str, share: int, node: str, request: VgpuRequest) -> None:
+        """Give a held job its typed per-GPU GRES and node, record it, then release it."""
+        self._run(
+            "scontrol", "update", f"JobId={job_id}", f"Gres=vgpu:{gres_type}:{share}",
+            f"NodeList={node}", f"AdminComment={request.comment()}",
+        )
+        self._run("scontrol", "release", str(job_id))
+
+    def hold(self, job_id: int, request: VgpuRequest) -> None:
+        """Put a pinned-but-not-started job back to unplaced (held, no vgpu GRES)."""
+        self._run("scontrol", "hold", str(job_id))
+        self._run("scontrol", "update", f"JobId={job_id}", "Gres=", "NodeList=", f"AdminComment={request.comment()}")
+
+    def set_comment(self, job_id: int, request: VgpuRequest) -> None:
+        self._run("scontrol", "update", f"JobId={job_id}", f"AdminComment={request.comment()}")
+
+    def cancel(self, job_id: int, request: VgpuRequest) -> None:
+        """End a job that can never run; its admin_comment says why (``scontrol show job``)."""
+        self.set_comment(job_id, request)
+        self._run("scancel", str(job_id))
+
+    def requeue(self, job_id: int, request: VgpuRequest) -> None:
+        """Requeue a running job held and unplaced; the placement will find it a new GPU."""
+        self._run("scontrol", "requeuehold", str(job_id))
+        self._run("scontrol", "update", f"JobId={job_id}", "Gres=", "NodeList=", f"AdminComment={request.comment()}")
+
+    def send_back(self, job: Job, fallback: VgpuRequest, why: str) -> bool:
+        """Hand a vgpu job back to the placement, held and unplaced, its AdminComment saying
+        ``wait="requeued: <why>"``: a running job is requeued, a pinned one still pending is held
+        again, an ended one needs nothing (returns False). ``fallback`` stands in for a job whose
+        AdminComment lost its vgpu fields."""
+        if job.state not in ("PENDING", "RUNNING", "CONFIGURING", "SUSPENDED"):
+            return False
+        request = replace(job.request or fallback, state=UNPLACED, gpu=None, wait=f"requeued: {why}")
+        (self.hold if job.state == "PENDING" else self.requeue)(job.job_id, request)
+        return True
+
+    def annotate(self, job: Job, note: str) -> None:
+        """Tell a running vgpu job's user what the node agent did to it: ``agent="<note>"`` after
+        its vgpu fields in AdminComment (``scontrol show job``, ``squeue -O AdminComment``)."""
+        comment = (job.request.comment() + " " if job.request else "") + f'agent="{note.replace(chr(34), chr(39))}"'
+        self._run("scontrol", "update", f"JobId={job.job_id}", f"AdminComment={comment}")
+
+
+def _job(doc: dict) -> Job:
+    state = doc.get("job_state")
+    if isinstance(state, list):  # 23.11+ reports a list of flags
+        state = state[0] if state else ""
+    priority = doc.get("priority", 0)
+    if isinstance(priority, dict):  # 23.11+: {"set": true, "number": N}
+        priority = priority.get("number", 0)
+    submit = doc.get("submit_time", 0)
+    if isinstance(submit, dict):
+        submit = submit.get("number", 0)
+    return Job(
+        job_id=int(doc["job_id"]),
+        user_id=int(doc.get("user_id", 0)),
+        user_name=doc.get("user_name", ""),
+        state=str(state),
+        priority=int(priority),
+        submit_time=int(submit),
+        nodes=doc.get("nodes", "") or "",
+        tres_per_node=doc.get("tres_per_node", "") or "",
+        request=parse_request(doc.get("admin_comment")),
+    )
+
+
+# --- This node's Slurm installation, read from files and binaries (works while slurmctld is down). ---
+
+DEFAULT_SLURM_CONF = Path("/etc/slurm/slurm.conf")
+
+
+def slurm_conf_path(configured: Path | str | None = None) -> Path:
+    """SlurmConf= from slurm-vgpu.conf, else SLURM_CONF, else Slurm's default."""
+    return Path(configured or os.environ.get("SLURM_CONF") or DEFAULT_SLURM_CONF)
+
+
+def read_slurm_conf(path: Path) -> dict[str, str]:
+    """Top-level ``Key=Value`` settings of slurm.conf and the files it Includes, keys lower-cased.
+
+    Only the first ``Key=Value`` of a line is kept: enough for Prolog=, PlugStackConfig= and the like,
+    not for NodeName lines.
+    """
+    settings: dict[str, str] = {}
+    for line in _conf_lines(path):
+        words = line.split()
+        if words[0].lower() == "include" and len(words) > 1:
+            for included in _glob_relative(path, words[1]):
+                settings.update(read_slurm_conf(included))
+            continue
+        key, sep, value = words[0].partition("=")
+        if sep:
+            settings[key.lower()] = value
+    return settings
+
+
+@dataclass(frozen=True)
+class PlugstackEntry:
+    kind: str  # required | optional
+    plugin: str
+    args: str
+    source: Path
+
+
+def plugstack_entries(path: Path) -> list[PlugstackEntry]:
+    """The SPANK plugins plugstack.conf loads, following its ``include`` globs."""
+    entries = []
+    for line in _conf_lines(path):
+        words = line.split()
+        if words[0] == "include" and len(words) > 1:
+            for included in _glob_relative(path, words[1]):
+                entries += plugstack_entries(included)
+        elif words[0] in ("required", "optional") and len(words) > 1:
+            entries.append(PlugstackEntry(words[0], words[1], " ".join(words[2:]), path))
+    return entries
+
+
+def slurmd_version() -> str | None:
+    """``22.05.8`` from ``slurmd -V``; None when slurmd is not installed here."""
+    try:
+        out = subprocess.run(["slurmd", "-V"], capture_output=True, text=True, timeout=10).stdout
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"(\d+\.\d+\.\d+)", out)
+    return match.group(1) if match else None
+
+
+def _conf_lines(path: Path) -> list[str]:
+    """Non-empty lines without comments; FileNotFoundError propagates for the caller to report."""
+    lines = (raw.split("#", 1)[0].strip() for raw in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def _glob_relative(base: Path, pattern: str) -> list[Path]:
+    full = Path(pattern) if Path(pattern).is_absolute() else base.parent / pattern
+    return sorted(Path(p) for p in glob.glob(str(full)))

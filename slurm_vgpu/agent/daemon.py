@@ -1,0 +1,179 @@
+"""The node agent's loop: every ``AgentInterval`` it checks the GPUs (lost, MPS fault), restarts
+dead MPS control daemons, enforces memory caps, and refreshes what the SLO guard and the metrics
+read; it heartbeats every ``HeartbeatInterval``. The guard runs in its own thread, woken at each
+edge of its duty cycle.
+
+Every failure of one round (database down, Slurm unreachable) is logged and retried next round;
+on SIGTERM/SIGINT the guard thaws every job it holds before the agent exits.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from ..adapters import mps
+from ..adapters.gpus import GpuInventory, InventoryError
+from ..adapters.slurm import Slurm, SlurmError
+from ..adapters.mps import MpsError
+from ..config import Config
+from ..db import store
+from ..db.engine import session_scope
+from . import faults, guard, quota, supervise
+from .freezer import Freezer
+from .inventory import register
+from .metrics import AgentMetrics, write_job_mapping
+from .observe import NodeView, gpu_states, look, node_slices
+
+log = logging.getLogger("slurm_vgpu.agent")
+
+
+@dataclass
+class Agent:
+    config: Config
+    engine: sa.Engine
+    slurm: Slurm
+    inventory: GpuInventory
+    metrics: AgentMetrics
+    freezer: Freezer
+    settings: guard.GuardSettings
+    stop: threading.Event = field(default_factory=threading.Event)
+    view: NodeView | None = None
+    busy: set[str] = field(default_factory=set)
+    beat_at: float = float("-inf")
+
+    @property
+    def node(self) -> str:
+        return self.config.node
+
+    def run(self) -> None:
+        register(self.engine, self.node, self.inventory)
+        thawed = self.freezer.thaw_leftovers()
+        if thawed:
+            log.warning("thawed jobs %s left frozen by an earlier agent", thawed)
+        guard_thread = threading.Thread(target=self.guard_loop, name="slo-guard", daemon=True)
+        if self.settings.enabled:
+            guard_thread.start()
+        while not self.stop.is_set():
+            try:
+                self.tick()
+            except (sa.exc.OperationalError, SlurmError, MpsError, InventoryError) as exc:
+                log.warning("agent round failed, will retry: %s", str(exc).splitlines()[0])
+            except Exception:  # a dead agent silences the whole node: log the bug and keep going
+                log.exception("agent round failed unexpectedly, will retry")
+            self.stop.wait(self.config.agent_interval)
+        if guard_thread.is_alive():
+            guard_thread.join()
+
+    def tick(self) -> None:
+        if time.monotonic() - self.beat_at >= self.config.heartbeat_interval:
+            with session_scope(self.engine) as session:
+                store.heartbeat(session, self.node)
+            self.beat_at = time.monotonic()
+        present = self.inventory.gpus()
+        with session_scope(self.engine) as session:
+            states, slices = gpu_states(session, self.node), node_slices(session, self.node)
+        self._fail_lost(present, states, slices)
+        if self._fail_faulted(present):
+            with session_scope(self.engine) as session:
+                states, slices = gpu_states(session, self.node), node_slices(session, self.node)
+        self._supervise(present, slices)
+        daemons = {g.uuid: supervise.daemon_running(self.config, g.uuid) for g in present}
+        view = look(self.node, self.inventory, present, states, slices, daemons)
+        self._enforce_quotas(view)
+        self._note_guard(view)
+        self.view = self.metrics.view = view
+        mapping = self.config.hpc_job_mapping_dir_for(self.node)
+        if mapping is not None:
+            write_job_mapping(mapping, view)
+
+    def _fail_lost(self, present, states: dict[str, str], slices) -> None:
+        """A GPU registered here that NVML no longer lists is lost; drain it and move its slices."""
+        listed = {g.uuid for g in present}
+        occupied = {s.gpu_uuid for s in slices}
+        for uuid in sorted(set(states) - listed):
+            if states[uuid] == "up" or uuid in occupied:
+                self._fail(uuid, "GPU lost: NVML no longer reports it")
+
+    def _fail_faulted(self, present) -> bool:
+        """Act on a fatal fault in a GPU's MPS logs; the log is set aside once every slice moved."""
+        acted = False
+        for gpu in present:
+            found = faults.logged_fault(supervise.log_dir(self.config, gpu.uuid))
+            if found is None:
+                continue
+            path, line = found
+            if not self._fail(gpu.uuid, f"MPS fatal fault: {line}"):
+                faults.set_aside(path)
+            acted = True
+        return acted
+
+    def _fail(self, uuid: str, reason: str) -> list[int]:
+        log.error("GPU %s: %s", uuid, reason)
+        self.metrics.count("gpu_fault", uuid)
+        return faults.fail_gpu(self.engine, self.slurm, self.node, uuid, reason)
+
+    def _supervise(self, present, slices) -> None:
+        for gpu in present:
+            uids = {s.uid for s in slices if s.gpu_uuid == gpu.uuid and s.state == "running"}
+            if supervise.restart_if_dead(self.config, gpu.uuid, uids):
+                self.metrics.count("mps_restart", gpu.uuid)
+                self._event("mps-restarted", "MPS control daemon had died; restarted, caps set again", gpu.uuid)
+
+    def _enforce_quotas(self, view: NodeView) -> None:
+        overuses = quota.over_cap(view)
+        if not overuses:
+            return
+        jobs = {j.job_id: j for j in self.slurm.jobs()}
+        for over in overuses:
+            reason = over.reason()
+            if over.job_id in jobs:  # first: a job whose only process is killed ends at once
+                self.slurm.annotate(jobs[over.job_id], reason)
+            how = quota.terminate(mps.control_for(self.config, over.gpu_uuid), over.pid)
+            log.warning("job %d: %s (%s)", over.job_id, reason, how)
+            self.metrics.count("memory_kill", over.gpu_uuid)
+            self._event("memory-cap-exceeded", f"{reason} ({how})", over.gpu_uuid, over.job_id)
+
+    def _note_guard(self, view: NodeView) -> None:
+        """An event when the guard starts or stops protecting a GPU's latency slice."""
+        busy = guard.busy_gpus(view, self.settings.busy_utilization) if self.settings.enabled else set()
+        for uuid in sorted(busy - self.busy):
+            self._event("guard-engaged", "latency slice busy: co-tenants throttled in time", uuid)
+        for uuid in sorted(self.busy - busy):
+            self._event("guard-released", "latency slice idle: co-tenants run freely", uuid)
+        self.busy = busy
+
+    def _event(self, kind: str, message: str, gpu_uuid: str, job_id: int | None = None) -> None:
+        with session_scope(self.engine) as session:
+            store.log_event(session, kind, message, job_id=job_id, gpu_uuid=gpu_uuid, node=self.node)
+
+    def guard_loop(self) -> None:
+        """Freeze and thaw co-tenants at each edge of the duty cycle; thaw everything on the way out."""
+        holding: frozenset[int] = frozenset()
+        while not self.stop.is_set():
+            now = time.time()
+            view = self.view
+            want = guard.held(view, self.settings, now) if view else frozenset()
+            self._apply(want, holding, view)
+            holding = self.metrics.throttled = want
+            self.stop.wait(max(0.0, guard.next_change(self.settings, now) - time.time()))
+        self._apply(frozenset(), holding, self.view)
+        self.metrics.throttled = frozenset()
+
+    def _apply(self, want: frozenset[int], holding: frozenset[int], view: NodeView | None) -> None:
+        def pids(job_id: int) -> list[int]:
+            return [p.pid for p in view.processes_of(job_id)] if view else []
+
+        for job_id in sorted(want - holding):
+            self.freezer.freeze(job_id, pids(job_id))
+        for job_id in sorted(holding - want):
+            self.freezer.thaw(job_id, pids(job_id))
+
+
+def stop_on_signals(agent: Agent) -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: agent.stop.set())

@@ -1,0 +1,49 @@
+"""A stand-in for a CUDA client on simulated GPUs: it reports GPU memory and SM use for its own PID,
+as NVML would, in the simulated inventory's usage directory, then sleeps until it is killed.
+
+Run inside a job: ``python -m slurm_vgpu.agent.fake_cuda --usage-dir DIR --mib 512 --util 0.8``.
+The GPU is the job's ``CUDA_VISIBLE_DEVICES`` (a UUID, as the slice sets it). ``--ready FILE`` is
+written once the usage is reported, so tests know the agent can see it. Stdlib only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m slurm_vgpu.agent.fake_cuda")
+    parser.add_argument("--usage-dir", type=Path, required=True, help="SimulatedInventory.usage_dir of the node")
+    parser.add_argument("--mib", type=int, required=True, help="GPU memory to report, MiB")
+    parser.add_argument("--util", type=float, default=0.0, help="SM use to report, 0..1 of the GPU")
+    parser.add_argument("--seconds", type=float, default=3600.0, help="how long to run")
+    parser.add_argument("--ready", type=Path, help="file to write (our PID) once the usage is reported")
+    args = parser.parse_args(argv)
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if not gpu.startswith("GPU-"):
+        print(f"fake_cuda: CUDA_VISIBLE_DEVICES={gpu!r} names no GPU UUID; run me in a vgpu job", file=sys.stderr)
+        return 1
+    directory = args.usage_dir / gpu
+    directory.mkdir(parents=True, exist_ok=True)
+    report = directory / str(os.getpid())
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        tmp = report.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"used_mib": args.mib, "sm_util": args.util}) + "\n")
+        tmp.replace(report)
+        if args.ready:
+            args.ready.write_text(f"{os.getpid()}\n")
+        print(f"fake_cuda: pid {os.getpid()} on {gpu}: {args.mib} MiB, SM use {args.util:g}", flush=True)
+        time.sleep(args.seconds)
+    finally:
+        report.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""``slurm-vgpu agent``: the per-node agent."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import click
+
+from .. import config as vgpu_config
+
+
+@click.group()
+def agent() -> None:
+    """Keep this node's GPUs registered, alive and fenced in the placement database."""
+
+
+@agent.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="slurm-vgpu.conf [env SLURM_VGPU_CONF].")
+@click.option("--metrics-port", type=int, help="Serve metrics on this port instead of MetricsPort "
+              "(dev clusters: one agent per node on one machine); 0 turns metrics off.")
+def run_command(config_path: str | None, metrics_port: int | None) -> None:
+    """Register this node's GPUs, then heartbeat, supervise MPS, enforce caps and serve metrics until stopped."""
+    from ..adapters.gpus import InventoryError, inventory_from
+    from ..adapters.slurm import Slurm
+    from ..agent import daemon, guard, metrics
+    from ..agent.freezer import Freezer
+    from ..db.engine import make_engine
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = vgpu_config.load(config_path)
+        if metrics_port is not None:
+            config = dataclasses.replace(config, metrics_port=metrics_port)
+        settings = guard.settings_from(config)
+    except vgpu_config.ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    node = config.node
+    agent_metrics = metrics.AgentMetrics(node)
+    if config.metrics_port:
+        metrics.serve(agent_metrics, config.metrics_port, config.metrics_address)
+    worker = daemon.Agent(
+        config=config, engine=make_engine(config.database_url, pool_size=2), slurm=Slurm(config.slurm_conf),
+        inventory=inventory_from(config.inventory_for(node)), metrics=agent_metrics, freezer=Freezer(node),
+        settings=settings,
+    )
+    daemon.stop_on_signals(worker)
+    try:
+        worker.run()
+    except InventoryError as exc:
+        raise click.ClickException(str(exc)) from exc

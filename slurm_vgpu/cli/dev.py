@@ -1,0 +1,88 @@
+"""``slurm-vgpu dev``: a real Slurm cluster with simulated GPUs on this machine."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..devcluster import cluster as devcluster
+from ..devcluster.layout import DEFAULT_LAYOUT, LayoutError
+
+
+def _cluster_options(f):
+    f = click.option("--dir", "directory", type=click.Path(path_type=Path), default=devcluster.DEFAULT_DIR,
+                     show_default=True, help="Where the cluster keeps configs, logs, spool and PIDs "
+                     "[env SLURM_VGPU_DEV_DIR].")(f)
+    f = click.option("--port", type=int, default=devcluster.DEFAULT_PORT, show_default=True,
+                     help="slurmctld's port; node N's slurmd listens on PORT+N [env SLURM_VGPU_DEV_PORT].")(f)
+    return f
+
+
+def _make_cluster(directory: Path, port: int, layout: Path = DEFAULT_LAYOUT) -> devcluster.Cluster:
+    from ..devcluster.system import dev_cluster
+
+    return dev_cluster(directory.resolve(), port, layout)
+
+
+@click.group()
+def dev() -> None:
+    """Run a local demo/test cluster: slurmctld and one slurmd per node, GPUs simulated."""
+
+
+@dev.command()
+@_cluster_options
+@click.option("--layout", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_LAYOUT,
+              help="TOML file of nodes and their GPU models (default: 4xH100, 4xA100, 8xT4 on 3 nodes).")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for idle nodes.")
+def up(directory: Path, port: int, layout: Path, timeout: float) -> None:
+    """Start the cluster (harmless when it is already up) and wait until every node is idle."""
+    try:
+        cluster = _make_cluster(directory, port, layout)
+        devcluster.up(cluster, timeout)
+    except (devcluster.ClusterError, LayoutError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"cluster up in {cluster.dir}; run: eval \"$(slurm-vgpu dev env --dir {cluster.dir})\"", err=True)
+
+
+@dev.command()
+@_cluster_options
+def down(directory: Path, port: int) -> None:
+    """Stop every process the cluster started, by PID."""
+    stopped = devcluster.down(devcluster.Cluster(dir=directory.resolve(), port=port))
+    click.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}", err=True)
+
+
+@dev.command()
+@_cluster_options
+def env(directory: Path, port: int) -> None:
+    """Print the export lines a shell needs to use the cluster (eval "$(slurm-vgpu dev env)")."""
+    for key, value in _make_cluster(directory, port).env().items():
+        click.echo(f"export {key}={value}")
+
+
+@dev.command()
+@_cluster_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(directory: Path, port: int, as_json: bool) -> None:
+    """Which of the cluster's processes are running; exit 1 if any is not."""
+    alive = devcluster.status(devcluster.Cluster(dir=directory.resolve(), port=port))
+    if as_json:
+        click.echo(json.dumps(alive))
+    else:
+        for name, ok in alive.items():
+            click.echo(f"{name:24} {'running' if ok else 'DEAD'}")
+    if not alive or not all(alive.values()):
+        raise SystemExit(1)
+
+
+@dev.command()
+@_cluster_options
+def demo(directory: Path, port: int) -> None:
+    """Submit a few vgpu jobs (and two bad ones), wait, and show where each ran; exit 1 if any failed."""
+    from rich.console import Console
+
+    from ..devcluster.demo import run_demo
+
+    if not run_demo(_make_cluster(directory, port), Console(width=max(Console().width, 150))):
+        raise SystemExit(1)

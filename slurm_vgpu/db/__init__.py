@@ -1,0 +1,1 @@
+"""Postgres: the placement's source of truth (inventory, capacity, placements, events)."""

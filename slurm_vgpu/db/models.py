@@ -1,0 +1,116 @@
+"""The schema. Capacity and one-user-per-GPU are enforced by the database itself (see the trigger in
+the first migration), so no caller, however buggy or concurrent, can commit an oversubscribed GPU."""
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+GPU_STATES = ("up", "draining", "down")
+# placed: committed in Postgres; pinned: Slurm updated and released; running: prolog has set it up;
+# released/failed: over. The first three hold capacity.
+PLACEMENT_STATES = ("placed", "pinned", "running", "released", "failed")
+ACTIVE_STATES = ("placed", "pinned", "running")
+SLO_CLASSES = ("latency", "throughput", "best-effort")
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    registered_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    agent_version: Mapped[str | None] = mapped_column(sa.Text)
+
+    gpus: Mapped[list[Gpu]] = relationship(back_populates="node_row", order_by="Gpu.index")
+
+
+class Gpu(Base):
+    __tablename__ = "gpus"
+    __table_args__ = (
+        sa.UniqueConstraint("node", "index", name="node_index"),
+        sa.CheckConstraint("state IN ('up', 'draining', 'down')", name="state"),
+        sa.CheckConstraint("speed > 0", name="speed"),
+    )
+
+    uuid: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    node: Mapped[str] = mapped_column(sa.ForeignKey("nodes.name", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(sa.SmallInteger)
+    name: Mapped[str] = mapped_column(sa.Text)
+    model: Mapped[str] = mapped_column(sa.Text)
+    gres_type: Mapped[str] = mapped_column(sa.Text)
+    sm_count: Mapped[int] = mapped_column(sa.Integer)
+    memory_mib: Mapped[int] = mapped_column(sa.Integer)
+    compute_capability: Mapped[str] = mapped_column(sa.Text)
+    speed: Mapped[float] = mapped_column(sa.Float, server_default="1.0")
+    state: Mapped[str] = mapped_column(sa.Text, server_default="up")
+    state_reason: Mapped[str | None] = mapped_column(sa.Text)
+    multi_user: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
+    # Bumped by the capacity guard on every slice change: serialises writers of one GPU under any
+    # isolation level, and lets readers detect that a GPU changed under them.
+    placement_epoch: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+
+    node_row: Mapped[Node] = relationship(back_populates="gpus")
+
+
+class Placement(Base):
+    __tablename__ = "placements"
+    __table_args__ = (
+        sa.CheckConstraint("share BETWEEN 1 AND 100", name="share"),
+        sa.CheckConstraint("memory_mib IS NULL OR memory_mib > 0", name="memory"),
+        sa.CheckConstraint(f"state IN {PLACEMENT_STATES}", name="state"),
+        sa.CheckConstraint(f"slo_class IN {SLO_CLASSES}", name="slo_class"),
+        sa.Index(
+            "uq_placements_active_job", "job_id", unique=True,
+            postgresql_where=sa.text(f"state IN {ACTIVE_STATES}"),
+        ),
+        sa.Index("ix_placements_active_gpu", "gpu_uuid", postgresql_where=sa.text(f"state IN {ACTIVE_STATES}")),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    job_id: Mapped[int] = mapped_column(sa.BigInteger)
+    gpu_uuid: Mapped[str] = mapped_column(sa.ForeignKey("gpus.uuid"))
+    uid: Mapped[int] = mapped_column(sa.Integer)
+    share: Mapped[int] = mapped_column(sa.SmallInteger)  # vgpu units (% of SMs) on this GPU
+    requested_share: Mapped[int] = mapped_column(sa.SmallInteger)  # what the user asked (reference units)
+    memory_mib: Mapped[int | None] = mapped_column(sa.Integer)
+    slo_class: Mapped[str] = mapped_column(sa.Text)
+    state: Mapped[str] = mapped_column(sa.Text, server_default="placed")
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    # Interval ends come from the server's clock at the moment of the write (not now(), which is the
+    # transaction's start), so a slice placed after another ended never appears to overlap it.
+    placed_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.clock_timestamp())
+    pinned_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+    gpu: Mapped[Gpu] = relationship()
+
+
+class Event(Base):
+    """Append-only log: what the placement, agents and prologs did, and why."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now(), index=True)
+    kind: Mapped[str] = mapped_column(sa.Text)
+    job_id: Mapped[int | None] = mapped_column(sa.BigInteger, index=True)
+    gpu_uuid: Mapped[str | None] = mapped_column(sa.Text)
+    node: Mapped[str | None] = mapped_column(sa.Text)
+    message: Mapped[str] = mapped_column(sa.Text)
+    details: Mapped[dict | None] = mapped_column(JSONB)

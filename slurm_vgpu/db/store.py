@@ -1,0 +1,106 @@
+"""The queries every component shares: inventory, capacity as the policy sees it, placements, events."""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ..adapters.gpus import GpuRecord
+from ..catalog import speed_of
+from ..policy.model import GpuState, SloClass
+from .models import ACTIVE_STATES, Event, Gpu, Node, Placement
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def register_node(session: Session, node: str, gpus: Sequence[GpuRecord], agent_version: str) -> None:
+    """Insert or refresh a node and its GPUs; GPUs that vanished from the node are marked down."""
+    session.execute(
+        sa.dialects.postgresql.insert(Node)
+        .values(name=node, heartbeat_at=now(), agent_version=agent_version)
+        .on_conflict_do_update(index_elements=[Node.name], set_={"heartbeat_at": now(), "agent_version": agent_version})
+    )
+    for gpu in gpus:
+        values = dict(
+            node=node, index=gpu.index, name=gpu.name, model=gpu.model, gres_type=gpu.gres_type,
+            sm_count=gpu.sm_count, memory_mib=gpu.memory_mib,
+            compute_capability=gpu.compute_capability, speed=speed_of(gpu.model),
+        )
+        session.execute(
+            sa.dialects.postgresql.insert(Gpu)
+            .values(uuid=gpu.uuid, **values)
+            .on_conflict_do_update(index_elements=[Gpu.uuid], set_=values)
+        )
+    present = [g.uuid for g in gpus]
+    session.execute(
+        sa.update(Gpu)
+        .where(Gpu.node == node, Gpu.uuid.not_in(present), Gpu.state != "down")
+        .values(state="down", state_reason="no longer reported by the node's agent")
+    )
+
+
+def heartbeat(session: Session, node: str) -> None:
+    session.execute(sa.update(Node).where(Node.name == node).values(heartbeat_at=now()))
+
+
+def gpu_states(session: Session, heartbeat_timeout: float) -> list[GpuState]:
+    """Every GPU with what is placed on it, as the pure policy takes it.
+
+    A GPU is unavailable when it is not ``up`` or its node's agent has been silent too long.
+    """
+    fresh_after = now() - timedelta(seconds=heartbeat_timeout)
+    rows = session.execute(
+        sa.select(Gpu, Node.heartbeat_at).join(Node, Node.name == Gpu.node).order_by(Gpu.node, Gpu.index)
+    ).all()
+    placed: dict[str, list[Placement]] = defaultdict(list)
+    for placement in active_placements(session):
+        placed[placement.gpu_uuid].append(placement)
+    states = []
+    for gpu, heartbeat_at in rows:
+        slices = placed.get(gpu.uuid, [])
+        silent = heartbeat_at is None or heartbeat_at < fresh_after
+        why = (f"{gpu.node} GPU {gpu.index} is {gpu.state}: {gpu.state_reason or 'no reason given'}"
+               if gpu.state != "up" else
+               f"node {gpu.node}'s agent is silent (no heartbeat within {heartbeat_timeout:g}s)" if silent else None)
+        states.append(
+            GpuState(
+                uuid=gpu.uuid,
+                node=gpu.node,
+                index=gpu.index,
+                model=gpu.model,
+                memory_mib=gpu.memory_mib,
+                speed=gpu.speed,
+                used=sum(p.share for p in slices),
+                memory_used_mib=sum(p.memory_mib or 0 for p in slices),
+                user=slices[0].uid if slices and not gpu.multi_user else None,
+                classes=tuple(SloClass(p.slo_class) for p in slices),
+                available=why is None,
+                unavailable_reason=why,
+            )
+        )
+    return states
+
+
+def active_placements(session: Session) -> list[Placement]:
+    return list(session.scalars(sa.select(Placement).where(Placement.state.in_(ACTIVE_STATES))))
+
+
+def gpus_by_uuid(session: Session, uuids: Iterable[str]) -> dict[str, Gpu]:
+    return {g.uuid: g for g in session.scalars(sa.select(Gpu).where(Gpu.uuid.in_(list(uuids))))}
+
+
+def end_placement(session: Session, placement: Placement, state: str, reason: str) -> None:
+    placement.state = state
+    placement.reason = reason
+    placement.ended_at = sa.func.clock_timestamp()
+    log_event(session, f"placement-{state}", reason, job_id=placement.job_id, gpu_uuid=placement.gpu_uuid)
+
+
+def log_event(session: Session, kind: str, message: str, *, job_id: int | None = None,
+              gpu_uuid: str | None = None, node: str | None = None, details: dict | None = None) -> None:
+    session.add(Event(kind=kind, message=message, job_id=job_id, gpu_uuid=gpu_uuid, node=node, details=details))

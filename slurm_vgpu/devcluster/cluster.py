@@ -1,0 +1,419 @@
+"""A real Slurm cluster on one machine: munge, slurmctld and one slurmd per node, each node in its own
+UTS namespace (own hostname) with its own port and spool directory.
+
+Every process started is recorded (PID, UTS namespace) in ``state.json`` under the cluster directory
+and stopped by PID on ``down``; processes of ours that live in a node's namespace (slurmstepd, job
+steps) are stopped with it. Nothing else on the machine is touched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import config, render
+from ..adapters.gpus import SimulatedInventory
+from ..config import Config
+from ..render import NodeSpec
+from ..node.hooks import hook_script
+from ..resources import SPANK
+from .layout import DEFAULT_LAYOUT, load_layout
+
+DEFAULT_DIR = Path(os.environ.get("SLURM_VGPU_DEV_DIR", "/var/tmp/slurm-vgpu-dev"))
+DEFAULT_PORT = int(os.environ.get("SLURM_VGPU_DEV_PORT", "16817"))
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+@dataclass
+class Cluster:
+    """Paths and settings of one dev cluster; ``dir`` holds everything it writes."""
+
+    dir: Path = DEFAULT_DIR
+    port: int = DEFAULT_PORT
+    layout: Path = DEFAULT_LAYOUT
+    database_url: str | None = None
+    # Hooks of the rest of the system: run after the configs are written, and services started
+    # after Slurm's own daemons (placement daemon, node agents).
+    before_start: list[Callable[[Cluster], None]] = field(default_factory=list)
+    extra_services: list[Callable[[Cluster], list[Service]]] = field(default_factory=list)
+
+    @property
+    def etc(self) -> Path:
+        return self.dir / "etc"
+
+    @property
+    def slurm_conf(self) -> Path:
+        return self.etc / "slurm.conf"
+
+    @property
+    def vgpu_conf(self) -> Path:
+        """The cluster's slurm-vgpu.conf, read by the placement daemon, agents, prolog and epilog."""
+        return self.etc / "slurm-vgpu.conf"
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "state.json"
+
+    def inventory_file(self, node: str) -> Path:
+        return self.dir / "inventory" / f"{node}.json"
+
+    def nodes(self) -> list[NodeSpec]:
+        return [
+            NodeSpec(n.name, n.gpus, n.cpus, n.memory_mib, port=self.port + 1 + i, address="127.0.0.1")
+            for i, n in enumerate(load_layout(self.layout))
+        ]
+
+    def env(self) -> dict[str, str]:
+        """What a shell (or a test) needs to talk to this cluster."""
+        env = {"SLURM_CONF": str(self.slurm_conf), "SLURM_VGPU_CONF": str(self.vgpu_conf)}
+        if self.database_url:
+            env["SLURM_VGPU_DATABASE_URL"] = self.database_url
+        return env
+
+
+@dataclass(frozen=True)
+class Service:
+    """A long-running process of the cluster; ``uts`` runs it in a new UTS namespace of that name,
+    ``user`` under that account (both exec in place, so the recorded PID is the daemon's)."""
+
+    name: str
+    argv: list[str]
+    uts: str | None = None
+    user: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def write_configs(cluster: Cluster, nodes: list[NodeSpec]) -> None:
+    """Slurm's configs plus slurm-vgpu's node path: SPANK plugin (built and installed here), prolog/epilog
+    wrappers, cgroup plugins with ConstrainDevices, and slurm-vgpu.conf with the fake MPS binary.
+
+    Job users read slurm.conf and load the plugin from here, so the directory is world-readable."""
+    cluster.dir.mkdir(parents=True, exist_ok=True)
+    cluster.dir.chmod(0o755)
+    for sub in ("etc/prolog.d", "etc/epilog.d", "log", "run", "spool/ctld", "inventory"):
+        (cluster.dir / sub).mkdir(parents=True, exist_ok=True)
+    plugstack = cluster.etc / "plugstack.conf"
+    node_config = Config(
+        database_url=cluster.database_url or Config.database_url,
+        inventory=str(cluster.dir / "inventory" / "%n.json"),
+        mps_control=f"{sys.executable} -m slurm_vgpu.adapters.fake_mps",
+        run_dir=cluster.dir / "run" / "vgpu",
+        slurm_conf=cluster.slurm_conf,
+    )
+    context = dict(
+        cluster_name="vgpu-dev",
+        dir=str(cluster.dir),
+        ctld_port=cluster.port,
+        nodes=nodes,
+        proctrack="proctrack/cgroup",
+        task_plugin="task/cgroup",
+        plugstack_conf=str(plugstack),
+        prolog=str(cluster.etc / "prolog.d" / "*"),
+        epilog=str(cluster.etc / "epilog.d" / "*"),
+    )
+    files = {
+        "slurm.conf": render.render("slurm.conf.j2", **context),
+        "gres.conf": render.gres_conf(nodes),
+        "job_submit.lua": render.job_submit_lua(nodes),
+        "cgroup.conf": render.render("cgroup.conf.j2", constrain_devices=True),
+        "plugstack.conf": render.render(
+            "plugstack.conf.j2", spank_plugin=str(install_spank_plugin(cluster)),
+            spank_args=f"slice_dir={node_config.slice_dir}",
+        ),
+        cluster.vgpu_conf.name: config.render(node_config),
+    }
+    for name, text in files.items():
+        (cluster.etc / name).write_text(text)
+    for hook in ("prolog", "epilog"):
+        wrapper = cluster.etc / f"{hook}.d" / "50-slurm-vgpu"
+        wrapper.write_text(hook_script(hook, sys.executable, cluster.vgpu_conf))
+        wrapper.chmod(0o755)
+    for node in nodes:
+        SimulatedInventory.write(cluster.inventory_file(node.name), node.name, list(node.gpus))
+
+
+def install_spank_plugin(cluster: Cluster) -> Path:
+    """``make -C spank`` (incremental), then install the plugin into the cluster's own ``lib/``.
+
+    sbatch loads the plugin as the submitting user, and a checkout may sit in a directory only root
+    can read (``mktemp -d`` makes 0700 ones), so the plugin must not be loaded from the checkout.
+    The copy replaces the file atomically: daemons that have the old one mapped keep it.
+    """
+    result = subprocess.run(["make", "-s", "-C", str(SPANK)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ClusterError(f"building the SPANK plugin failed (make -C {SPANK}):\n{result.stderr.strip()}")
+    built, installed = SPANK / "slurm_vgpu.so", cluster.dir / "lib" / "slurm_vgpu.so"
+    installed.parent.mkdir(mode=0o755, exist_ok=True)
+    if not installed.exists() or installed.read_bytes() != built.read_bytes():
+        staging = installed.with_suffix(".so.new")
+        shutil.copyfile(built, staging)
+        staging.chmod(0o755)
+        os.replace(staging, installed)
+    return installed
+
+
+def slurm_services(cluster: Cluster, nodes: list[NodeSpec]) -> list[Service]:
+    conf = str(cluster.slurm_conf)
+    services = [Service("slurmctld", [_sbin("slurmctld"), "-D", "-f", conf], uts="ctld")]
+    services += [
+        Service(f"slurmd-{n.name}", [_sbin("slurmd"), "-D", "-f", conf], uts=n.name) for n in nodes
+    ]
+    return services
+
+
+def all_services(cluster: Cluster, nodes: list[NodeSpec]) -> list[Service]:
+    """Slurm's daemons first, then the rest of the system, in start order."""
+    services = slurm_services(cluster, nodes)
+    for extra in cluster.extra_services:
+        services += extra(cluster)
+    return services
+
+
+def up(cluster: Cluster, timeout: float = 60.0) -> None:
+    """Start the cluster and wait until every node is idle; harmless when it is already up.
+
+    A start that fails stops whatever it had started, so a failed ``up`` leaves only logs behind.
+    """
+    state = _read_state(cluster)
+    if state and state.get("complete") and all(_alive(s) for s in state["services"].values()):
+        wait_idle(cluster, timeout)
+        return
+    if state:
+        down(cluster)
+    nodes = cluster.nodes()
+    write_configs(cluster, nodes)
+    for prepare in cluster.before_start:
+        prepare(cluster)
+    start_services(cluster, all_services(cluster, nodes), timeout)
+
+
+def start_services(cluster: Cluster, services: list[Service], timeout: float) -> None:
+    """Start munge (when it does not work), then ``services`` in order, and wait until every node
+    is idle; on failure stop whatever was started. Used by ``up`` and by tests that start Slurm
+    from configuration installed some other way (the Ansible rollout)."""
+    started: dict[str, dict] = {}
+    try:
+        if not munge_works():
+            started["munged"] = _start_munge(cluster)
+            _write_state(cluster, started)
+        for service in services:
+            started[service.name] = _start(cluster, service)
+            _write_state(cluster, started)
+            if service.name == "slurmctld":
+                _wait_ctld(cluster, timeout)
+        wait_idle(cluster, timeout)
+        _write_state(cluster, started, complete=True)
+    except BaseException:
+        down(cluster)
+        raise
+
+
+def down(cluster: Cluster) -> list[str]:
+    """Stop everything this cluster started, by PID, newest first. Returns what was stopped."""
+    state = _read_state(cluster)
+    if not state:
+        return []
+    stopped = []
+    for name, entry in reversed(list(state["services"].items())):
+        if not _alive(entry):
+            continue
+        # A namespace is ours only while our daemon lives in it: a dead one's namespace number can
+        # be reused by someone else's, so its leftovers (if any) are left alone rather than guessed.
+        companions = _pids_in_uts_ns(_uts_ns(entry["pid"])) if entry.get("uts") else []
+        _terminate(entry["pid"])
+        for pid in companions:
+            if pid != entry["pid"]:
+                _terminate(pid)
+        stopped.append(name)
+    cluster.state_file.unlink(missing_ok=True)
+    return stopped
+
+
+def status(cluster: Cluster) -> dict[str, bool]:
+    state = _read_state(cluster) or {"services": {}}
+    return {name: _alive(entry) for name, entry in state["services"].items()}
+
+
+def wait_idle(cluster: Cluster, timeout: float) -> None:
+    """Wait until ``sinfo`` shows every node idle (or mixed/allocated, once jobs run)."""
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        result = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%N %t"],
+            env={**os.environ, **cluster.env()}, capture_output=True, text=True,
+        )
+        seen = result.stdout.strip() or result.stderr.strip()
+        states = dict(line.split() for line in result.stdout.splitlines() if line.strip())
+        if states and set(states) == {n.name for n in cluster.nodes()} and all(
+            s.rstrip("*~#") in ("idle", "mix", "alloc") for s in states.values()
+        ):
+            return
+        time.sleep(0.5)
+    raise ClusterError(
+        f"nodes not idle after {timeout:.0f}s (sinfo: {seen!r}); see {cluster.dir}/log/slurmctld.log "
+        f"and {cluster.dir}/log/slurmd-<node>.log"
+    )
+
+
+def munge_works() -> bool:
+    encode = subprocess.run(["munge", "-n"], capture_output=True)
+    if encode.returncode != 0:
+        return False
+    return subprocess.run(["unmunge"], input=encode.stdout, capture_output=True).returncode == 0
+
+
+def _start_munge(cluster: Cluster) -> dict:
+    """Start munged as the munge user in the foreground mode we can stop by PID."""
+    key = Path("/etc/munge/munge.key")
+    if not key.exists():
+        subprocess.run(["mungekey", "--create"], check=True)
+        shutil.chown(key, "munge", "munge")
+    run_dir = Path("/run/munge")
+    run_dir.mkdir(exist_ok=True)
+    shutil.chown(run_dir, "munge", "munge")
+    entry = _start(cluster, Service("munged", ["/usr/sbin/munged", "-F"], user="munge"))
+    deadline = time.monotonic() + 10
+    while not munge_works():
+        if time.monotonic() > deadline:
+            raise ClusterError(f"munged did not come up; see {cluster.dir}/log/munged.log")
+        time.sleep(0.1)
+    return entry
+
+
+def _start(cluster: Cluster, service: Service) -> dict:
+    argv = service.argv
+    if service.user:
+        argv = ["setpriv", f"--reuid={service.user}", f"--regid={service.user}", "--init-groups", *argv]
+    if service.uts:
+        # unshare execs in place (no --fork), so the PID we record is the daemon's own PID.
+        argv = ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"', service.uts, *argv]
+    log = open(cluster.dir / "log" / f"{service.name}.out", "ab")
+    process = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, **cluster.env(), **service.env}, start_new_session=True, close_fds=True,
+    )
+    log.close()
+    entry = {"pid": process.pid, "argv": service.argv, "started": time.time()}
+    if service.uts:
+        entry["uts"] = service.uts
+    time.sleep(0.2)
+    if process.poll() is not None:
+        raise ClusterError(
+            f"{service.name} exited at start (code {process.returncode}); see "
+            f"{cluster.dir}/log/{service.name}.out and {cluster.dir}/log/"
+        )
+    return entry
+
+
+def _uts_ns(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/uts")
+    except OSError:
+        return None
+
+
+def _wait_ctld(cluster: Cluster, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ping = subprocess.run(
+            ["scontrol", "ping"], env={**os.environ, **cluster.env()}, capture_output=True, text=True
+        )
+        if "UP" in ping.stdout:
+            return
+        time.sleep(0.3)
+    raise ClusterError(f"slurmctld not answering after {timeout:.0f}s; see {cluster.dir}/log/slurmctld.log")
+
+
+def _alive(entry: dict) -> bool:
+    """True when the recorded PID still runs the program we started (not a reused PID)."""
+    try:
+        cmdline = Path(f"/proc/{entry['pid']}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    program = os.path.basename(entry["argv"][0]).encode()
+    return any(os.path.basename(part) == program for part in cmdline if part)
+
+
+def _pids_in_uts_ns(ns: str | None) -> list[int]:
+    if ns is None or ns == _uts_ns(os.getpid()):
+        return []  # never sweep the machine's own namespace
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if os.readlink(proc / "ns" / "uts") == ns:
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _terminate(pid: int, grace: float = 10.0) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        _reap(pid)
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _read_state(cluster: Cluster) -> dict | None:
+    try:
+        return json.loads(cluster.state_file.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _write_state(cluster: Cluster, services: dict, complete: bool = False) -> None:
+    cluster.state_file.write_text(json.dumps({"services": services, "complete": complete}, indent=2) + "\n")
+
+
+def _sbin(program: str) -> str:
+    return shutil.which(program, path=f"/usr/sbin:/usr/bin:{os.environ.get('PATH', '')}") or program
+
+
+
+
+def restart(cluster: Cluster, name: str) -> int:
+    """Start one service again (after a crash, or a test's SIGKILL); returns its new PID."""
+    state = _read_state(cluster)
+    if state is None:
+        raise ClusterError(f"no cluster is up in {cluster.dir}")
+    services = all_services(cluster, cluster.nodes())
+    service = next((s for s in services if s.name == name), None)
+    if service is None:
+        raise ClusterError(f"{name!r} is not a service of this cluster: {', '.join(s.name for s in services)}")
+    entry = state["services"].get(name)
+    if entry and _alive(entry):
+        _terminate(entry["pid"])
+    state["services"][name] = _start(cluster, service)
+    _write_state(cluster, state["services"], complete=state.get("complete", False))
+    return state["services"][name]["pid"]

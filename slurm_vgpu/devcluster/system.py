@@ -1,0 +1,49 @@
+"""The whole slurm-vgpu system on a dev cluster: Slurm plus our database and daemons."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ..db import engine
+from .cluster import Cluster, Service
+from .layout import DEFAULT_LAYOUT
+
+
+def dev_cluster(directory: Path, port: int, layout: Path = DEFAULT_LAYOUT, database_url: str | None = None) -> Cluster:
+    """A cluster wired to its database: ``database_url``, else SLURM_VGPU_DATABASE_URL, else
+    ``slurm_vgpu_dev`` on the local server (created and migrated by ``up``)."""
+    if database_url is None:
+        url = engine.database_url(None)
+        if "SLURM_VGPU_DATABASE_URL" not in os.environ:
+            url = url.set(database="slurm_vgpu_dev")
+        database_url = url.render_as_string(hide_password=False)
+    return Cluster(
+        dir=directory, port=port, layout=layout, database_url=database_url,
+        before_start=[_migrate], extra_services=[_vgpu_services],
+    )
+
+
+def _migrate(cluster: Cluster) -> None:
+    engine.ensure_database(cluster.database_url)
+    engine.upgrade(cluster.database_url)
+
+
+def _vgpu_services(cluster: Cluster) -> list[Service]:
+    """The placement daemon on the controller, one agent per node in that node's namespace, each
+    serving metrics on its own port (all share one machine): see :func:`agent_metrics_port`."""
+    cli = [sys.executable, "-m", "slurm_vgpu"]
+    conf = ["--config", str(cluster.vgpu_conf)]
+    services = [Service("placement", [*cli, "placement", "run", *conf])]
+    services += [
+        Service(f"agent-{n.name}", [*cli, "agent", "run", *conf, "--metrics-port", str(agent_metrics_port(cluster, i))],
+                uts=n.name)
+        for i, n in enumerate(cluster.nodes())
+    ]
+    return services
+
+
+def agent_metrics_port(cluster: Cluster, position: int) -> int:
+    """The metrics port of the agent of the node at ``position`` (0-based): slurmctld's port + 1001
+    + position, clear of the slurmd ports (slurmctld's + 1 + position) of this and nearby clusters."""
+    return cluster.port + 1001 + position

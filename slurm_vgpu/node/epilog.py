@@ -1,0 +1,37 @@
+"""Epilog: release the job's placement, remove its slice file, and stop the user's MPS server on
+that GPU once their last job there has ended (or lower its caps to the jobs that remain)."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from ..adapters import mps
+from ..config import Config
+from . import slice as slices
+from . import store
+from .locking import gpu_lock
+
+log = logging.getLogger("slurm-vgpu.epilog")
+
+
+def run(config: Config, env: Mapping[str, str], node: str) -> int:
+    job_id = int(env["SLURM_JOB_ID"])
+    slices.remove(config.slice_dir, job_id)
+    with store.connect(config.database_url) as conn:
+        placement = store.active_placement(conn, job_id)
+        if placement is None:
+            return 0
+        store.mark_released(conn, placement)
+        control = mps.control_for(config, placement.gpu_uuid)
+        with gpu_lock(config, placement.gpu_uuid):
+            server = control.servers().get(placement.uid) if control.daemon_pid() else None
+            remaining = store.user_limits(conn, placement.gpu_uuid, placement.uid)
+            if server is not None and remaining is None:
+                control.shutdown_server(server)
+            elif server is not None:
+                control.set_limits(server, *remaining)
+        message = f"released {placement.share}% of {placement.gpu_uuid}" + (
+            "" if remaining else f"; uid {placement.uid}'s server stopped")
+        store.record_event(conn, "slice-released", message, job_id, placement.gpu_uuid, node)
+        log.info("job %d: %s", job_id, message)
+    return 0

@@ -1,0 +1,58 @@
+"""Prolog: give a placed job its slice before any of its tasks starts.
+
+Reads the job's placement, makes sure the GPU's MPS control daemon runs, starts the job user's
+server and caps it, marks the placement running and writes the slice file. A job without a
+placement is left alone (plain jobs, or a vgpu job the placement lost: that one gets no slice and
+the SPANK plugin fails its tasks).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from ..adapters import mps
+from ..config import Config
+from . import slice as slices
+from . import store
+from .locking import gpu_lock
+
+log = logging.getLogger("slurm-vgpu.prolog")
+
+
+def run(config: Config, env: Mapping[str, str], node: str) -> int:
+    job_id, uid = int(env["SLURM_JOB_ID"]), int(env["SLURM_JOB_UID"])
+    with store.connect(config.database_url) as conn:
+        placement = store.active_placement(conn, job_id)
+        if placement is None:
+            log.info("job %d has no vgpu placement: nothing to set up", job_id)
+            return 0
+        refusal = _refusal(placement, uid, node)
+        if refusal:
+            log.error("job %d: %s; it gets no slice", job_id, refusal)
+            store.record_event(conn, "prolog-refused", refusal, job_id, placement.gpu_uuid, node)
+            return 0
+        control = mps.control_for(config, placement.gpu_uuid)
+        with gpu_lock(config, placement.gpu_uuid):
+            control.ensure_running()
+            share, memory_mib = store.user_limits(conn, placement.gpu_uuid, uid, including=placement.id)
+            control.set_limits(control.ensure_server(uid), share, memory_mib)
+            store.mark_running(conn, placement)
+        text = slices.render(
+            slices.Slice(job_id, placement.gpu_uuid, placement.gpu_index, placement.share,
+                         placement.memory_mib, control.pipe_dir, control.log_dir),
+            store.node_gpu_minors(conn, node),
+            slices.char_major("nvidia-uvm"),
+        )
+        path = slices.write(config.slice_dir, job_id, text)
+        message = f"slice {placement.share}% of {placement.gpu_uuid} for uid {uid} ({path})"
+        store.record_event(conn, "slice-started", message, job_id, placement.gpu_uuid, node)
+        log.info("job %d: %s", job_id, message)
+    return 0
+
+
+def _refusal(placement: store.JobPlacement, uid: int, node: str) -> str | None:
+    if placement.node != node:
+        return f"placed on {placement.node}'s GPU {placement.gpu_uuid} but started on {node}"
+    if placement.uid != uid:
+        return f"placement is for uid {placement.uid}, job runs as uid {uid}"
+    return None

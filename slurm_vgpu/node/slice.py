@@ -1,0 +1,76 @@
+"""The slice file: what the SPANK plugin puts in each task of a job, as ``KEY=VALUE`` lines.
+
+Written by the prolog, root-owned, mode 0644: the job's user can read it, never change it. The
+plugin refuses any other owner or mode and any key outside its allowlist.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+NVIDIA_MAJOR = 195
+NVIDIACTL_MINOR = 255
+
+
+@dataclass(frozen=True)
+class Slice:
+    job_id: int
+    gpu_uuid: str
+    gpu_minor: int  # /dev/nvidia<minor>: the GPU's index on its node
+    share: int
+    memory_mib: int | None
+    pipe_dir: Path
+    log_dir: Path
+
+
+def render(slice_: Slice, node_minors: list[int], uvm_major: int | None) -> str:
+    """Variables for the task, then device rules: allow the job's GPU (and the control devices),
+    deny every other GPU of the node."""
+    lines = [
+        f"# slurm-vgpu slice of job {slice_.job_id}; written by the prolog, applied by the SPANK plugin",
+        f"CUDA_VISIBLE_DEVICES={slice_.gpu_uuid}",
+        f"CUDA_MPS_PIPE_DIRECTORY={slice_.pipe_dir}",
+        f"CUDA_MPS_LOG_DIRECTORY={slice_.log_dir}",
+        f"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={slice_.share}",
+    ]
+    if slice_.memory_mib is not None:
+        lines.append(f"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0={slice_.memory_mib}M")
+    allowed = [(NVIDIA_MAJOR, slice_.gpu_minor), (NVIDIA_MAJOR, NVIDIACTL_MINOR)]
+    if uvm_major is not None:
+        allowed += [(uvm_major, 0), (uvm_major, 1)]
+    lines += [f"DEVICE_ALLOW=c {major}:{minor} rw" for major, minor in allowed]
+    lines += [f"DEVICE_DENY=c {NVIDIA_MAJOR}:{m} rwm" for m in sorted(set(node_minors)) if m != slice_.gpu_minor]
+    return "\n".join(lines) + "\n"
+
+
+def char_major(name: str, proc_devices: Path = Path("/proc/devices")) -> int | None:
+    """The major number the kernel gave a character driver (nvidia-uvm's is dynamic)."""
+    in_chars = False
+    for line in proc_devices.read_text().splitlines():
+        if line.strip() == "Character devices:":
+            in_chars = True
+        elif line.strip() == "Block devices:":
+            in_chars = False
+        elif in_chars and line.split()[1:] == [name]:
+            return int(line.split()[0])
+    return None
+
+
+def write(directory: Path, job_id: int, text: str) -> Path:
+    """Atomically, root-owned 0644, in a root-owned 0755 directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o755)
+    path = directory / str(job_id)
+    tmp = directory / f".{job_id}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.chown(tmp, 0, 0)
+    os.chmod(tmp, 0o644)
+    tmp.replace(path)
+    return path
+
+
+def remove(directory: Path, job_id: int) -> None:
+    (directory / str(job_id)).unlink(missing_ok=True)

@@ -1,0 +1,79 @@
+"""The prolog's and epilog's few queries, in plain psycopg: importing SQLAlchemy and Alembic would
+cost more than the whole prolog should take."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import psycopg
+
+# Placements that hold capacity: slurm_vgpu.db.models.ACTIVE_STATES, repeated so the prolog does not
+# import SQLAlchemy (0.4 s); tests/unit/test_mps_node.py checks that the two agree.
+ACTIVE_STATES = ("placed", "pinned", "running")
+
+
+@dataclass(frozen=True)
+class JobPlacement:
+    id: int
+    job_id: int
+    uid: int
+    share: int
+    memory_mib: int | None
+    state: str
+    gpu_uuid: str
+    gpu_index: int
+    node: str
+
+
+def connect(database_url: str, timeout: float = 3.0) -> psycopg.Connection:
+    """``postgresql+psycopg://...`` (SQLAlchemy's form, as in slurm-vgpu.conf) -> a libpq connection."""
+    return psycopg.connect(re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", database_url),
+                           connect_timeout=max(1, int(timeout)), autocommit=True)
+
+
+def active_placement(conn: psycopg.Connection, job_id: int) -> JobPlacement | None:
+    row = conn.execute(
+        "SELECT p.id, p.job_id, p.uid, p.share, p.memory_mib, p.state, g.uuid, g.index, g.node "
+        "FROM placements p JOIN gpus g ON g.uuid = p.gpu_uuid "
+        "WHERE p.job_id = %s AND p.state = ANY(%s)",
+        (job_id, list(ACTIVE_STATES)),
+    ).fetchone()
+    return JobPlacement(*row) if row else None
+
+
+def mark_running(conn: psycopg.Connection, placement: JobPlacement) -> None:
+    conn.execute(
+        "UPDATE placements SET state = 'running', started_at = coalesce(started_at, now()) WHERE id = %s",
+        (placement.id,),
+    )
+
+
+def mark_released(conn: psycopg.Connection, placement: JobPlacement) -> None:
+    conn.execute("UPDATE placements SET state = 'released', ended_at = clock_timestamp() WHERE id = %s", (placement.id,))
+
+
+def user_limits(conn: psycopg.Connection, gpu_uuid: str, uid: int,
+                including: int | None = None) -> tuple[int, int | None] | None:
+    """The caps of ``uid``'s server on a GPU: its largest running slice and largest memory cap (no
+    cap when one of its slices has none), counting placement ``including`` as running; None when
+    it has no slice there. Caps apply to each client, so the largest slice bounds them all."""
+    share, memory, uncapped = conn.execute(
+        "SELECT max(share), max(memory_mib), bool_or(memory_mib IS NULL) FROM placements "
+        "WHERE gpu_uuid = %s AND uid = %s AND (state = 'running' OR id = %s)",
+        (gpu_uuid, uid, including),
+    ).fetchone()
+    if share is None:
+        return None
+    return share, None if uncapped else memory
+
+
+def node_gpu_minors(conn: psycopg.Connection, node: str) -> list[int]:
+    return [r[0] for r in conn.execute('SELECT "index" FROM gpus WHERE node = %s', (node,))]
+
+
+def record_event(conn: psycopg.Connection, kind: str, message: str, job_id: int | None = None,
+                 gpu_uuid: str | None = None, node: str | None = None) -> None:
+    conn.execute(
+        "INSERT INTO events (kind, job_id, gpu_uuid, node, message) VALUES (%s, %s, %s, %s, %s)",
+        (kind, job_id, gpu_uuid, node, message),
+    )

@@ -1,0 +1,197 @@
+"""One placement cycle: reconcile Postgres with Slurm, place waiting jobs, pin them.
+
+Order matters for crash safety: decisions are committed to Postgres (where the capacity guard makes
+oversubscription impossible) *before* Slurm is told; a crash after the commit leaves placements in
+state ``placed`` that the next cycle pins again. Pinning is idempotent.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from ..adapters.slurm import UNPLACED, Job, Slurm, SlurmError
+from ..config import Config
+from ..db import store
+from ..db.engine import session_scope
+from ..db.models import Placement
+from ..policy import PolicyConfig, Request, SloClass, place_slices
+
+log = logging.getLogger("slurm_vgpu.placement")
+
+ENDED = {
+    "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
+    "BOOT_FAIL", "DEADLINE",
+}
+
+
+@dataclass
+class CycleReport:
+    placed: list[int] = field(default_factory=list)
+    pinned: list[int] = field(default_factory=list)
+    waiting: dict[int, str] = field(default_factory=dict)
+    cancelled: dict[int, str] = field(default_factory=dict)
+    released: list[int] = field(default_factory=list)
+    unpinned: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Pin:
+    job_id: int
+    placement_id: int
+    gres_type: str
+    node: str
+    share: int
+    gpu_uuid: str
+
+
+def policy_config(config: Config) -> PolicyConfig:
+    return PolicyConfig(
+        policy=config.policy,
+        multi_user=config.multi_user,
+        latency_max_cotenants=config.latency_max_cotenants,
+        reference_model=config.reference_model,
+        starvation_wait_s=config.starvation_wait,
+    )
+
+
+def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float) -> list[Request]:
+    """Held, unplaced vgpu jobs as policy requests, oldest first.
+
+    Held jobs all have priority 0, so Slurm's priority cannot order them; submit order (FIFO) does,
+    and the policy's anti-starvation keeps a large request from waiting forever.
+    """
+    waiting = [
+        j for j in jobs
+        if j.state == "PENDING" and j.request.state == UNPLACED and j.job_id not in placed_jobs
+    ]
+    waiting.sort(key=lambda j: (j.submit_time, j.job_id))
+    return [
+        Request(
+            job_id=str(j.job_id),
+            share=j.request.share,
+            user=j.user_id,
+            slo_class=SloClass(j.request.slo_class),
+            memory_mib=j.request.memory_mib,
+            models=frozenset({j.request.model}) if j.request.model else frozenset(),
+            waited_s=max(0.0, now_s - j.submit_time),
+        )
+        for j in waiting
+    ]
+
+
+def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool = True) -> CycleReport:
+    """``may_cancel`` is False until the agents have had time to register: a request that looks
+    impossible against a half-registered inventory is told it waits, not cancelled."""
+    report = CycleReport()
+    jobs = {j.job_id: j for j in slurm.vgpu_jobs()}
+    now = store.now()
+    with session_scope(engine) as session:
+        repin, unpin = _reconcile(session, jobs, config, report)
+        active = store.active_placements(session)
+        requests = waiting_requests(list(jobs.values()), {p.job_id for p in active}, now.timestamp())
+        result = place_slices(store.gpu_states(session, config.heartbeat_timeout), requests, policy_config(config))
+        by_id = {r.job_id: r for r in requests}
+        new = [
+            Placement(
+                job_id=int(d.job_id), gpu_uuid=d.gpu_uuids[0], uid=by_id[d.job_id].user, share=d.share,
+                requested_share=by_id[d.job_id].share, memory_mib=by_id[d.job_id].memory_mib,
+                slo_class=by_id[d.job_id].slo_class.value, state="placed",
+            )
+            for d in result.decisions
+        ]
+        session.add_all(new)
+        session.flush()
+        gpus = store.gpus_by_uuid(session, {p.gpu_uuid for p in [*new, *repin]})
+        pins = [
+            Pin(p.job_id, p.id, gpus[p.gpu_uuid].gres_type, gpus[p.gpu_uuid].node, p.share, p.gpu_uuid)
+            for p in [*new, *repin]
+        ]
+        report.placed = [p.job_id for p in new]
+    for job_id in unpin:
+        _unpin(slurm, jobs[job_id], report)
+    for pin in pins:
+        _pin(engine, slurm, jobs[pin.job_id], pin, report)
+    for blocked in result.blocked:
+        never = blocked.never and may_cancel
+        _tell_waiting(engine, slurm, jobs[int(blocked.job_id)], blocked.reason, never, report)
+    return report
+
+
+def _reconcile(session, jobs: dict[int, Job], config: Config, report: CycleReport):
+    """Bring placements in line with what Slurm says; returns (placements to pin again, jobs to unpin)."""
+    repin, unpin = [], []
+    now = store.now()
+    placed_jobs = set()
+    for placement in store.active_placements(session):
+        job = jobs.get(placement.job_id)
+        placed_jobs.add(placement.job_id)
+        if job is None or job.state in ENDED:
+            store.end_placement(session, placement, "released", f"job {job.state.lower() if job else 'gone'}")
+            report.released.append(placement.job_id)
+        elif job.state == "RUNNING" and placement.state != "running":
+            placement.state = "running"
+            placement.started_at = placement.started_at or now
+        elif job.state == "PENDING" and placement.state == "placed":
+            repin.append(placement)
+        elif job.state == "PENDING" and placement.state == "running":
+            placement.state, placement.pinned_at = "pinned", now  # requeued by Slurm onto the same GPU
+        elif (
+            job.state == "PENDING" and placement.state == "pinned"
+            and placement.pinned_at < now - timedelta(seconds=config.pin_timeout)
+        ):
+            store.end_placement(
+                session, placement, "failed",
+                f"pinned for {config.pin_timeout:.0f}s without starting; placing it again",
+            )
+            unpin.append(placement.job_id)
+    for job in jobs.values():
+        if job.state == "PENDING" and job.request.state == "pinned" and job.job_id not in placed_jobs:
+            unpin.append(job.job_id)  # Slurm has a pin that Postgres no longer backs
+    return repin, unpin
+
+
+def _pin(engine: sa.Engine, slurm: Slurm, job: Job, pin: Pin, report: CycleReport) -> None:
+    request = replace(job.request, state="pinned", gpu=pin.gpu_uuid, wait=None)
+    try:
+        slurm.pin(pin.job_id, pin.gres_type, pin.share, pin.node, request)
+    except SlurmError as exc:
+        log.warning("job %d: pinning to %s failed: %s", pin.job_id, pin.gres_type, exc)
+        with session_scope(engine) as session:
+            placement = session.get(Placement, pin.placement_id)
+            if placement.state in ("placed", "pinned"):
+                store.end_placement(session, placement, "failed", f"Slurm refused the pin: {exc}")
+        return
+    with session_scope(engine) as session:
+        placement = session.get(Placement, pin.placement_id)
+        if placement.state == "placed":
+            placement.state, placement.pinned_at = "pinned", store.now()
+        store.log_event(session, "pinned", f"job {pin.job_id} -> {pin.node} {pin.gres_type} ({pin.share}%)",
+                        job_id=pin.job_id, gpu_uuid=pin.gpu_uuid, node=pin.node)
+    report.pinned.append(pin.job_id)
+
+
+def _unpin(slurm: Slurm, job: Job, report: CycleReport) -> None:
+    try:
+        slurm.hold(job.job_id, replace(job.request, state=UNPLACED, gpu=None, wait="placing again"))
+        report.unpinned.append(job.job_id)
+    except SlurmError as exc:
+        log.warning("job %d: could not take its pin back: %s", job.job_id, exc)
+
+
+def _tell_waiting(engine, slurm: Slurm, job: Job, reason: str, never: bool, report: CycleReport) -> None:
+    """Say why a job waits (in its AdminComment), once per change; end it if it can never run."""
+    try:
+        if never:
+            slurm.cancel(job.job_id, replace(job.request, state="failed", wait=reason))
+            report.cancelled[job.job_id] = reason
+            with session_scope(engine) as session:
+                store.log_event(session, "cancelled", reason, job_id=job.job_id)
+        elif job.request.wait != reason.replace('"', "'"):  # as it reads back from AdminComment
+            slurm.set_comment(job.job_id, replace(job.request, wait=reason))
+            report.waiting[job.job_id] = reason
+    except SlurmError as exc:
+        log.warning("job %d: could not record why it waits: %s", job.job_id, exc)
+

@@ -1,0 +1,132 @@
+"""FGD's fragmentation measure (Weng et al., USENIX ATC'23), over a distribution of typical requests.
+
+A node's idle GPU capacity is a fragment for a typical request when that request could not use it:
+all of it when the request cannot run on the node at all (model, CPU, too few GPUs with room, or no
+GPU wanted), else the idle part of the GPUs with less room than the request needs. ``F_n`` is the
+expectation over the typical requests, in GPUs (idle share / capacity).
+
+``F_n`` depends only on the node's free CPU and the sorted rooms of its available GPUs
+(:attr:`.view.NodeView.key`),
+and is summed in key order, so equal keys give bit-for-bit equal values whichever node came first.
+"""
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .model import PolicyConfig, Request
+from .rules import Ask
+from .units import units_at
+from .view import NodeView
+
+TYPICAL_COVERAGE = 0.95  # keep the most frequent request shapes until they cover this share
+
+Entry = tuple[int, int, str, float]  # (free, capacity, model, speed) of one available GPU
+Key = tuple[int | None, tuple[Entry, ...]]  # (free CPU, sorted entries)
+
+
+@dataclass(frozen=True)
+class Typical:
+    """One typical request shape and its probability."""
+
+    share: int
+    gpus: int
+    cpu_milli: int
+    models: frozenset[str]
+    p: float
+
+
+def typical_requests(workload: Iterable[tuple[Request, float]],
+                     coverage: float = TYPICAL_COVERAGE) -> tuple[Typical, ...]:
+    """Group weighted requests by (CPU, GPUs, share, models); keep the most frequent until they
+    cover ``coverage`` of the weight, renormalised (the FGD paper's "typical pods")."""
+    weights: Counter = Counter()
+    for req, w in workload:
+        weights[(req.cpu_milli, req.share, req.gpus, tuple(sorted(m.lower() for m in req.models)))] += w
+    total = sum(weights.values())
+    if total <= 0:
+        return ()
+    ranked = sorted(weights.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+    kept, cum = [], 0.0
+    for key, w in ranked:
+        if cum >= coverage * total:
+            break
+        kept.append((key, w))
+        cum += w
+    return tuple(Typical(share=s, gpus=k, cpu_milli=c, models=frozenset(m), p=w / cum)
+                 for (c, s, k, m), w in kept)
+
+
+class Fragmentation:
+    """``F_n`` for nodes, memoised by their key."""
+
+    def __init__(self, typical: Sequence[Typical], config: PolicyConfig, ref_speed: float = 1.0):
+        self.typical = tuple(typical)
+        self.config = config
+        self.ref_speed = ref_speed
+        self._memo: dict[Key, float] = {}
+
+    def of(self, node: NodeView) -> float:
+        return self.of_key(node.key)
+
+    def placed(self, node: NodeView, positions: Sequence[int], ask: Ask) -> float:
+        """``F_n`` of the node once ``ask`` takes the GPUs at ``positions`` and its CPU (what
+        :func:`.apply.place_on` would leave, without building it)."""
+        cpu, entries = node.key
+        entries = list(entries)
+        for i in positions:
+            g = node.gpus[i]
+            if g.available:
+                entries.pop(bisect.bisect_left(entries, (g.free, g.capacity, g.model, g.speed)))
+                bisect.insort(entries, (g.free - ask.units(g), g.capacity, g.model, g.speed))
+        return self.of_key((None if cpu is None else cpu - ask.request.cpu_milli, tuple(entries)))
+
+    def of_key(self, key: Key) -> float:
+        value = self._memo.get(key)
+        if value is None:
+            value = self._memo[key] = self._compute(*key)
+        return value
+
+    def _compute(self, cpu_free: int | None, entries: tuple[Entry, ...]) -> float:
+        idle = [free / capacity for free, capacity, _, _ in entries]
+        total_idle = sum(idle)
+        if total_idle == 0:
+            return 0.0
+        models = {model.lower() for _, _, model, _ in entries}
+        if len(models) == 1 and not self.config.reference_model:
+            return self._by_room(cpu_free, entries, idle, total_idle, models.pop())
+        frag = 0.0
+        for m in self.typical:
+            if m.gpus == 0 or (cpu_free is not None and m.cpu_milli > cpu_free):
+                frag += m.p * total_idle
+                continue
+            stranded, roomy = 0.0, 0
+            for (free, _, model, speed), i in zip(entries, idle):
+                if (m.models and model.lower() not in m.models) or \
+                        units_at(m.share, speed, self.config, self.ref_speed) > free:
+                    stranded += i
+                else:
+                    roomy += 1
+            frag += m.p * (stranded if roomy >= m.gpus else total_idle)
+        return frag
+
+    def _by_room(self, cpu_free: int | None, entries: tuple[Entry, ...], idle: list[float],
+                 total_idle: float, model: str) -> float:
+        """:meth:`_compute` for GPUs of one model in plain units: the GPUs a typical request cannot
+        use are those with less room than its share, a prefix of the sorted entries, so their idle
+        sum is a prefix sum (added in the same order, hence the same float)."""
+        frees = [free for free, _, _, _ in entries]
+        prefix = [0.0]
+        for i in idle:
+            prefix.append(prefix[-1] + i)
+        frag = 0.0
+        for m in self.typical:
+            if m.gpus == 0 or (cpu_free is not None and m.cpu_milli > cpu_free) or \
+                    (m.models and model not in m.models):
+                frag += m.p * total_idle
+                continue
+            stranded = bisect.bisect_left(frees, m.share)
+            frag += m.p * (prefix[stranded] if len(frees) - stranded >= m.gpus else total_idle)
+        return frag

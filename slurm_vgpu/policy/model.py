@@ -1,0 +1,108 @@
+"""The placement policy's vocabulary: plain immutable records, no I/O.
+
+The daemon builds these from Postgres and Slurm, the simulator from trace CSVs, the CLI's dry run
+from either; all of them hand the same records to :func:`slurm_vgpu.policy.place_slices`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class SloClass(str, Enum):
+    """SLO classes; behaviour is fixed, names are what users type after ``--vgpu-class``."""
+
+    LATENCY = "latency"
+    THROUGHPUT = "throughput"
+    BEST_EFFORT = "best-effort"
+
+
+@dataclass(frozen=True)
+class GpuState:
+    """One GPU as the policy sees it at the start of a cycle.
+
+    ``capacity`` is in share units: 100 in Slurm (vgpu percent), 1000 in the Alibaba trace (milli).
+    """
+
+    uuid: str
+    node: str
+    index: int
+    model: str  # normalised short model name, e.g. "H100", "A100", "T4"
+    memory_mib: int
+    speed: float = 1.0  # throughput relative to the reference GPU model
+    capacity: int = 100
+    used: int = 0
+    memory_used_mib: int = 0
+    user: int | None = None  # uid owning the GPU's MPS server, None when no slice is on it
+    classes: tuple[SloClass, ...] = ()  # SLO class of every slice already on the GPU
+    available: bool = True  # False when drained, down, or its node's agent is silent
+    unavailable_reason: str | None = None  # why not available, in words (names a silent node)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.used
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """A node's non-GPU resources; ``None`` means the caller does not constrain them."""
+
+    name: str
+    cpu_milli_free: int | None = None
+    memory_mib_free: int | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """A pending request. ``share`` is in the capacity units of the GPUs (or reference units).
+
+    ``gpus > 1`` asks for that many whole GPUs on one node (trace replay only: a vgpu slice is
+    always ``gpus == 1``). ``models`` restricts the GPU model; empty means any.
+    """
+
+    job_id: str
+    share: int
+    user: int = 0
+    slo_class: SloClass = SloClass.THROUGHPUT
+    memory_mib: int | None = None
+    models: frozenset[str] = frozenset()
+    gpus: int = 1
+    cpu_milli: int = 0
+    node_memory_mib: int = 0
+    waited_s: float = 0.0  # time since submission, for anti-starvation
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Place ``job_id`` on these GPUs of ``node`` with ``share`` units taken on each."""
+
+    job_id: str
+    node: str
+    gpu_uuids: tuple[str, ...]
+    share: int  # units on each GPU, after any reference-unit conversion
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """A request left unplaced this cycle; ``never`` means no GPU in the cluster could ever meet it."""
+
+    job_id: str
+    reason: str
+    never: bool = False
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    policy: str = "ours"  # random | first-fit | best-fit | fgd | ours
+    multi_user: bool = False  # True only where the site runs MPS multi-user mode
+    latency_max_cotenants: int = 2  # other slices allowed beside a latency slice
+    reference_model: str | None = None  # when set, shares are in units of this model's speed
+    starvation_wait_s: float = 600.0  # after this wait the oldest blocked request reserves a GPU
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PlacementResult:
+    decisions: tuple[Decision, ...] = ()
+    blocked: tuple[Blocked, ...] = ()
+    reserved: dict[str, str] = field(default_factory=dict)  # gpu uuid -> job id holding it

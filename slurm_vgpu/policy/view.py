@@ -1,0 +1,62 @@
+"""A node as the scoring functions see it, and the key under which its evaluation can be reused.
+
+The daemon and the CLI build views from a cycle's GPU list; the simulator keeps views across pods and
+memoises evaluations by :func:`node_shape`, so two nodes in the same state are scored once.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .model import GpuState, NodeState
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """One node: its GPUs in index order and, when known, its free CPU and memory."""
+
+    name: str
+    gpus: tuple[GpuState, ...]
+    cpu_milli_free: int | None = None
+    memory_mib_free: int | None = None
+    # What fragmentation reads of the node: free CPU and the sorted (free, capacity, model, speed)
+    # of its available GPUs. Computed once here because every score of the node reads it.
+    key: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.cpu_milli_free, tuple(sorted(
+            (g.free, g.capacity, g.model, g.speed) for g in self.gpus if g.available))))
+
+
+def node_shape(node: NodeView) -> tuple:
+    """Everything a node evaluation reads, without names: equal shapes get equal evaluations."""
+    return (
+        node.cpu_milli_free,
+        node.memory_mib_free,
+        tuple(
+            (g.free, g.capacity, g.model, g.memory_mib - g.memory_used_mib, g.user, g.classes,
+             g.available, g.speed)
+            for g in node.gpus
+        ),
+    )
+
+
+def group_nodes(gpus: Iterable[GpuState], nodes: Sequence[NodeState] = ()) -> list[NodeView]:
+    """Group a flat GPU list into node views, nodes in order of first appearance, GPUs by index."""
+    by_node: dict[str, list[GpuState]] = {}
+    for gpu in gpus:
+        by_node.setdefault(gpu.node, []).append(gpu)
+    resources = {n.name: n for n in nodes}
+    views = []
+    for name, members in by_node.items():
+        res = resources.get(name)
+        views.append(NodeView(
+            name=name,
+            gpus=tuple(sorted(members, key=lambda g: g.index)),
+            cpu_milli_free=res.cpu_milli_free if res else None,
+            memory_mib_free=res.memory_mib_free if res else None,
+        ))
+    for res in nodes:  # GPU-less nodes still host CPU-only trace tasks
+        if res.name not in by_node:
+            views.append(NodeView(res.name, (), res.cpu_milli_free, res.memory_mib_free))
+    return views

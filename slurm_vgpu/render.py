@@ -1,0 +1,103 @@
+"""Renders the Slurm-side configuration from the jinja2 templates in ``gres/``.
+
+One place, so the dev cluster, ``slurm-vgpu render`` and Ansible produce the same files.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import jinja2
+
+from .adapters.gpus import GpuRecord
+from .resources import GRES_TEMPLATES
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A Slurm node as the configs need it."""
+
+    name: str
+    gpus: tuple[GpuRecord, ...]
+    cpus: int = 4
+    memory_mib: int = 8192
+    port: int | None = None  # per-node slurmd port (dev cluster only)
+    address: str | None = None
+
+    @property
+    def gres(self) -> str:
+        """``vgpu:h100_0:100,vgpu:h100_1:100``: one count-only typed record of 100 per GPU."""
+        return ",".join(f"vgpu:{g.gres_type}:100" for g in self.gpus)
+
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(GRES_TEMPLATES)),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def render(template: str, **context) -> str:
+    return _env.get_template(template).render(**context)
+
+
+def gres_conf(nodes: Iterable[NodeSpec]) -> str:
+    return render("gres.conf.j2", nodes=list(nodes))
+
+
+def job_submit_lua(nodes: Iterable[NodeSpec], operator_uids: Iterable[int] = (0,),
+                   default_class: str = "throughput") -> str:
+    """job_submit.lua knows the cluster's GPU models and largest memory, so it can refuse at submit."""
+    gpus = [g for n in nodes for g in n.gpus]
+    return render(
+        "job_submit.lua.j2",
+        models=sorted({g.model for g in gpus}),
+        largest_memory_mib=max((g.memory_mib for g in gpus), default=0),
+        operator_uids=sorted(set(operator_uids)),
+        default_class=default_class,
+    )
+
+
+# Where a site install puts our pieces; ``slurm-vgpu render`` and ``doctor`` take these as defaults.
+DEFAULT_PLUGSTACK_CONF = "/etc/slurm/plugstack.conf"
+DEFAULT_SPANK_PLUGIN = "/usr/local/lib/slurm/slurm_vgpu.so"  # where spank/Makefile installs it
+DEFAULT_PROLOG = "/usr/local/libexec/slurm-vgpu/prolog"
+DEFAULT_EPILOG = "/usr/local/libexec/slurm-vgpu/epilog"
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """The site-specific paths and policy the rendered Slurm files name."""
+
+    plugstack_conf: str = DEFAULT_PLUGSTACK_CONF
+    spank_plugin: str = DEFAULT_SPANK_PLUGIN
+    spank_args: str = ""
+    prolog: str = DEFAULT_PROLOG
+    epilog: str = DEFAULT_EPILOG
+    operator_uids: tuple[int, ...] = (0,)
+    default_class: str = "throughput"
+
+
+# File name (relative to the output directory) -> what it is, for --help and the admin guide.
+SITE_FILES = {
+    "gres.conf": "the vgpu GRES records, one typed record of 100 per GPU",
+    "vgpu-slurm.conf": "slurm.conf additions: GresTypes, job_submit, plugstack, prolog/epilog, Gres= per node",
+    "plugstack.conf.d/slurm-vgpu.conf": "the SPANK plugin's plugstack entry",
+    "job_submit.lua": "records and holds vgpu jobs at submit",
+}
+
+
+def site_files(nodes: Iterable[NodeSpec], settings: SiteSettings = SiteSettings()) -> dict[str, str]:
+    """Every file of :data:`SITE_FILES`, rendered for these nodes (a node's CPUs and RealMemory are
+    left out when unknown, so the lines merge into the site's own NodeName lines)."""
+    nodes = list(nodes)
+    return {
+        "gres.conf": gres_conf(nodes),
+        "vgpu-slurm.conf": render("slurm-vgpu.conf.j2", nodes=nodes, plugstack_conf=settings.plugstack_conf,
+                                  prolog=settings.prolog, epilog=settings.epilog),
+        "plugstack.conf.d/slurm-vgpu.conf": render("plugstack.conf.j2", spank_plugin=settings.spank_plugin,
+                                                   spank_args=settings.spank_args),
+        "job_submit.lua": job_submit_lua(nodes, settings.operator_uids, settings.default_class),
+    }

@@ -1,0 +1,1 @@
+"""Trace simulator: replays GPU traces through the shared placement policy (FGD paper protocol)."""

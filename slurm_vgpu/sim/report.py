@@ -1,0 +1,67 @@
+"""Show a simulation's figures: a table on the terminal and a plot of allocation vs arrived load."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from ..policy.model import SloClass
+from .metrics import Figures, summary
+
+
+def print_table(runs: Sequence[Figures], arrival_max: float, console: Console | None = None) -> None:
+    top = int(round(arrival_max * 100))
+    table = Table(title=f"GPU allocation at {top}% arrivals (mean over seeds)")
+    table.add_column("policy")
+    table.add_column("seeds", justify="right")
+    table.add_column("allocation %", justify="right")
+    table.add_column("unallocated GPUs", justify="right")
+    table.add_column("fragmentation %", justify="right")
+    for cls in SloClass:
+        table.add_column(f"failed {cls.value}", justify="right")
+    table.add_column("seconds", justify="right")
+    sums = summary(runs)
+    for policy, s in sums.items():
+        mine = [r for r in runs if r.policy == policy]
+        failed = {c.value: np.mean([r.failed.get(c.value, 0) for r in mine]) for c in SloClass}
+        table.add_row(
+            policy,
+            str(s["seeds"]),
+            f"{s['allocation_mean']:.2f}" + (f" ± {s['allocation_sd']:.2f}" if s["seeds"] > 1 else ""),
+            f"{s['unallocated_gpus_mean']:.0f}",
+            f"{s['fragmentation_rate_mean']:.1f}",
+            *(f"{failed[c.value]:.0f}" for c in SloClass),
+            f"{s['seconds']:.1f}",
+        )
+    (console or Console()).print(table)
+
+
+def plot_allocation(runs: Sequence[Figures], path: Path, arrival_max: float) -> None:
+    """One line per policy: mean allocation % against arrived GPU request % (the paper's Fig. 7)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    top = int(round(arrival_max * 100))
+    for policy in dict.fromkeys(r.policy for r in runs):
+        curves = [r.curve for r in runs if r.policy == policy]
+        buckets = sorted(set.intersection(*(set(c) for c in curves)))
+        values = [np.mean([c[b] for c in curves]) for b in buckets]
+        final = np.mean([r.allocation for r in runs if r.policy == policy])
+        ax.plot(buckets, values, label=f"{policy} ({final:.2f}%)")
+    ax.plot([0, 100], [0, 100], color="grey", linewidth=0.6, linestyle=":")
+    ax.set_xlim(0, top)
+    ax.set_xlabel("arrived GPU request (% of capacity)")
+    ax.set_ylabel("GPU allocation (% of capacity)")
+    ax.set_title("GPU allocation vs arrived load")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

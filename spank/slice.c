@@ -1,0 +1,192 @@
+/* The slice file: KEY=VALUE lines written by the prolog (slurm_vgpu/node). Trusted only when it is
+ * a regular file owned by root and writable by nobody else; every key must be on the allowlist. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common.h"
+
+static const char *const allowed_vars[] = {
+	"CUDA_VISIBLE_DEVICES",
+	"CUDA_MPS_PIPE_DIRECTORY",
+	"CUDA_MPS_LOG_DIRECTORY",
+	"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE",
+	"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
+};
+
+static int var_allowed(const char *name)
+{
+	for (size_t i = 0; i < sizeof(allowed_vars) / sizeof(allowed_vars[0]); i++)
+		if (strcmp(name, allowed_vars[i]) == 0)
+			return 1;
+	return 0;
+}
+
+/* "c 195:3 rw": type, major:minor, access; the only form the prolog writes. */
+static int device_rule_valid(const char *rule)
+{
+	unsigned int major, minor;
+	char type, access[4];
+	int end = 0;
+
+	if (sscanf(rule, "%c %u:%u %3[rwm]%n", &type, &major, &minor, access, &end) != 4)
+		return 0;
+	return (type == 'c' || type == 'b') && rule[end] == '\0';
+}
+
+static int add_rule(char rules[][32], size_t *count, const char *value, const char *path)
+{
+	if (!device_rule_valid(value) || strlen(value) >= 32 || *count >= MAX_DEVICE_RULES) {
+		log_error("%s: malformed device rule '%s'", path, value);
+		return -1;
+	}
+	strcpy(rules[(*count)++], value);
+	return 0;
+}
+
+static int parse_line(struct slice *slice, char *line, const char *path)
+{
+	char *value = strchr(line, '=');
+
+	line[strcspn(line, "\n")] = '\0';
+	if (line[0] == '\0' || line[0] == '#')
+		return 0;
+	if (value == NULL) {
+		log_error("%s: expected KEY=VALUE, got '%s'", path, line);
+		return -1;
+	}
+	*value++ = '\0';
+	if (strcmp(line, "DEVICE_ALLOW") == 0)
+		return add_rule(slice->allow, &slice->nallow, value, path);
+	if (strcmp(line, "DEVICE_DENY") == 0)
+		return add_rule(slice->deny, &slice->ndeny, value, path);
+	if (!var_allowed(line) || strlen(value) >= VALUE_MAX || slice->nvars >= MAX_SLICE_VARS) {
+		log_error("%s: '%s' is not a slice variable", path, line);
+		return -1;
+	}
+	strcpy(slice->vars[slice->nvars].name, line);
+	strcpy(slice->vars[slice->nvars].value, value);
+	slice->nvars++;
+	return 0;
+}
+
+int slice_read(const char *dir, unsigned int job_id, struct slice *slice)
+{
+	char path[VALUE_MAX + 16], line[512];
+	struct stat st;
+	FILE *file;
+	int fd, rc = 0;
+
+	memset(slice, 0, sizeof(*slice));
+	snprintf(path, sizeof(path), "%s/%u", dir, job_id);
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return 0;
+		log_error("cannot open slice file %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH))) {
+		log_error("refusing slice file %s: it must be a regular file owned by root, writable by root only",
+			  path);
+		close(fd);
+		return -1;
+	}
+	file = fdopen(fd, "r");
+	if (file == NULL) {
+		close(fd);
+		return -1;
+	}
+	while (rc == 0 && fgets(line, sizeof(line), file) != NULL)
+		rc = parse_line(slice, line, path);
+	fclose(file);
+	slice->found = rc == 0;
+	return rc;
+}
+
+/* The devices cgroup (v1) this process is in, as a path under the devices mount. */
+static int own_devices_cgroup(char *buf, size_t len)
+{
+	char line[512];
+	FILE *file = fopen("/proc/self/cgroup", "re");
+	int rc = -1;
+
+	if (file == NULL)
+		return -1;
+	while (fgets(line, sizeof(line), file) != NULL) {
+		char *controllers = strchr(line, ':');
+		char *path = controllers ? strchr(controllers + 1, ':') : NULL;
+
+		if (path == NULL)
+			continue;
+		*path++ = '\0';
+		if (strcmp(controllers + 1, "devices") == 0) {
+			path[strcspn(path, "\n")] = '\0';
+			snprintf(buf, len, "%s", path);
+			rc = 0;
+			break;
+		}
+	}
+	fclose(file);
+	return rc;
+}
+
+static int write_rule(const char *file_path, const char *rule)
+{
+	int fd = open(file_path, O_WRONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0) {
+		log_error("cannot open %s: %s", file_path, strerror(errno));
+		return -1;
+	}
+	n = write(fd, rule, strlen(rule));
+	close(fd);
+	if (n < 0) {
+		log_error("cannot write '%s' to %s: %s", rule, file_path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* Allow the job's GPU and deny the node's other GPUs in this task's devices cgroup. An allow must
+ * hold at every level from the job's cgroup down (a v1 child never gets more than its parent). */
+int slice_apply_devices(const struct slice *slice, const char *devices_root)
+{
+	char cgroup[VALUE_MAX], dir[2 * VALUE_MAX], file_path[2 * VALUE_MAX + 16];
+	char *job_level;
+
+	if (slice->nallow == 0 && slice->ndeny == 0)
+		return 0;
+	job_level = own_devices_cgroup(cgroup, sizeof(cgroup)) == 0 ? strstr(cgroup, "/job_") : NULL;
+	if (job_level == NULL) {
+		/* Never write rules outside the job's own cgroup (the root cgroup is the whole machine). */
+		log_info("task is in no job devices cgroup (ConstrainDevices=no?): GPU device rules not applied");
+		return 0;
+	}
+	for (size_t i = 0; i < slice->nallow; i++) {
+		/* From the job level down to the task's own cgroup. */
+		char *end = job_level ? strchr(job_level + 1, '/') : NULL;
+
+		for (;;) {
+			size_t prefix = end ? (size_t)(end - cgroup) : strlen(cgroup);
+
+			snprintf(dir, sizeof(dir), "%s%.*s", devices_root, (int)prefix, cgroup);
+			snprintf(file_path, sizeof(file_path), "%s/devices.allow", dir);
+			if (write_rule(file_path, slice->allow[i]) < 0)
+				return -1;
+			if (end == NULL)
+				break;
+			end = strchr(end + 1, '/');
+		}
+	}
+	for (size_t i = 0; i < slice->ndeny; i++) {
+		snprintf(file_path, sizeof(file_path), "%s%s/devices.deny", devices_root, cgroup);
+		if (write_rule(file_path, slice->deny[i]) < 0)
+			return -1;
+	}
+	return 0;
+}

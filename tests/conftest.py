@@ -1,0 +1,111 @@
+"""Shared fixtures: a fresh Postgres database per test run and a real local Slurm cluster.
+
+Environment knobs (so several runs can share one machine):
+  SLURM_VGPU_TEST_DATABASE_URL  server to create test databases on (default: local postgres)
+  SLURM_VGPU_TEST_PORT          slurmctld port of the test cluster (default 26817)
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from slurm_vgpu.db import engine as db
+
+SERVER_URL = os.environ.get("SLURM_VGPU_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+TEST_PORT = int(os.environ.get("SLURM_VGPU_TEST_PORT", "26817"))
+
+
+def new_database() -> str:
+    """Create an empty database with a unique name and return its URL."""
+    url = db.database_url(SERVER_URL).set(database=f"slurm_vgpu_test_{uuid.uuid4().hex[:10]}")
+    db.ensure_database(url)
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def database_url():
+    """One migrated database for the whole run; dropped at the end."""
+    url = new_database()
+    db.upgrade(url)
+    yield url
+    db.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def db_engine(database_url):
+    engine = db.make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def clean_db(db_engine):
+    """An empty schema for one test (tables truncated before it runs)."""
+    with db_engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE events, placements, gpus, nodes RESTART IDENTITY CASCADE"))
+    return db_engine
+
+
+def have_slurm() -> bool:
+    return all(shutil.which(p, path=f"/usr/sbin:{os.environ.get('PATH', '')}") for p in ("slurmctld", "slurmd", "sbatch"))
+
+
+def cluster_dir(name: str) -> Path:
+    """A directory job users can read (slurm.conf must be readable by them; pytest's are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix=f"slurm-vgpu-{name}-", dir="/var/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+def start_cluster(directory: Path, database_url: str, layout: Path | None = None, port: int = TEST_PORT):
+    """Bring up the whole system (Slurm, placement, agents) on a dev cluster for tests."""
+    from slurm_vgpu.devcluster import cluster as devcluster
+    from slurm_vgpu.devcluster.system import dev_cluster
+
+    kwargs = {"layout": layout} if layout else {}
+    cluster = dev_cluster(directory, port, database_url=database_url, **kwargs)
+    devcluster.up(cluster)
+    return cluster
+
+
+def stop_cluster(cluster) -> None:
+    from slurm_vgpu.devcluster import cluster as devcluster
+
+    devcluster.down(cluster)
+    db.drop_database(cluster.database_url)
+    shutil.rmtree(cluster.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The default 3-node cluster (4xH100, 4xA100, 8xT4) with its own database, shared by e2e
+    tests; stopped at the end, also when tests fail."""
+    if not have_slurm():
+        pytest.fail("Slurm is not installed: run the README's test command, which installs it")
+    started = start_cluster(cluster_dir("cluster"), new_database())
+    yield started
+    stop_cluster(started)
+
+
+@pytest.fixture(scope="session")
+def cluster_engine(cluster):
+    """The e2e cluster's own database (placements, events) for assertions."""
+    engine = db.make_engine(cluster.database_url)
+    yield engine
+    engine.dispose()
+
+
+def slurm(cluster, *args: str, user: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a Slurm command against the test cluster, as root or as ``user``."""
+    env = {**os.environ, **cluster.env()}
+    argv = list(args)
+    if user:
+        argv = ["runuser", "-u", user, "--", "env", f"SLURM_CONF={cluster.slurm_conf}", *argv]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, check=check, cwd="/tmp")

@@ -1,0 +1,95 @@
+"""Submitting and watching jobs on the test cluster."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from ..conftest import slurm
+
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
+
+
+def output_dir(cluster) -> Path:
+    """Job output lives with the cluster: job ids restart at 1 in every new cluster."""
+    path = cluster.dir / "out"
+    path.mkdir(exist_ok=True)
+    path.chmod(0o1777)
+    return path
+
+
+def submit(cluster, *options: str, script: str = "hostname", user: str | None = None) -> int:
+    out = slurm(cluster, "sbatch", "--parsable", "-o", f"{output_dir(cluster)}/%j.out", *options,
+                "--wrap", script, user=user).stdout
+    return int(out.strip().split(";")[0])
+
+
+def submit_fails(cluster, *options: str, user: str | None = None) -> str:
+    """Submit a job that must be refused; returns what sbatch said."""
+    result = slurm(cluster, "sbatch", *options, "--wrap", "true", user=user, check=False)
+    assert result.returncode != 0, f"sbatch {' '.join(options)} was accepted: {result.stdout}"
+    return result.stderr
+
+
+def jobs(cluster) -> dict[int, dict[str, str]]:
+    """Every job slurmctld knows, from ``squeue --json`` (on 22.05 it ignores filters and includes
+    ended jobs), under the names ``scontrol show job`` uses."""
+    doc = json.loads(slurm(cluster, "squeue", "--json").stdout)
+    return {
+        j["job_id"]: {
+            "JobState": j["job_state"], "NodeList": j.get("nodes") or "", "Reason": j.get("state_reason", ""),
+            "TresPerNode": j.get("tres_per_node") or "", "AdminComment": j.get("admin_comment") or "",
+            "UserName": j.get("user_name", ""),
+        }
+        for j in doc["jobs"]
+    }
+
+
+def job(cluster, job_id: int) -> dict[str, str]:
+    return jobs(cluster)[job_id]
+
+
+def wait_for(cluster, job_ids, states=ENDED, timeout: float = 120.0) -> dict[int, dict[str, str]]:
+    deadline = time.monotonic() + timeout
+    pending = set(job_ids)
+    seen: dict[int, dict[str, str]] = {}
+    while pending and time.monotonic() < deadline:
+        known = jobs(cluster)
+        for job_id in list(pending):
+            seen[job_id] = known[job_id]
+            if seen[job_id]["JobState"] in states:
+                pending.discard(job_id)
+        if pending:
+            time.sleep(0.5)
+    assert not pending, "still waiting: " + ", ".join(
+        f"{j}: {seen[j].get('JobState')} {seen[j].get('Reason')} {seen[j].get('AdminComment')}" for j in pending
+    )
+    return seen
+
+
+def output(cluster, job_id: int) -> str:
+    return (output_dir(cluster) / f"{job_id}.out").read_text()
+
+
+def ensure_user(name: str) -> int:
+    """A local Unix user for multi-user tests (created once, kept: users are cheap and idempotent)."""
+    found = subprocess.run(["id", "-u", name], capture_output=True, text=True)
+    if found.returncode != 0:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True)
+        found = subprocess.run(["id", "-u", name], capture_output=True, text=True, check=True)
+    return int(found.stdout)
+
+
+def gres_used(cluster) -> dict[tuple[str, str], int]:
+    """Slurm's own per-GPU bookkeeping: (node, gres type) -> units in use."""
+    text = slurm(cluster, "scontrol", "show", "node", "-d").stdout
+    used = {}
+    for block in text.split("\n\n"):
+        node = re.search(r"NodeName=(\S+)", block)
+        gres = re.search(r"GresUsed=(\S+)", block)
+        if node and gres:
+            for kind, count in re.findall(r"vgpu:(\w+):(\d+)", gres.group(1)):
+                used[(node.group(1), kind)] = int(count)
+    return used

@@ -1,0 +1,162 @@
+"""The node path on a real Slurm: SPANK options checked at submit, the prolog's MPS slice, the
+root-owned slice file, the task environment, device fencing with ConstrainDevices, the epilog."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from slurm_vgpu.db.engine import drop_database
+from slurm_vgpu.devcluster import cluster as devcluster
+
+from ..conftest import TEST_PORT, new_database, slurm, start_cluster
+from .jobs import ensure_user, submit, wait_for
+from .node_helpers import (env_lines, job_output, make_gpu_device_nodes, mps_state, node_config, node_gpus,
+                           output_option, placement, wait_started)
+
+pytestmark = pytest.mark.e2e
+
+USER = "vgpu-node"
+# One T4 alone on a node (slices of one user must meet there) and two A100s on another (fencing).
+LAYOUT = """
+[[node]]
+name = "solo"
+cpus = 8
+gpus = { t4 = 1 }
+
+[[node]]
+name = "pair"
+cpus = 8
+gpus = { a100 = 2 }
+"""
+SLICE_VARS = ("CUDA_VISIBLE_DEVICES", "CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY",
+              "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT")
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    """Its own cluster, outside pytest's root-only tmp: the test user's jobs must reach the slice
+    and pipe directories (0755, as /run/slurm-vgpu is on a real node)."""
+    directory = Path(tempfile.mkdtemp(prefix="vgpu-node-test-", dir="/var/tmp"))
+    directory.chmod(0o755)
+    layout = directory / "layout.toml"
+    layout.write_text(LAYOUT)
+    url = new_database()
+    cluster = start_cluster(directory, url, layout=layout, port=TEST_PORT + 60)
+    ensure_user(USER)
+    yield cluster
+    devcluster.down(cluster)
+    drop_database(url)
+    shutil.rmtree(directory)
+
+
+def print_slice(extra: str = "") -> str:
+    return "env | grep -E '^(" + "|".join(SLICE_VARS) + ")='" + extra
+
+
+def test_job_environment_holds_exactly_its_slice_whatever_the_user_exported(nodes):
+    user_values = ("CUDA_VISIBLE_DEVICES=0,1,2,3", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=100",
+                   "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=80G", "CUDA_MPS_PIPE_DIRECTORY=/tmp/mine")
+    out = slurm(nodes, "env", *user_values, "sbatch", "--parsable", output_option(nodes),
+                "--gres=vgpu:a100:30", "--vgpu-mem=4G", "--vgpu-class=latency", "--wrap", print_slice(),
+                user=USER).stdout
+    job_id = int(out.strip())
+    assert wait_for(nodes, [job_id])[job_id]["JobState"] == "COMPLETED"
+    row = placement(nodes, job_id)
+    gpu_dir = node_config(nodes).gpu_dir(row["gpu_uuid"])
+    assert env_lines(job_output(nodes, job_id)) == {
+        "CUDA_VISIBLE_DEVICES": row["gpu_uuid"],
+        "CUDA_MPS_PIPE_DIRECTORY": str(gpu_dir / "pipe"),
+        "CUDA_MPS_LOG_DIRECTORY": str(gpu_dir / "log"),
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "30",
+        "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": "0=4096M",
+    }
+    assert row["state"] == "released" and row["started_at"] and row["ended_at"]
+    state = mps_state(nodes, row["gpu_uuid"])
+    uid = ensure_user(USER)
+    assert f"start_server -uid {uid}" in state["commands"]
+    assert any(c.endswith(" 30") and c.startswith("set_active_thread_percentage") for c in state["commands"])
+    assert any(c.endswith(" 0 4096M") for c in state["commands"])
+    assert state["servers"] == {}  # the epilog stopped the user's server with its last job
+
+
+def test_two_jobs_of_one_user_on_one_gpu_share_the_users_server(nodes):
+    first = submit(nodes, output_option(nodes), "--gres=vgpu:t4:30", script="sleep 4", user=USER)
+    second = submit(nodes, output_option(nodes), "--gres=vgpu:t4:50", "--vgpu-mem=2G", script="sleep 4", user=USER)
+    wait_started(nodes, [first, second])
+    gpu = placement(nodes, first)["gpu_uuid"]
+    assert placement(nodes, second)["gpu_uuid"] == gpu
+    servers = mps_state(nodes, gpu)["servers"]
+    assert len(servers) == 1
+    (server,) = servers.values()
+    # Caps apply per client, so the server is capped at the user's largest slice; each job's own
+    # share comes from its client variables, which can only lower the server's.
+    assert server["uid"] == ensure_user(USER) and server["active_thread_percentage"] == 50.0
+    wait_for(nodes, [first, second])
+    assert mps_state(nodes, gpu)["servers"] == {}
+
+
+def test_slice_file_is_root_owned_and_read_only_to_the_job_user(nodes):
+    slice_dir = node_config(nodes).slice_dir
+    script = (f"f={slice_dir}/$SLURM_JOB_ID; stat -c 'owner=%U mode=%a' $f; "
+              "if echo CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=100 >> $f; then echo wrote; else echo refused; fi; "
+              "if mv $f $f.x; then echo moved; else echo kept; fi")
+    job_id = submit(nodes, output_option(nodes), "--gres=vgpu:a100:10", script=script, user=USER)
+    wait_for(nodes, [job_id])
+    text = job_output(nodes, job_id)
+    assert "owner=root mode=644" in text
+    assert "refused" in text and "wrote" not in text
+    assert "kept" in text and "moved" not in text
+    assert not (slice_dir / str(job_id)).exists()  # the epilog removed it
+
+
+def test_a_vgpu_job_reaches_its_own_gpu_device_and_no_other(nodes):
+    devices = Path(nodes.dir) / "dev"
+    minors = [g["index"] for g in node_gpus(nodes, "pair")]
+    make_gpu_device_nodes(devices, minors)
+    probe = (f"for f in {devices}/nvidia*; do if (exec 3<$f) 2>/dev/null; then echo $f open; "
+             f"else (exec 3<$f) 2>&1 | grep -q 'not permitted' && echo $f denied || echo $f allowed; fi; done")
+    fenced = submit(nodes, output_option(nodes), "--gres=vgpu:a100:20", script=probe, user=USER)
+    wait_for(nodes, [fenced])
+    own = placement(nodes, fenced)["gpu_index"]
+    seen = dict(line.split() for line in job_output(nodes, fenced).splitlines())
+    assert seen == {str(devices / f"nvidia{m}"): "allowed" if m == own else "denied" for m in minors}
+
+
+def test_a_job_that_asked_for_a_slice_and_has_none_fails_with_a_reason(nodes):
+    # --vgpu-class without --gres=vgpu: job_submit.lua leaves it alone, so no placement exists.
+    job_id = submit(nodes, output_option(nodes), "--vgpu-class=latency", script="echo task-started", user=USER)
+    assert wait_for(nodes, [job_id])[job_id]["JobState"] == "FAILED"
+    text = job_output(nodes, job_id)
+    assert "task-started" not in text
+    assert f"slurm-vgpu: job {job_id} has --vgpu-class/--vgpu-mem but no GPU slice on this node" in text
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--vgpu-class=bogus"], "write --vgpu-class=latency, --vgpu-class=throughput or --vgpu-class=best-effort"),
+    (["--vgpu-class=LATENCY"], "write --vgpu-class=latency"),
+    (["--vgpu-class="], "write --vgpu-class=latency"),
+    (["--vgpu-mem=0"], "write --vgpu-mem=SIZE"),
+    (["--vgpu-mem=lots"], "write --vgpu-mem=SIZE"),
+    (["--vgpu-mem=8X"], "write --vgpu-mem=SIZE"),
+    (["--vgpu-mem=-8G"], "write --vgpu-mem=SIZE"),
+    (["--vgpu-mem=8G4"], "write --vgpu-mem=SIZE"),
+    (["--vgpu-mem=12345678901M"], "write --vgpu-mem=SIZE"),
+    (["--gres=vgpu:0"], "write --gres=vgpu:N with 1 <= N <= 100"),
+    (["--gres=vgpu:101"], "write --gres=vgpu:N with 1 <= N <= 100"),
+    (["--gres=vgpu:h100:30"], "no GPU model 'h100' in this cluster; models: a100, t4"),
+    (["--gres=vgpu:30", "--vgpu-mem=1T"], "fits no GPU here"),
+])
+def test_bad_requests_fail_at_submit_saying_what_to_write(nodes, options, message):
+    result = slurm(nodes, "sbatch", *options, "--wrap", "true", user=USER, check=False)
+    assert result.returncode != 0, f"sbatch {options} was accepted"
+    assert "slurm-vgpu: " in result.stderr and message in result.stderr
+
+
+@pytest.mark.parametrize("command", [["srun"], ["salloc"]])
+def test_srun_and_salloc_check_the_options_too(nodes, command):
+    result = slurm(nodes, *command, "--vgpu-mem=eight", "true", user=USER, check=False)
+    assert result.returncode != 0
+    assert "slurm-vgpu: invalid --vgpu-mem='eight'" in result.stderr

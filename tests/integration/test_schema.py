@@ -1,0 +1,158 @@
+"""The schema on a real Postgres: migrations are complete, and the database itself refuses to
+oversubscribe a GPU or mix Unix users on one, however many writers race."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from slurm_vgpu.db import engine as db
+from slurm_vgpu.db.models import Gpu, Node, Placement
+
+from ..conftest import new_database
+
+
+def test_migrations_match_models(database_url):
+    db.check(database_url)  # raises when a model change has no migration
+
+
+def test_downgrade_and_upgrade_round_trip():
+    url = new_database()
+    try:
+        db.upgrade(url)
+        from alembic import command
+
+        command.downgrade(db.alembic_config(url), "base")
+        db.upgrade(url)
+        db.check(url)
+    finally:
+        db.drop_database(url)
+
+
+def add_gpu(engine, uuid="GPU-1", memory_mib=40960, multi_user=False, state="up"):
+    with db.session_scope(engine) as s:
+        if s.get(Node, "node1") is None:
+            s.add(Node(name="node1"))
+            s.flush()
+        s.add(Gpu(uuid=uuid, node="node1", index=int(uuid.rsplit("-", 1)[1]), name="NVIDIA A100", model="a100",
+                  gres_type=f"a100_{uuid[-1]}", sm_count=108, memory_mib=memory_mib, compute_capability="8.0",
+                  multi_user=multi_user, state=state))
+
+
+def place(engine, job_id, share, uid=1000, memory_mib=None, gpu="GPU-1", isolation=None):
+    options = {"isolation_level": isolation} if isolation else {}
+    with engine.connect().execution_options(**options) as conn:
+        conn.execute(sa.insert(Placement).values(
+            job_id=job_id, gpu_uuid=gpu, uid=uid, share=share, requested_share=share,
+            memory_mib=memory_mib, slo_class="throughput", state="pinned"))
+        conn.commit()
+
+
+def race(engine, attempts, isolation=None):
+    """Start every insert at once; return the job ids that committed."""
+    barrier = threading.Barrier(len(attempts))
+    won, lock = [], threading.Lock()
+
+    def attempt(kwargs):
+        barrier.wait()
+        for _ in range(50):  # a serialization failure is retried, as a real caller would
+            try:
+                place(engine, isolation=isolation, **kwargs)
+                with lock:
+                    won.append(kwargs["job_id"])
+                return
+            except sa.exc.DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) != "40001":
+                    return
+
+    threads = [threading.Thread(target=attempt, args=(a,)) for a in attempts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return won
+
+
+@pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"])
+def test_concurrent_writers_never_pass_100_percent(clean_db, isolation):
+    add_gpu(clean_db)
+    won = race(clean_db, [{"job_id": i, "share": 30} for i in range(10)], isolation)
+    assert len(won) == 3
+    with clean_db.connect() as conn:
+        assert conn.scalar(sa.text("SELECT sum(share) FROM placements WHERE state='pinned'")) == 90
+
+
+def test_concurrent_users_never_share_a_gpu(clean_db):
+    add_gpu(clean_db)
+    won = race(clean_db, [{"job_id": i, "share": 10, "uid": 1000 + i % 2} for i in range(8)])
+    with clean_db.connect() as conn:
+        uids = conn.scalars(sa.text("SELECT DISTINCT uid FROM placements WHERE state='pinned'")).all()
+    assert len(uids) == 1 and len(won) == 4
+
+
+def test_multi_user_gpu_takes_several_users(clean_db):
+    add_gpu(clean_db, multi_user=True)
+    place(clean_db, 1, 40, uid=1000)
+    place(clean_db, 2, 40, uid=1001)
+    with pytest.raises(sa.exc.IntegrityError, match="90 of 100|80 of 100"):
+        place(clean_db, 3, 40, uid=1002)
+
+
+def test_memory_cannot_be_overcommitted(clean_db):
+    add_gpu(clean_db, memory_mib=16384)
+    place(clean_db, 1, 10, memory_mib=12000)
+    with pytest.raises(sa.exc.IntegrityError, match="MiB"):
+        place(clean_db, 2, 10, memory_mib=8000)
+
+
+def test_released_slices_free_capacity_and_the_user(clean_db):
+    add_gpu(clean_db)
+    place(clean_db, 1, 100, uid=1000)
+    with clean_db.begin() as conn:
+        conn.execute(sa.text("UPDATE placements SET state='released' WHERE job_id=1"))
+    place(clean_db, 2, 100, uid=1001)
+
+
+def test_drained_gpu_takes_no_new_slice(clean_db):
+    add_gpu(clean_db, state="draining")
+    with pytest.raises(sa.exc.IntegrityError, match="draining"):
+        place(clean_db, 1, 10)
+
+
+def test_a_job_has_one_active_placement(clean_db):
+    add_gpu(clean_db)
+    add_gpu(clean_db, uuid="GPU-2")
+    place(clean_db, 7, 10)
+    with pytest.raises(sa.exc.IntegrityError, match="uq_placements_active_job"):
+        place(clean_db, 7, 10, gpu="GPU-2")
+
+
+def test_roles_are_least_privilege(clean_db):
+    add_gpu(clean_db)
+    with clean_db.connect() as conn:
+        conn.execute(sa.text("SET ROLE slurm_vgpu_node"))
+        with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+            conn.execute(sa.text("UPDATE gpus SET state = 'up'"))
+        conn.rollback()
+        conn.execute(sa.text("SET ROLE slurm_vgpu_reader"))
+        assert conn.scalar(sa.text("SELECT count(*) FROM gpus")) == 1
+        with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+            conn.execute(sa.text("DELETE FROM placements"))
+
+
+def test_the_agent_role_registers_a_node_and_nothing_more(clean_db):
+    from slurm_vgpu.adapters.gpus import GpuRecord
+    from slurm_vgpu.db import store
+
+    gpu = GpuRecord(index=0, uuid="GPU-a", name="NVIDIA A100-SXM4-40GB", model="a100", sm_count=108,
+                    memory_mib=40960, compute_capability="8.0")
+    with db.session_scope(clean_db) as session:
+        session.execute(sa.text("SET LOCAL ROLE slurm_vgpu_agent"))
+        store.register_node(session, "node7", [gpu], "test")
+        store.register_node(session, "node7", [gpu], "test")  # the upsert path: a restarted agent
+    with clean_db.connect() as conn:
+        assert conn.scalar(sa.text("SELECT model FROM gpus WHERE uuid = 'GPU-a'")) == "a100"
+        conn.execute(sa.text("SET ROLE slurm_vgpu_agent"))
+        with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+            conn.execute(sa.text("UPDATE gpus SET multi_user = true"))

@@ -1,0 +1,215 @@
+"""The placement policy's rules and reasons, as users and the daemon depend on them."""
+from __future__ import annotations
+
+import pytest
+
+from slurm_vgpu.policy import (
+    POLICIES, GpuState, NodeState, PolicyConfig, Request, SloClass, place_slices,
+)
+
+GIB = 1024
+
+
+def gpu(node="n0", index=0, model="H100", memory_gib=80, **kw) -> GpuState:
+    return GpuState(uuid=f"{node}-{index}", node=node, index=index, model=model,
+                    memory_mib=memory_gib * GIB, **kw)
+
+
+def req(job="j", share=30, **kw) -> Request:
+    return Request(job_id=job, share=share, **kw)
+
+
+def only_blocked(result):
+    assert not result.decisions
+    (blocked,) = result.blocked
+    return blocked
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_every_policy_places_a_fitting_slice_on_one_gpu(policy):
+    result = place_slices([gpu(index=0), gpu(index=1)], [req(share=60)], PolicyConfig(policy=policy))
+    (d,) = result.decisions
+    assert d.node == "n0" and len(d.gpu_uuids) == 1 and d.share == 60
+
+
+def test_later_requests_see_earlier_decisions_in_the_same_cycle():
+    result = place_slices([gpu()], [req("a", 70), req("b", 40)], PolicyConfig())
+    assert [d.job_id for d in result.decisions] == ["a"]
+    assert result.blocked[0].reason == "needs 40% of one GPU; the most free on any eligible GPU is 30%"
+    assert result.blocked[0].never is False
+
+
+def test_a_slice_never_spans_gpus_even_when_their_sum_would_fit():
+    gpus = [gpu(index=0, used=50), gpu(index=1, used=50)]
+    assert only_blocked(place_slices(gpus, [req(share=80)], PolicyConfig())).never is False
+
+
+def test_unknown_model_is_never_satisfiable():
+    b = only_blocked(place_slices([gpu()], [req(models=frozenset({"A100"}))], PolicyConfig()))
+    assert b.reason == "no GPU of model A100 in the cluster" and b.never
+
+
+def test_model_constraint_is_case_insensitive():
+    result = place_slices([gpu(model="T4"), gpu("n1", model="H100")],
+                          [req(models=frozenset({"h100"}))], PolicyConfig())
+    assert result.decisions[0].node == "n1"
+
+
+def test_memory_above_every_gpu_is_never_satisfiable():
+    b = only_blocked(place_slices([gpu(memory_gib=80), gpu(index=1, memory_gib=40)],
+                                  [req(memory_mib=90 * GIB)], PolicyConfig()))
+    assert b.reason == "memory 90 GiB exceeds every GPU (largest: 80 GiB)" and b.never
+
+
+def test_memory_in_use_blocks_until_freed():
+    b = only_blocked(place_slices([gpu(memory_used_mib=76 * GIB)], [req(memory_mib=8 * GIB)],
+                                  PolicyConfig()))
+    assert b.reason == ("needs 8 GiB of GPU memory; the most free on any eligible GPU with room "
+                        "is 4 GiB")
+    assert not b.never
+
+
+def test_drained_gpus_are_not_used_and_say_so():
+    b = only_blocked(place_slices([gpu(available=False)], [req()], PolicyConfig()))
+    assert b.reason == "every GPU is drained or down" and not b.never
+
+
+def test_one_unix_user_per_gpu_without_multi_user_mps():
+    gpus = [gpu(used=10, user=1000)]
+    b = only_blocked(place_slices(gpus, [req(user=2000)], PolicyConfig()))
+    assert b.reason == "every GPU with room runs another user's MPS server"
+    assert place_slices(gpus, [req(user=1000)], PolicyConfig()).decisions
+    assert place_slices(gpus, [req(user=2000)], PolicyConfig(multi_user=True)).decisions
+
+
+def test_user_reason_names_the_requested_model():
+    b = only_blocked(place_slices([gpu(used=10, user=1)], [req(user=2, models=frozenset({"H100"}))],
+                                  PolicyConfig()))
+    assert b.reason == "every H100 GPU with room runs another user's MPS server"
+
+
+def test_a_latency_slice_keeps_its_gpu_to_few_cotenants():
+    crowded = [gpu(used=30, classes=(SloClass.LATENCY, SloClass.THROUGHPUT, SloClass.THROUGHPUT))]
+    b = only_blocked(place_slices(crowded, [req(share=10)], PolicyConfig(latency_max_cotenants=2)))
+    assert b.reason == "every GPU with room already holds more than 2 slices beside a latency slice"
+    busy = [gpu(used=30, classes=(SloClass.THROUGHPUT,) * 3)]
+    assert not place_slices(busy, [req(share=10, slo_class=SloClass.LATENCY)],
+                            PolicyConfig(latency_max_cotenants=2)).decisions
+    assert place_slices(busy, [req(share=10)], PolicyConfig(latency_max_cotenants=2)).decisions
+
+
+def test_best_effort_fills_a_used_gpu_and_avoids_latency_slices():
+    gpus = [gpu(index=0, used=20, classes=(SloClass.LATENCY,)),
+            gpu(index=1, used=20, classes=(SloClass.THROUGHPUT,)), gpu(index=2)]
+    (d,) = place_slices(gpus, [req(share=10, slo_class=SloClass.BEST_EFFORT)], PolicyConfig()).decisions
+    assert d.gpu_uuids == ("n0-1",)
+
+
+def test_node_cpu_and_memory_are_respected():
+    nodes = [NodeState("n0", cpu_milli_free=2000, memory_mib_free=4 * GIB)]
+    b = only_blocked(place_slices([gpu()], [req(cpu_milli=4000)], PolicyConfig(), nodes))
+    assert b.reason == "needs 4 CPUs on a node with a fitting GPU; the most free is 2"
+    b = only_blocked(place_slices([gpu()], [req(node_memory_mib=8 * GIB)], PolicyConfig(), nodes))
+    assert b.reason == "needs 8 GiB of node memory beside a fitting GPU; the most free is 4 GiB"
+
+
+def test_multi_gpu_tasks_take_whole_free_gpus_on_one_node():
+    gpus = [gpu("a", 0), gpu("a", 1, used=10), gpu("b", 0), gpu("b", 1)]
+    (d,) = place_slices(gpus, [req(share=100, gpus=2)], PolicyConfig()).decisions
+    assert d.node == "b" and len(d.gpu_uuids) == 2 and d.share == 100
+    b = only_blocked(place_slices(gpus[:2], [req(share=100, gpus=2)], PolicyConfig()))
+    assert b.reason == "needs 2 whole free GPUs on one node; the most on any eligible node is 1"
+    b = only_blocked(place_slices(gpus[:2], [req(share=100, gpus=3)], PolicyConfig()))
+    assert b.never and b.reason == "needs 3 GPUs of one node; the largest eligible node has 2"
+
+
+def test_reference_units_convert_by_speed():
+    config = PolicyConfig(reference_model="A100")
+    gpus = [gpu("slow", model="T4", speed=0.25), gpu("ref", model="A100", speed=1.0)]
+    (d,) = place_slices(gpus[:1] + gpus[1:], [req(share=20, models=frozenset({"T4"}))], config).decisions
+    assert d.node == "slow" and d.share == 80  # ceil(20 * 1.0 / 0.25)
+    b = only_blocked(place_slices(gpus[:1], [req(share=30)], config))
+    assert b.never and b.reason == ("needs 120% of one GPU after conversion from A100 units; "
+                                    "a slice never spans GPUs")
+
+
+def test_reference_units_round_up_not_by_float_noise():
+    config = PolicyConfig(reference_model="X")
+    gpus = [gpu(model="X", speed=2.0, index=0), gpu(model="Y", speed=3.0, index=1)]
+    (d,) = place_slices(gpus, [req(share=30, models=frozenset({"Y"}))], config).decisions
+    assert d.share == 20
+
+
+def test_a_starving_request_reserves_the_roomiest_gpu_against_later_ones():
+    gpus = [gpu(index=0, used=60), gpu(index=1, used=50)]
+    big = req("big", 80, waited_s=3600)
+    small = req("small", 30)
+    result = place_slices(gpus, [big, small], PolicyConfig(starvation_wait_s=600))
+    assert result.reserved == {"n0-1": "big"}
+    assert [d.gpu_uuids for d in result.decisions] == [("n0-0",)]
+
+
+def test_a_reservation_is_recomputed_only_while_the_request_starves():
+    gpus = [gpu(index=0, used=50)]
+    result = place_slices(gpus, [req("big", 80, waited_s=10), req("small", 30)],
+                          PolicyConfig(starvation_wait_s=600))
+    assert result.reserved == {} and result.decisions[0].job_id == "small"
+
+
+def test_reserved_gpus_tell_the_blocked_request_who_holds_them():
+    gpus = [gpu(index=0, used=50)]
+    result = place_slices(gpus, [req("big", 80, waited_s=3600), req("small", 30)],
+                          PolicyConfig(starvation_wait_s=600))
+    assert result.blocked[-1].reason == "every fitting GPU is reserved for job big, which has waited longest"
+
+
+def test_a_never_satisfiable_request_reserves_nothing():
+    result = place_slices([gpu()], [req(models=frozenset({"A100"}), waited_s=1e6)], PolicyConfig())
+    assert result.reserved == {}
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_same_input_same_decisions(policy):
+    gpus = [gpu(n, i, used=(7 * i + 3 * len(n)) % 60) for n in ("a", "bb", "ccc") for i in range(4)]
+    reqs = [req(f"j{k}", 10 + 7 * k % 50) for k in range(12)]
+    config = PolicyConfig(policy=policy, seed=7)
+    assert place_slices(gpus, reqs, config) == place_slices(gpus, reqs, config)
+
+
+def test_random_policy_depends_on_the_seed():
+    gpus = [gpu(f"n{i}", 0) for i in range(20)]
+    reqs = [req(f"j{k}", 10) for k in range(5)]
+    picks = {tuple(d.node for d in place_slices(gpus, reqs, PolicyConfig(policy="random", seed=s)).decisions)
+             for s in range(5)}
+    assert len(picks) > 1
+
+
+def test_first_fit_takes_the_first_gpu_with_room_in_order():
+    gpus = [gpu(index=0, used=90), gpu(index=1), gpu("n1", 0)]
+    (d,) = place_slices(gpus, [req(share=20)], PolicyConfig(policy="first-fit")).decisions
+    assert d.gpu_uuids == ("n0-1",)
+
+
+def test_best_fit_takes_the_gpu_left_with_least_room():
+    gpus = [gpu(index=0, used=10), gpu(index=1, used=60), gpu(index=2)]
+    (d,) = place_slices(gpus, [req(share=30)], PolicyConfig(policy="best-fit")).decisions
+    assert d.gpu_uuids == ("n0-1",)
+
+
+@pytest.mark.parametrize("policy", ["fgd", "ours"])
+def test_fragmentation_aware_policies_fill_the_hole_a_typical_request_cannot_use(policy):
+    # typical requests take 70%: a 30% slice belongs in the 30% hole, not on an empty GPU
+    gpus = [gpu("a", 0, used=70), gpu("b", 0)]
+    workload = [(req("t", 70), 1.0)]
+    (d,) = place_slices(gpus, [req(share=30)], PolicyConfig(policy=policy), workload=workload).decisions
+    assert d.node == "a"
+
+
+def test_unknown_policy_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="unknown policy 'tetris'; choose one of random"):
+        place_slices([gpu()], [req()], PolicyConfig(policy="tetris"))
+
+
+def test_a_share_outside_one_to_capacity_is_never_satisfiable():
+    b = only_blocked(place_slices([gpu()], [req(share=0)], PolicyConfig()))
+    assert b.never and b.reason == "share 0 is not 1..capacity of any GPU"
