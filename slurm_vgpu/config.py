@@ -35,6 +35,9 @@ class Config:
     starvation_wait: float = 600.0  # seconds before the oldest blocked request reserves a GPU
     pin_timeout: float = 120.0  # seconds a pinned job may stay pending before it is placed again
     cycle_interval: float = 1.0  # seconds between placement cycles
+    # seconds the placement daemon keeps its typical requests (what fragmentation is measured
+    # against) and the cluster view built on them, before rebuilding both from recent placements
+    workload_refresh: float = 300.0
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 30.0  # a node silent for longer is unavailable to the placement
     metrics_port: int = 9835

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from ..adapters.gpus import GpuRecord
 from ..catalog import speed_of
-from ..policy.model import GpuState, SloClass
+from ..policy.model import GpuState, Request, SloClass
 from .models import ACTIVE_STATES, Event, Gpu, Node, Placement
 
 
@@ -84,6 +84,17 @@ def gpu_states(session: Session, heartbeat_timeout: float) -> list[GpuState]:
             )
         )
     return states
+
+
+def recent_requests(session: Session, limit: int) -> list[Request]:
+    """What the last ``limit`` placements asked for, newest first: the workload the placement
+    measures fragmentation against (the model a job asked for is not kept, so none is given)."""
+    rows = session.execute(
+        sa.select(Placement.job_id, Placement.requested_share, Placement.uid, Placement.slo_class,
+                  Placement.memory_mib).order_by(Placement.id.desc()).limit(limit)
+    ).all()
+    return [Request(job_id=str(job), share=share, user=uid, slo_class=SloClass(cls), memory_mib=memory)
+            for job, share, uid, cls, memory in rows]
 
 
 def active_placements(session: Session) -> list[Placement]:

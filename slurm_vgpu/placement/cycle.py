@@ -6,7 +6,9 @@ state ``placed`` that the next cycle pins again. Pinning is idempotent.
 """
 from __future__ import annotations
 
+import gc
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -17,9 +19,12 @@ from ..config import Config
 from ..db import store
 from ..db.engine import session_scope
 from ..db.models import Placement
-from ..policy import PolicyConfig, Request, SloClass, place_slices
+from ..policy import PolicyConfig, Request, SloClass
+from ..policy.placement import Placer
 
 log = logging.getLogger("slurm_vgpu.placement")
+
+WORKLOAD_WINDOW = 1000  # recent placements that make up the typical requests
 
 ENDED = {
     "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
@@ -57,6 +62,42 @@ def policy_config(config: Config) -> PolicyConfig:
     )
 
 
+def build_placer(gpus: list, config: PolicyConfig, workload: list[Request]) -> Placer:
+    """A placer scored for its typical requests, its objects moved out of the garbage collector's
+    sight: they live until the next rebuild, and a full collection walking the millions of cached
+    scores stalled a cycle for 50 ms (``gc.freeze``; refcounting still frees them)."""
+    placer = Placer(gpus, config, workload=[(r, 1.0) for r in workload])
+    placer.prepare()
+    gc.collect()
+    gc.freeze()
+    return placer
+
+
+class KeptPlacer:
+    """The daemon's :class:`Placer`, kept from cycle to cycle and handed each cycle's inventory.
+
+    Its typical requests (what fragmentation is measured against) are the last WORKLOAD_WINDOW
+    placements plus the requests waiting when it was built; it is rebuilt on them every
+    ``WorkloadRefresh`` seconds, or as soon as requests arrive at a placer built on none.
+    """
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.placer: Placer | None = None
+        self.built_at = 0.0
+
+    def for_cycle(self, session, requests: list[Request]) -> Placer:
+        gpus = store.gpu_states(session, self.config.heartbeat_timeout)
+        stale = time.monotonic() - self.built_at > self.config.workload_refresh
+        if self.placer is None or stale or (requests and not self.placer.typical):
+            workload = [*store.recent_requests(session, WORKLOAD_WINDOW), *requests]
+            self.placer = build_placer(gpus, policy_config(self.config), workload)
+            self.built_at = time.monotonic()
+        else:
+            self.placer.sync(gpus)
+        return self.placer
+
+
 def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float) -> list[Request]:
     """Held, unplaced vgpu jobs as policy requests, oldest first.
 
@@ -82,9 +123,12 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float) -> li
     ]
 
 
-def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool = True) -> CycleReport:
+def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool = True,
+              kept: KeptPlacer | None = None) -> CycleReport:
     """``may_cancel`` is False until the agents have had time to register: a request that looks
-    impossible against a half-registered inventory is told it waits, not cancelled."""
+    impossible against a half-registered inventory is told it waits, not cancelled. ``kept`` is
+    the daemon's placer (a fresh one when not given)."""
+    kept = kept or KeptPlacer(config)
     report = CycleReport()
     jobs = {j.job_id: j for j in slurm.vgpu_jobs()}
     now = store.now()
@@ -92,7 +136,7 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
         repin, unpin = _reconcile(session, jobs, config, report)
         active = store.active_placements(session)
         requests = waiting_requests(list(jobs.values()), {p.job_id for p in active}, now.timestamp())
-        result = place_slices(store.gpu_states(session, config.heartbeat_timeout), requests, policy_config(config))
+        result = kept.for_cycle(session, requests).place(requests)
         by_id = {r.job_id: r for r in requests}
         new = [
             Placement(

@@ -59,6 +59,24 @@ class ClusterState:
         if self._pairs is not None:
             self._pairs.drop(rank)
 
+    def prepare(self, asks: Sequence[Ask]) -> None:
+        """Score every class for these requests' shapes now, so that the first requests of a cycle
+        do not pay for it (the daemon prepares its typical requests when it builds a placer)."""
+        if self.policy.every_option:
+            return
+        if self._pairs is None:
+            self._pairs = _Pairs(self)
+        for ask in asks:
+            if ask.request.gpus == 1:
+                self._pairs.ranking(ask)
+
+    def release_holds(self) -> None:
+        """Reservations last one cycle: held nodes join their classes again."""
+        if self._pairs is not None:
+            for rank in sorted(self.held):
+                self._pairs.add(rank)
+        self.held.clear()
+
     def choose(self, ask: Ask, rng: random.Random | None) -> tuple[int, tuple[int, ...]] | None:
         """(node rank, GPU positions) for the request, or None when no node can host it now."""
         if rng is None and ask.request.gpus == 1 and not self.policy.every_option:
@@ -85,21 +103,67 @@ _MIXED = object()  # some fitting GPUs take a slice, others whole: the node path
 _UNSEEN = object()
 
 
+class _Ranking:
+    """The classes ordered by ``primary`` for one (share, GPUs, CPU) of a request, by level and
+    then by MPS owner and GPU part, so a request reads the best level first and stops there.
+
+    Classes are scored when a request of this shape first needs them: ``seen`` is how far into
+    :attr:`_Pairs.log` (every class ever made, in order) this ranking has read.
+    """
+
+    def __init__(self) -> None:
+        self.key_of: dict[int, tuple] = {}
+        self.levels: dict[tuple, dict[int | None, dict[int, set[int]]]] = {}
+        self.order: list[tuple] = []  # the levels' keys, ascending
+        self.rest: dict[object, dict[int, tuple]] = {}  # SLO class -> class -> rest key
+        self.seen = 0
+
+    def insert(self, cid: int, key: tuple, user: int | None, gid: int) -> None:
+        self.key_of[cid] = key
+        level = self.levels.get(key)
+        if level is None:
+            level = self.levels[key] = {}
+            bisect.insort(self.order, key)
+        level.setdefault(user, {}).setdefault(gid, set()).add(cid)
+
+    def discard(self, cid: int, user: int | None, gid: int) -> None:
+        key = self.key_of.pop(cid, None)
+        if key is None:
+            return
+        for cache in self.rest.values():
+            cache.pop(cid, None)
+        level = self.levels[key]
+        by_gid = level[user]
+        members = by_gid[gid]
+        members.discard(cid)
+        if not members:
+            del by_gid[gid]
+            if not by_gid:
+                del level[user]
+                if not level:
+                    del self.levels[key]
+                    self.order.pop(bisect.bisect_left(self.order, key))
+
+
 class _Pairs:
-    """Pair classes, their members in order, and per-request caches of their scores."""
+    """Pair classes, their members in order, and per-request-shape rankings of their scores."""
 
     def __init__(self, state: ClusterState):
         self.state = state
         self.node_ids: dict[tuple, int] = {}
         self.ids: dict[tuple, int] = {}
         self.next_id = itertools.count()  # never reused: the score caches are keyed by class
+        self.log: list[int] = []  # every class made, in order; rankings catch up from it
         self.members: dict[int, list[Member]] = {}
         self.signature: dict[int, tuple] = {}
         self.gpu_ids: dict[tuple, int] = {}  # a class's GPU part, interned: rules read only it
         self.gpu_of: dict[int, int] = {}
+        self.gpu_sample: dict[int, GpuState] = {}  # a GPU of each part (rules read only its part)
         self.room: dict[int, tuple[int | None, int | None]] = {}  # the node's free CPU and memory
         self.by_user: dict[int | None, set[int]] = {}
-        self.primary: dict[tuple, dict[int, tuple]] = {}  # (share, gpus, cpu) -> class -> key
+        self.grades: dict[tuple[int, float], int] = {}  # (capacity, speed) of live classes -> a GPU part
+        self.graded: dict[tuple[int, float], int] = {}  # (capacity, speed) -> live classes
+        self.rankings: dict[tuple, _Ranking] = {}  # (share, gpus, cpu) -> ranking
         # what the GPU rules read of a request -> GPU part -> None (does not fit) or whether the
         # request takes a slice of it
         self.fits: dict[tuple, dict[int, object]] = {}
@@ -125,8 +189,13 @@ class _Pairs:
                 self.members[cid] = []
                 self.signature[cid] = sig
                 self.room[cid] = (view.cpu_milli_free, view.memory_mib_free)
-                self.gpu_of[cid] = self.gpu_ids.setdefault(sig[1], len(self.gpu_ids))
+                gid = self.gpu_of[cid] = self.gpu_ids.setdefault(sig[1], len(self.gpu_ids))
+                self.gpu_sample.setdefault(gid, g)
                 self.by_user.setdefault(g.user, set()).add(cid)
+                grade = (g.capacity, g.speed)
+                self.grades.setdefault(grade, gid)
+                self.graded[grade] = self.graded.get(grade, 0) + 1
+                self.log.append(cid)
             bisect.insort(self.members[cid], (rank, pos))
 
     def drop(self, rank: int, view: NodeView | None = None) -> None:
@@ -140,8 +209,16 @@ class _Pairs:
             members.pop(bisect.bisect_left(members, (rank, pos)))
             if not members:
                 sig = self.signature.pop(cid)
-                del self.ids[sig], self.members[cid], self.gpu_of[cid], self.room[cid]
-                self.by_user[sig[1][5]].discard(cid)
+                gid = self.gpu_of.pop(cid)
+                del self.ids[sig], self.members[cid], self.room[cid]
+                user = sig[1][5]
+                self.by_user[user].discard(cid)
+                grade = (g.capacity, g.speed)
+                self.graded[grade] -= 1
+                if not self.graded[grade]:
+                    del self.graded[grade], self.grades[grade]
+                for ranking in self.rankings.values():
+                    ranking.discard(cid, user, gid)
 
     def replace(self, rank: int, old: NodeView) -> None:
         if rank in self.state.held:
@@ -149,83 +226,106 @@ class _Pairs:
         self.drop(rank, old)
         self.add(rank)
 
-    def choose(self, ask: Ask):
-        state, ctx, policy = self.state, self.state.ctx, self.state.policy
-        views, members = state.views, self.members
+    def ranking(self, ask: Ask) -> _Ranking:
+        """The ranking for the request's shape, with every class made since its last use scored."""
         req = ask.request
-        fits = self.fits.setdefault((req.share, req.gpus, req.memory_mib, req.models, req.user,
-                                     req.slo_class), {})
-        slices = wholes = False
-        primaries = self.primary.setdefault((req.share, req.gpus, req.cpu_milli), {})
-        scored: list[tuple[tuple, int]] = []
-        pools = [self.by_user.get(None, ())]
-        if ctx.config.multi_user:
-            pools += [c for u, c in self.by_user.items() if u is not None]
-        else:
-            pools.append(self.by_user.get(req.user, ()))
-        for pool in pools:
-            for cid in pool:
+        shape = (req.share, req.gpus, req.cpu_milli)
+        ranking = self.rankings.get(shape)
+        if ranking is None:
+            ranking = self.rankings[shape] = _Ranking()
+        if ranking.seen < len(self.log):
+            views, policy, ctx = self.state.views, self.state.policy, self.state.ctx
+            for cid in self.log[ranking.seen:]:
+                members = self.members.get(cid)
+                if not members:
+                    continue  # dropped since
                 gid = self.gpu_of[cid]
-                fit = fits.get(gid, _UNSEEN)
-                if fit is _UNSEEN:
-                    rank, pos = members[cid][0]
-                    gpu = views[rank].gpus[pos]
-                    fit = fits[gid] = ((ask.units(gpu) < gpu.capacity)
-                                       if all(r.passes(gpu, ask) for r in GPU_RULES) else None)
-                if fit is None:
-                    continue
-                cpu, mem = self.room[cid]
-                if (cpu is not None and req.cpu_milli > cpu) or \
-                        (mem is not None and req.node_memory_mib > mem):
-                    continue
-                if fit:
-                    slices = True
-                else:
-                    wholes = True
-                primary = primaries.get(cid)
-                if primary is None:
-                    rank, pos = members[cid][0]
-                    primary = primaries[cid] = policy.primary(views[rank], (pos,), ask, ctx)
-                scored.append((primary, cid))
-        if slices and wholes:
+                gpu = self.gpu_sample[gid]
+                if ask.units(gpu) > gpu.free:
+                    continue  # no request of this shape fits it, ever: leave it out
+                rank, pos = members[0]
+                ranking.insert(cid, policy.primary(views[rank], (pos,), ask, ctx), gpu.user, gid)
+            ranking.seen = len(self.log)
+        return ranking
+
+    def _fit(self, fits: dict[int, object], gid: int, ask: Ask):
+        """None when a GPU of this part fails a rule, else whether the request takes a slice of it."""
+        fit = fits.get(gid, _UNSEEN)
+        if fit is _UNSEEN:
+            gpu = self.gpu_sample[gid]
+            fit = fits[gid] = ((ask.units(gpu) < gpu.capacity)
+                               if all(r.passes(gpu, ask) for r in GPU_RULES) else None)
+        return fit
+
+    def _has_room(self, cid: int, req) -> bool:
+        cpu, mem = self.room[cid]
+        return (cpu is None or req.cpu_milli <= cpu) and (mem is None or req.node_memory_mib <= mem)
+
+    def choose(self, ask: Ask):
+        state = self.state
+        req = ask.request
+        # The user rule is met by looking only at free GPUs and the user's own (or every GPU, in
+        # multi-user mode), so what fits does not depend on the user.
+        fits = self.fits.setdefault((req.share, req.gpus, req.memory_mib, req.models, req.slo_class), {})
+        users = [None, *(u for u in self.by_user if u is not None)] if state.ctx.config.multi_user \
+            else [None, req.user]
+        # Whether the request takes a slice or a whole GPU depends only on the GPU's capacity and
+        # speed: only when the cluster has GPUs of both kinds is it worked out class by class.
+        kinds = {ask.units(self.gpu_sample[gid]) < self.gpu_sample[gid].capacity for gid in self.grades.values()}
+        if len(kinds) == 2 and self._mixed(users, fits, ask):
             return _MIXED
-        scored.sort(key=lambda pc: pc[0], reverse=True)
-        best = self._best_pair(scored, ask, whole=wholes)
+        whole = kinds == {False}
+        ranking = self.ranking(ask)
+        best = None
+        for key in reversed(ranking.order):
+            level = ranking.levels[key]
+            group = [cid for user in users for gid, cids in level.get(user, {}).items()
+                     if self._fit(fits, gid, ask) is not None for cid in cids if self._has_room(cid, req)]
+            if group:
+                best = self._best_pair(key, group, ask, ranking, whole)
+                if best is not None:
+                    break
         for rank in sorted(state.held):
-            choice = evaluate(state.views[rank], ask, ctx)
+            choice = evaluate(state.views[rank], ask, state.ctx)
             if choice is not None and (best is None or (choice.score, -rank) > best[:2]):
                 best = (choice.score, -rank, (), -1, choice.options[0])
         return None if best is None else (-best[1], best[4])
 
-    def _best_pair(self, scored: list[tuple[tuple, int]], ask: Ask, whole: bool):
-        """The greatest (key, -rank, after, -position) over valid pairs, with the positions.
+    def _mixed(self, users: list, fits: dict[int, object], ask: Ask) -> bool:
+        """Whether, among the classes that fit and have room, some take a slice and others a whole GPU."""
+        kinds = {self._fit(fits, self.gpu_of[cid], ask) for user in users for cid in self.by_user.get(user, ())
+                 if self._has_room(cid, ask.request)}
+        kinds.discard(None)
+        return len(kinds) == 2
 
-        ``rest`` is computed only for the classes tied on the best ``primary`` that still has a
-        valid pair; a class's first member is valid unless whole GPUs are asked for and an earlier
-        GPU of its node fits (the node's candidate is then that GPU)."""
+    def _best_pair(self, primary: tuple, group: list[int], ask: Ask, ranking: _Ranking, whole: bool):
+        """The greatest (key, -rank, after, -position) over the valid pairs of classes that share
+        the best ``primary``, with the positions; None when none has a valid pair. A class's first
+        member is valid unless whole GPUs are asked for and an earlier GPU of its node fits (the
+        node's candidate is then that GPU)."""
         state, ctx, policy = self.state, self.state.ctx, self.state.policy
-        best = None
-        i = 0
-        while i < len(scored) and best is None:
-            j = i
-            while j < len(scored) and scored[j][0] == scored[i][0]:
-                j += 1
-            group = []
-            for primary, cid in scored[i:j]:
+        views = state.views
+        rests = ranking.rest.setdefault(ask.request.slo_class, {})
+        keyed = []
+        for cid in group:
+            rest = rests.get(cid)
+            if rest is None:
                 rank, pos = self.members[cid][0]
-                group.append((primary + policy.rest(state.views[rank], (pos,), ask, ctx), cid))
-            group.sort(key=lambda kc: kc[0], reverse=True)
-            for key, cid in group:
-                if best is not None and key < best[0]:
-                    break
-                member = self._first_valid(cid, ask) if whole else self.members[cid][0]
-                if member is None:
-                    continue
-                rank, pos = member
-                cand = (key, -rank, policy.after(state.views[rank], (pos,), ask, ctx), -pos, (pos,))
-                if best is None or cand[:4] > best[:4]:
-                    best = cand
-            i = j
+                rest = rests[cid] = policy.rest(views[rank], (pos,), ask, ctx)
+            keyed.append((rest, cid))
+        keyed.sort(key=lambda kc: kc[0], reverse=True)
+        best = None
+        for rest, cid in keyed:
+            key = primary + rest
+            if best is not None and key < best[0]:
+                break
+            member = self._first_valid(cid, ask) if whole else self.members[cid][0]
+            if member is None:
+                continue
+            rank, pos = member
+            cand = (key, -rank, policy.after(views[rank], (pos,), ask, ctx), -pos, (pos,))
+            if best is None or cand[:4] > best[:4]:
+                best = cand
         return best
 
     def _first_valid(self, cid: int, ask: Ask) -> Member | None:
@@ -237,6 +337,7 @@ class _Pairs:
 
 
 class _Shapes:
+
     """Nodes grouped by shape, each (shape, request shape) evaluated once."""
 
     def __init__(self, state: ClusterState):

@@ -67,6 +67,7 @@ class Fragmentation:
         self.config = config
         self.ref_speed = ref_speed
         self._memo: dict[Key, float] = {}
+        self._rows: dict[tuple[str, int | None], tuple[float, tuple[tuple[int, int, float], ...]]] = {}
 
     def of(self, node: NodeView) -> float:
         return self.of_key(node.key)
@@ -94,9 +95,9 @@ class Fragmentation:
         total_idle = sum(idle)
         if total_idle == 0:
             return 0.0
-        models = {model.lower() for _, _, model, _ in entries}
-        if len(models) == 1 and not self.config.reference_model:
-            return self._by_room(cpu_free, entries, idle, total_idle, models.pop())
+        model = entries[0][2]
+        if not self.config.reference_model and all(e[2] == model for e in entries):
+            return self._by_room(cpu_free, entries, idle, total_idle, model.lower())
         frag = 0.0
         for m in self.typical:
             if m.gpus == 0 or (cpu_free is not None and m.cpu_milli > cpu_free):
@@ -116,17 +117,29 @@ class Fragmentation:
                  total_idle: float, model: str) -> float:
         """:meth:`_compute` for GPUs of one model in plain units: the GPUs a typical request cannot
         use are those with less room than its share, a prefix of the sorted entries, so their idle
-        sum is a prefix sum (added in the same order, hence the same float)."""
+        sum is a prefix sum; typical requests of one (share, GPUs) are taken together."""
         frees = [free for free, _, _, _ in entries]
         prefix = [0.0]
         for i in idle:
             prefix.append(prefix[-1] + i)
-        frag = 0.0
-        for m in self.typical:
-            if m.gpus == 0 or (cpu_free is not None and m.cpu_milli > cpu_free) or \
-                    (m.models and model not in m.models):
-                frag += m.p * total_idle
-                continue
-            stranded = bisect.bisect_left(frees, m.share)
-            frag += m.p * (prefix[stranded] if len(frees) - stranded >= m.gpus else total_idle)
+        never, rows = self._rows_for(model, cpu_free)
+        frag = never * total_idle
+        for share, gpus, p in rows:
+            stranded = bisect.bisect_left(frees, share)
+            frag += p * (prefix[stranded] if len(frees) - stranded >= gpus else total_idle)
         return frag
+
+    def _rows_for(self, model: str, cpu_free: int | None) -> tuple[float, tuple[tuple[int, int, float], ...]]:
+        """For a node of one model with this free CPU: the probability of the typical requests that
+        can never run there, and the others' probabilities summed by (share, GPUs)."""
+        found = self._rows.get((model, cpu_free))
+        if found is None:
+            never, rows = 0.0, {}
+            for m in self.typical:
+                if m.gpus == 0 or (cpu_free is not None and m.cpu_milli > cpu_free) or \
+                        (m.models and model not in m.models):
+                    never += m.p
+                else:
+                    rows[(m.share, m.gpus)] = rows.get((m.share, m.gpus), 0.0) + m.p
+            found = self._rows[(model, cpu_free)] = (never, tuple((s, k, p) for (s, k), p in rows.items()))
+        return found

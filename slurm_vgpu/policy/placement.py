@@ -1,4 +1,11 @@
-"""``place_slices``: one placement cycle, requests decided one at a time in priority order."""
+"""Placement cycles: :class:`Placer` decides requests in order against the GPUs as earlier decisions
+left them, and keeps its grouped view of the cluster from one cycle to the next.
+
+Grouping 8,000 GPUs and measuring each node's fragmentation costs far more than deciding a batch of
+requests, so the daemon keeps one :class:`Placer` and hands it each cycle's inventory: only the
+nodes that changed are regrouped. :func:`place_slices` is one cycle of a fresh placer; a kept
+placer decides exactly as it would (``tests/unit/test_placer.py``).
+"""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -25,19 +32,120 @@ from .view import NodeView, group_nodes
 def build_context(nodes: Sequence[NodeView], config: PolicyConfig,
                   workload: Iterable[tuple[Request, float]]) -> Context:
     """Scoring context for a cluster: scales from its largest node, typical requests from the workload."""
-    gpus = [g for n in nodes for g in n.gpus]
-    ref = reference_speed(gpus, config)
+    ref, cpu_scale, gpu_scale = _scales(nodes, config)
     return Context(
         config=config,
         fragmentation=Fragmentation(typical_requests(workload), config, ref),
         reference_speed=ref,
-        cpu_scale=float(max((n.cpu_milli_free or 0 for n in nodes), default=0) or 1),
-        gpu_scale=float(max((sum(g.capacity for g in n.gpus) for n in nodes), default=0) or 1),
+        cpu_scale=cpu_scale,
+        gpu_scale=gpu_scale,
+    )
+
+
+def _scales(nodes: Sequence[NodeView], config: PolicyConfig) -> tuple[float, float, float]:
+    """What the context reads of the cluster: the reference speed, the most free CPU of a node and
+    the largest node's GPU capacity."""
+    return (
+        reference_speed([g for n in nodes for g in n.gpus], config),
+        float(max((n.cpu_milli_free or 0 for n in nodes), default=0) or 1),
+        float(max((sum(g.capacity for g in n.gpus) for n in nodes), default=0) or 1),
     )
 
 
 def uses_random_ties(config: PolicyConfig) -> bool:
     return config.policy in RANDOM_TIES
+
+
+class Placer:
+    """The policy with its view of the cluster kept between cycles.
+
+    ``workload`` gives the typical requests (with weights) that FGD and ours measure fragmentation
+    against; it is fixed for the placer's life, which is what lets node measures be reused (the
+    daemon builds a new placer when it refreshes the workload).
+    """
+
+    def __init__(self, gpus: Sequence[GpuState], config: PolicyConfig, nodes: Sequence[NodeState] = (),
+                 workload: Sequence[tuple[Request, float]] = ()):
+        self.config = config
+        self.typical = typical_requests(workload)
+        self._build(group_nodes(gpus, nodes))
+
+    def _build(self, views: list[NodeView]) -> None:
+        ref, cpu_scale, gpu_scale = _scales(views, self.config)
+        fragmentation = Fragmentation(self.typical, self.config, ref)
+        self.state = ClusterState(views, Context(self.config, fragmentation, ref, cpu_scale, gpu_scale))
+
+    def sync(self, gpus: Sequence[GpuState], nodes: Sequence[NodeState] = ()) -> int:
+        """Take the inventory as it is now (every GPU, and node resources where known); returns how
+        many nodes changed. A new or vanished node, or a change of the cluster's scales, regroups
+        everything, since node order and scales enter every score."""
+        by_node: dict[str, list[GpuState]] = {}
+        for gpu in gpus:
+            by_node.setdefault(gpu.node, []).append(gpu)
+        resources = {n.name: n for n in nodes}
+        names = [*by_node, *(n for n in resources if n not in by_node)]  # group_nodes' order
+        views = self.state.views
+        if names != [v.name for v in views]:
+            self._build(group_nodes(gpus, nodes))
+            return len(names)
+        changed = []
+        for rank, view in enumerate(views):
+            res = resources.get(view.name)
+            now = (tuple(sorted(by_node.get(view.name, ()), key=lambda g: g.index)),
+                   res.cpu_milli_free if res else None, res.memory_mib_free if res else None)
+            if now != (view.gpus, view.cpu_milli_free, view.memory_mib_free):
+                changed.append((rank, NodeView(view.name, *now)))
+        if not changed:
+            return 0
+        after = list(views)
+        for rank, view in changed:
+            after[rank] = view
+        ctx = self.state.ctx
+        if _scales(after, self.config) != (ctx.reference_speed, ctx.cpu_scale, ctx.gpu_scale):
+            self._build(after)
+        else:
+            for rank, view in changed:
+                self.state.update(rank, view)
+        return len(changed)
+
+    def prepare(self) -> None:
+        """Score the cluster for every typical request shape ahead of the first cycle."""
+        self.state.prepare([Ask(Request("typical", t.share, gpus=t.gpus, cpu_milli=t.cpu_milli), self.config,
+                                self.state.ctx.reference_speed) for t in self.typical])
+
+    def place(self, requests: Sequence[Request]) -> PlacementResult:
+        """Decide each request in order; the placer's view then includes the decisions.
+
+        A request that has waited longer than ``config.starvation_wait_s`` and waits only for room
+        reserves the GPU with most room among those it could use, which later requests of the same
+        call then leave alone (reservations last one call).
+        """
+        state, config = self.state, self.config
+        reserved: dict[str, str] = {}
+        decisions: list[Decision] = []
+        blocked: list[Blocked] = []
+        try:
+            for req in requests:
+                ask = Ask(req, config, state.ctx.reference_speed, dict(reserved))
+                found = state.choose(ask, rng_for(config.seed, req.job_id) if uses_random_ties(config) else None)
+                if found is None:  # only now is every GPU looked at, to say why
+                    verdict = explain(state.views, ask)
+                    blocked.append(verdict.blocked)
+                    if req.waited_s > config.starvation_wait_s:
+                        _reserve(verdict, req, reserved, state)
+                    continue
+                rank, positions = found
+                node = state.views[rank]
+                state.update(rank, place_on(node, positions, ask))
+                decisions.append(Decision(
+                    job_id=req.job_id,
+                    node=node.name,
+                    gpu_uuids=tuple(node.gpus[i].uuid for i in positions),
+                    share=ask.units(node.gpus[positions[0]]) if positions else 0,
+                ))
+        finally:
+            state.release_holds()
+        return PlacementResult(tuple(decisions), tuple(blocked), reserved)
 
 
 def place_slices(
@@ -47,38 +155,9 @@ def place_slices(
     nodes: Sequence[NodeState] = (),
     workload: Sequence[tuple[Request, float]] = (),
 ) -> PlacementResult:
-    """Decide each request in order against the GPUs as earlier decisions left them.
-
-    ``workload`` gives the typical requests (with weights) that FGD and ours measure fragmentation
-    against; without it the pending requests themselves stand in. A request that has waited longer
-    than ``config.starvation_wait_s`` and waits only for room reserves the GPU with most room among
-    those it could use, which later requests of the cycle then leave alone.
-    """
-    views = group_nodes(gpus, nodes)
-    ctx = build_context(views, config, workload or [(r, 1.0) for r in requests])
-    state = ClusterState(views, ctx)
-    reserved: dict[str, str] = {}
-    decisions: list[Decision] = []
-    blocked: list[Blocked] = []
-    for req in requests:
-        ask = Ask(req, config, ctx.reference_speed, dict(reserved))
-        found = state.choose(ask, rng_for(config.seed, req.job_id) if uses_random_ties(config) else None)
-        if found is None:  # only now is every GPU looked at, to say why
-            verdict = explain(state.views, ask)
-            blocked.append(verdict.blocked)
-            if req.waited_s > config.starvation_wait_s:
-                _reserve(verdict, req, reserved, state)
-            continue
-        rank, positions = found
-        node = state.views[rank]
-        state.update(rank, place_on(node, positions, ask))
-        decisions.append(Decision(
-            job_id=req.job_id,
-            node=node.name,
-            gpu_uuids=tuple(node.gpus[i].uuid for i in positions),
-            share=ask.units(node.gpus[positions[0]]) if positions else 0,
-        ))
-    return PlacementResult(tuple(decisions), tuple(blocked), reserved)
+    """One cycle of a fresh :class:`Placer`; without ``workload`` the pending requests stand in
+    for the typical ones."""
+    return Placer(gpus, config, nodes, workload or [(r, 1.0) for r in requests]).place(requests)
 
 
 def _reserve(verdict: Verdict, req: Request, reserved: dict[str, str], state: ClusterState) -> None:

@@ -98,15 +98,22 @@ def test_two_hundred_mixed_jobs_never_overfill_or_mix_users(cluster, cluster_eng
     assert_postgres_history_is_sound(cluster_engine, job_ids)
 
 
-def assert_postgres_history_is_sound(engine, job_ids):
-    """Replay every placement interval: no GPU over 100 and one Unix user at any instant."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text("SELECT job_id, gpu_uuid, uid, share, placed_at, coalesce(ended_at, now()) AS ended_at, state "
-                    "FROM placements WHERE job_id = ANY(:ids)"),
-            {"ids": job_ids},
-        ).all()
-    assert {r.job_id for r in rows if r.state == "released"} == set(job_ids)
+def assert_postgres_history_is_sound(engine, job_ids, timeout: float = 30.0):
+    """Every job's slice released (by the daemon's next cycle after the job ended), then a replay of
+    every placement interval: no GPU over 100 and one Unix user at any instant."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT job_id, gpu_uuid, uid, share, placed_at, coalesce(ended_at, now()) AS ended_at, "
+                        "state FROM placements WHERE job_id = ANY(:ids)"),
+                {"ids": job_ids},
+            ).all()
+        released = {r.job_id for r in rows if r.state == "released"}
+        if released == set(job_ids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert released == set(job_ids), sorted((r.job_id, r.state) for r in rows if r.state != "released")
     by_gpu = defaultdict(list)
     for r in rows:
         by_gpu[r.gpu_uuid] += [(r.placed_at, 1, r), (r.ended_at, 0, r)]
