@@ -68,7 +68,8 @@ class ClusterState:
             self._pairs = _Pairs(self)
         for ask in asks:
             if ask.request.gpus == 1:
-                self._pairs.ranking(ask)
+                for user in list(self._pairs.logs):
+                    self._pairs.ranking(ask, user)
 
     def release_holds(self) -> None:
         """Reservations last one cycle: held nodes join their classes again."""
@@ -104,45 +105,45 @@ _UNSEEN = object()
 
 
 class _Ranking:
-    """The classes ordered by ``primary`` for one (share, GPUs, CPU) of a request, by level and
-    then by MPS owner and GPU part, so a request reads the best level first and stops there.
+    """The classes of one pool (the free GPUs, or one user's) ordered by ``primary`` for one
+    (share, GPUs, CPU) of a request, by level and then by GPU part, so a request reads the best
+    level first and stops there.
 
     Classes are scored when a request of this shape first needs them: ``seen`` is how far into
-    :attr:`_Pairs.log` (every class ever made, in order) this ranking has read.
+    the pool's log (every class it ever had, in order) this ranking has read. Rankings are per pool
+    because a request sees only two pools (free GPUs and its user's): the classes that decisions
+    keep making in other users' pools are scored only when those users ask.
     """
 
     def __init__(self) -> None:
         self.key_of: dict[int, tuple] = {}
-        self.levels: dict[tuple, dict[int | None, dict[int, set[int]]]] = {}
+        self.levels: dict[tuple, dict[int, set[int]]] = {}
         self.order: list[tuple] = []  # the levels' keys, ascending
         self.rest: dict[object, dict[int, tuple]] = {}  # SLO class -> class -> rest key
         self.seen = 0
 
-    def insert(self, cid: int, key: tuple, user: int | None, gid: int) -> None:
+    def insert(self, cid: int, key: tuple, gid: int) -> None:
         self.key_of[cid] = key
         level = self.levels.get(key)
         if level is None:
             level = self.levels[key] = {}
             bisect.insort(self.order, key)
-        level.setdefault(user, {}).setdefault(gid, set()).add(cid)
+        level.setdefault(gid, set()).add(cid)
 
-    def discard(self, cid: int, user: int | None, gid: int) -> None:
+    def discard(self, cid: int, gid: int) -> None:
         key = self.key_of.pop(cid, None)
         if key is None:
             return
         for cache in self.rest.values():
             cache.pop(cid, None)
         level = self.levels[key]
-        by_gid = level[user]
-        members = by_gid[gid]
+        members = level[gid]
         members.discard(cid)
         if not members:
-            del by_gid[gid]
-            if not by_gid:
-                del level[user]
-                if not level:
-                    del self.levels[key]
-                    self.order.pop(bisect.bisect_left(self.order, key))
+            del level[gid]
+            if not level:
+                del self.levels[key]
+                self.order.pop(bisect.bisect_left(self.order, key))
 
 
 class _Pairs:
@@ -153,7 +154,7 @@ class _Pairs:
         self.node_ids: dict[tuple, int] = {}
         self.ids: dict[tuple, int] = {}
         self.next_id = itertools.count()  # never reused: the score caches are keyed by class
-        self.log: list[int] = []  # every class made, in order; rankings catch up from it
+        self.logs: dict[int | None, list[int]] = {}  # MPS owner -> its classes, in order made
         self.members: dict[int, list[Member]] = {}
         self.signature: dict[int, tuple] = {}
         self.gpu_ids: dict[tuple, int] = {}  # a class's GPU part, interned: rules read only it
@@ -163,7 +164,7 @@ class _Pairs:
         self.by_user: dict[int | None, set[int]] = {}
         self.grades: dict[tuple[int, float], int] = {}  # (capacity, speed) of live classes -> a GPU part
         self.graded: dict[tuple[int, float], int] = {}  # (capacity, speed) -> live classes
-        self.rankings: dict[tuple, _Ranking] = {}  # (share, gpus, cpu) -> ranking
+        self.rankings: dict[int | None, dict[tuple, _Ranking]] = {}  # owner -> (share, gpus, cpu) -> ranking
         # what the GPU rules read of a request -> GPU part -> None (does not fit) or whether the
         # request takes a slice of it
         self.fits: dict[tuple, dict[int, object]] = {}
@@ -195,7 +196,7 @@ class _Pairs:
                 grade = (g.capacity, g.speed)
                 self.grades.setdefault(grade, gid)
                 self.graded[grade] = self.graded.get(grade, 0) + 1
-                self.log.append(cid)
+                self.logs.setdefault(g.user, []).append(cid)
             bisect.insort(self.members[cid], (rank, pos))
 
     def drop(self, rank: int, view: NodeView | None = None) -> None:
@@ -217,8 +218,8 @@ class _Pairs:
                 self.graded[grade] -= 1
                 if not self.graded[grade]:
                     del self.graded[grade], self.grades[grade]
-                for ranking in self.rankings.values():
-                    ranking.discard(cid, user, gid)
+                for ranking in self.rankings.get(user, {}).values():
+                    ranking.discard(cid, gid)
 
     def replace(self, rank: int, old: NodeView) -> None:
         if rank in self.state.held:
@@ -226,16 +227,19 @@ class _Pairs:
         self.drop(rank, old)
         self.add(rank)
 
-    def ranking(self, ask: Ask) -> _Ranking:
-        """The ranking for the request's shape, with every class made since its last use scored."""
+    def ranking(self, ask: Ask, user: int | None) -> _Ranking:
+        """The ranking of ``user``'s pool for the request's shape, with every class the pool got
+        since its last use scored."""
         req = ask.request
         shape = (req.share, req.gpus, req.cpu_milli)
-        ranking = self.rankings.get(shape)
+        rankings = self.rankings.setdefault(user, {})
+        ranking = rankings.get(shape)
         if ranking is None:
-            ranking = self.rankings[shape] = _Ranking()
-        if ranking.seen < len(self.log):
+            ranking = rankings[shape] = _Ranking()
+        log = self.logs.get(user, ())
+        if ranking.seen < len(log):
             views, policy, ctx = self.state.views, self.state.policy, self.state.ctx
-            for cid in self.log[ranking.seen:]:
+            for cid in log[ranking.seen:]:
                 members = self.members.get(cid)
                 if not members:
                     continue  # dropped since
@@ -244,8 +248,8 @@ class _Pairs:
                 if ask.units(gpu) > gpu.free:
                     continue  # no request of this shape fits it, ever: leave it out
                 rank, pos = members[0]
-                ranking.insert(cid, policy.primary(views[rank], (pos,), ask, ctx), gpu.user, gid)
-            ranking.seen = len(self.log)
+                ranking.insert(cid, policy.primary(views[rank], (pos,), ask, ctx), gid)
+            ranking.seen = len(log)
         return ranking
 
     def _fit(self, fits: dict[int, object], gid: int, ask: Ask):
@@ -275,16 +279,19 @@ class _Pairs:
         if len(kinds) == 2 and self._mixed(users, fits, ask):
             return _MIXED
         whole = kinds == {False}
-        ranking = self.ranking(ask)
+        rankings = [self.ranking(ask, user) for user in users]
+        heads = [len(r.order) - 1 for r in rankings]  # the pools' best levels not yet read
         best = None
-        for key in reversed(ranking.order):
-            level = ranking.levels[key]
-            group = [cid for user in users for gid, cids in level.get(user, {}).items()
-                     if self._fit(fits, gid, ask) is not None for cid in cids if self._has_room(cid, req)]
+        while best is None and any(h >= 0 for h in heads):
+            key = max(r.order[h] for r, h in zip(rankings, heads) if h >= 0)
+            group = []
+            for i, ranking in enumerate(rankings):
+                if heads[i] >= 0 and ranking.order[heads[i]] == key:
+                    heads[i] -= 1
+                    group += [(cid, ranking) for gid, cids in ranking.levels[key].items()
+                              if self._fit(fits, gid, ask) is not None for cid in cids if self._has_room(cid, req)]
             if group:
-                best = self._best_pair(key, group, ask, ranking, whole)
-                if best is not None:
-                    break
+                best = self._best_pair(key, group, ask, whole)
         for rank in sorted(state.held):
             choice = evaluate(state.views[rank], ask, state.ctx)
             if choice is not None and (best is None or (choice.score, -rank) > best[:2]):
@@ -298,16 +305,16 @@ class _Pairs:
         kinds.discard(None)
         return len(kinds) == 2
 
-    def _best_pair(self, primary: tuple, group: list[int], ask: Ask, ranking: _Ranking, whole: bool):
+    def _best_pair(self, primary: tuple, group: list[tuple[int, _Ranking]], ask: Ask, whole: bool):
         """The greatest (key, -rank, after, -position) over the valid pairs of classes that share
         the best ``primary``, with the positions; None when none has a valid pair. A class's first
         member is valid unless whole GPUs are asked for and an earlier GPU of its node fits (the
         node's candidate is then that GPU)."""
         state, ctx, policy = self.state, self.state.ctx, self.state.policy
         views = state.views
-        rests = ranking.rest.setdefault(ask.request.slo_class, {})
         keyed = []
-        for cid in group:
+        for cid, ranking in group:
+            rests = ranking.rest.setdefault(ask.request.slo_class, {})
             rest = rests.get(cid)
             if rest is None:
                 rank, pos = self.members[cid][0]

@@ -70,8 +70,7 @@ def candidates(node: NodeView, ask: Ask, fit: tuple[int, ...]) -> list[tuple[int
 def _leftover(node: NodeView, ask: Ask, ctx: Context) -> float:
     """Best-fit's weighted leftover: 0.5 CPU + 0.5 GPU after placing, normalised by the largest node."""
     req = ask.request
-    gpu_free = sum(g.free for g in node.gpus if g.available)
-    gpu_left = gpu_free - req.share * req.gpus
+    gpu_left = node.gpu_free - req.share * req.gpus
     cpu_left = 0 if node.cpu_milli_free is None else node.cpu_milli_free - req.cpu_milli
     return 0.5 * cpu_left / ctx.cpu_scale + 0.5 * gpu_left / ctx.gpu_scale
 

@@ -22,10 +22,12 @@ class NodeView:
     # What fragmentation reads of the node: free CPU and the sorted (free, capacity, model, speed)
     # of its available GPUs. Computed once here because every score of the node reads it.
     key: tuple = field(init=False, repr=False, compare=False)
+    gpu_free: int = field(init=False, repr=False, compare=False)  # free units of its available GPUs
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", (self.cpu_milli_free, tuple(sorted(
-            (g.free, g.capacity, g.model, g.speed) for g in self.gpus if g.available))))
+        entries = sorted((g.free, g.capacity, g.model, g.speed) for g in self.gpus if g.available)
+        object.__setattr__(self, "key", (self.cpu_milli_free, tuple(entries)))
+        object.__setattr__(self, "gpu_free", sum(e[0] for e in entries))
 
 
 def node_shape(node: NodeView) -> tuple:
