@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from .fragmentation import Fragmentation
 from .model import GpuState, PolicyConfig, Request, SloClass
 from .rules import Ask, fitting_positions, node_room
+from .stranding import stranding_growth, waste_growth
 from .view import NodeView
 
 
@@ -109,17 +110,27 @@ def _class_fit(gpu: GpuState, ask: Ask) -> tuple:
     return (0, False)
 
 
+def _ours_score(node: NodeView, positions: tuple[int, ...], ask: Ask, ctx: Context) -> tuple:
+    """FGD's score over fragmentation plus CPU stranding (:mod:`.stranding`): the same truncated
+    sigmoid of how much ``F_n + S_n`` grows, so that where CPU cannot strand a GPU (nodes that
+    do not report CPU, or CPU to spare) it is exactly FGD's score."""
+    frag = ctx.fragmentation
+    growth = frag.of(node) - frag.placed(node, positions, ask) + stranding_growth(node, positions, ask, frag)
+    return (int(_sigmoid(growth) * 100),)
+
+
 def _ours_rest(node: NodeView, positions: tuple[int, ...], ask: Ask, ctx: Context) -> tuple:
-    """What FGD leaves to node order: a node already in use over an empty one (empty nodes stay
-    whole for multi-GPU and CPU-heavy tasks), the node with least weighted leftover, the SLO
-    class's preference, and the GPU left with least room. Class preferences come after packing
-    because ahead of it they cost 0.2-0.4 points of allocation (docs/simulator.md)."""
+    """What the score leaves to node order: a node already in use over an empty one (empty nodes
+    stay whole for multi-GPU and CPU-heavy tasks), the slice whose GPU room is expected to waste
+    least (:func:`.stranding.waste_growth`), the SLO class's preference, and the GPU left with
+    least room. Class preferences come after packing because ahead of it they cost 0.2-0.4 points
+    of allocation (docs/simulator.md)."""
     in_use = any(g.used for g in node.gpus)
-    leftover = -round(_leftover(node, ask, ctx), 9)
-    if not positions:
-        return (in_use, leftover, 0, False, 0)
+    if len(positions) != 1:
+        return (in_use, 0.0, 0, False, 0)
     gpu = node.gpus[positions[0]]
-    return (in_use, leftover, *_class_fit(gpu, ask), -(gpu.free - ask.units(gpu)))
+    waste = round(waste_growth(node, positions[0], ask, ctx.fragmentation), 9)
+    return (in_use, waste, *_class_fit(gpu, ask), -(gpu.free - ask.units(gpu)))
 
 
 SCORERS: dict[str, Policy] = {
@@ -127,7 +138,7 @@ SCORERS: dict[str, Policy] = {
     "first-fit": Policy(),  # what Slurm's own count would do: the first GPU with room, first node
     "best-fit": Policy(primary=_best_fit_score, after=_room_left),
     "fgd": Policy(primary=_fgd_score),  # first GPU by index on ties
-    "ours": Policy(primary=_fgd_score, rest=_ours_rest),  # FGD's measure first: it packs well
+    "ours": Policy(primary=_ours_score, rest=_ours_rest),  # FGD's measure + CPU stranding first
 }
 
 RANDOM_TIES = frozenset({"random"})  # the others take the first best node in node order, as the

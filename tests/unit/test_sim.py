@@ -17,7 +17,10 @@ from slurm_vgpu.policy.scoring import evaluate
 from slurm_vgpu.policy.view import group_nodes
 from slurm_vgpu.sim.metrics import figures
 from slurm_vgpu.sim.protocol import Arrivals, arrivals, gpu_request, tune
+from slurm_vgpu.sim.experiment import simulate
 from slurm_vgpu.sim.replay import Replay, run
+from slurm_vgpu.sim.synthetic import CPUS, RICH_CPUS
+from slurm_vgpu.sim.synthetic import synthetic_trace as make_synthetic
 from slurm_vgpu.sim.trace import TraceError, load_nodes, load_pods
 
 NODE_HEADER = "sn,cpu_milli,memory_mib,gpu,model\n"
@@ -130,29 +133,16 @@ def test_figures_of_a_hand_made_run(tmp_path):
     assert fig.failed == {"throughput": 1} and fig.arrived == {"throughput": 3}
 
 
-def synthetic_trace(tmp_path: Path, seed: int, nodes: int = 24, pods: int = 260):
-    """A small trace of the default trace's kind: 2- and 8-GPU nodes, shares and whole GPUs."""
-    rng = random.Random(seed)
-    node_rows = [f"n{i},{rng.choice([32000, 64000, 96000])},262144,{rng.choice([2, 4, 8])},"
-                 f"{rng.choice(['T4', 'G2', 'V100M16'])}" for i in range(nodes)]
-    shares = [1000] * 8 + [810, 810, 470, 470, 320, 650, 230, 160, 550]
-    pod_rows = []
-    for i in range(pods):
-        kind = rng.random()
-        if kind < 0.1:
-            pod_rows.append(pod_row(f"p{i}", cpu=rng.choice([4000, 12000]), num=0, milli=0))
-        elif kind < 0.14:
-            pod_rows.append(pod_row(f"p{i}", cpu=16000, num=rng.choice([2, 4]), milli=1000))
-        else:
-            pod_rows.append(pod_row(f"p{i}", cpu=rng.choice([2000, 4000, 8000, 12000]),
-                                    milli=rng.choice(shares), qos=rng.choice(["LS", "BE"])))
-    return (load_nodes(write(tmp_path / f"n{seed}.csv", NODE_HEADER, node_rows)),
-            load_pods(write(tmp_path / f"p{seed}.csv", POD_HEADER, pod_rows)))
+def synthetic_trace(tmp_path: Path, seed: int, nodes: int = 24, pods: int = 260,
+                    node_cpus: tuple[int, ...] = CPUS):
+    """A small trace of the default trace's kind: 2- to 8-GPU nodes, shares and whole GPUs."""
+    return make_synthetic(tmp_path, seed, nodes, pods, node_cpus)
 
 
-def test_ours_never_takes_a_node_fgd_scores_lower(tmp_path):
-    """Ours keeps FGD's measure and only breaks the ties FGD leaves to node order."""
-    cluster, pods = synthetic_trace(tmp_path, seed=3, nodes=12, pods=40)
+def test_ours_is_fgd_where_cpu_cannot_strand(tmp_path):
+    """Where nodes have CPU to spare, ours keeps FGD's score and only breaks the ties FGD leaves
+    to node order."""
+    cluster, pods = synthetic_trace(tmp_path, seed=3, nodes=12, pods=40, node_cpus=RICH_CPUS)
     views = group_nodes(cluster.gpus, cluster.nodes)
     workload = [(p, 1.0) for p in pods]
     for pod in pods:
@@ -164,9 +154,48 @@ def test_ours_never_takes_a_node_fgd_scores_lower(tmp_path):
         fitting = [(c.score, k) for c, k in ours if c is not None]
         if not fitting:
             continue
+        assert [c.score[0] for c, _ in ours if c is not None] == [f.score[0] for f in fgd if f is not None]
         _, chosen = max(fitting, key=lambda sk: (sk[0], -sk[1]))
         assert fgd[chosen].score[0] == max(f.score[0] for f in fgd if f is not None)
         views[chosen] = place_on(views[chosen], ours[chosen][0].options[0], ask)
+
+
+def test_ours_keeps_cpu_for_the_gpus_a_node_still_has(tmp_path):
+    """A CPU-only task that FGD puts on the first node (its typical requests still fit there)
+    would leave that node's eight GPUs too little CPU; ours takes the node with CPU to spare."""
+    cluster = load_nodes(write(tmp_path / "n.csv", NODE_HEADER, [
+        "tight,40000,262144,8,G2", "roomy,104000,262144,2,T4"]))
+    typical = [(request("gpu", 1000, cpu=4000), 9.0), (request("cpu", 0, gpus=0, cpu=12000), 1.0)]
+    task = request("cpu-task", 0, gpus=0, cpu=12000)
+    chosen = {}
+    for policy in ("fgd", "ours"):
+        replay = Replay(cluster, (0, 1), PolicyConfig(policy=policy), typical)
+        assert replay.place(task)
+        chosen[policy] = [v.name for v in replay.state.views
+                          if v.cpu_milli_free < {"tight": 40000, "roomy": 104000}[v.name]]
+    assert chosen == {"fgd": ["tight"], "ours": ["roomy"]}
+
+
+def _allocations(tmp_path: Path, traces: range, node_cpus: tuple[int, ...]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"fgd": [], "ours": []}
+    for seed in traces:
+        cluster, pods = synthetic_trace(tmp_path, seed, nodes=40, pods=450, node_cpus=node_cpus)
+        for fig in simulate(cluster, pods, ["fgd", "ours"], [42]):
+            out[fig.policy].append(fig.allocation)
+    return out
+
+
+def test_ours_packs_more_than_fgd_on_every_cpu_scarce_synthetic_trace(tmp_path):
+    """On traces whose nodes run out of CPU (as the Alibaba trace's 8-GPU nodes do), counting the
+    GPUs that CPU can no longer feed wins on each trace (docs/simulator.md)."""
+    alloc = _allocations(tmp_path, range(6), CPUS)
+    assert all(o > f for o, f in zip(alloc["ours"], alloc["fgd"])), alloc
+
+
+def test_ours_packs_at_least_as_much_as_fgd_where_cpu_is_plentiful(tmp_path):
+    """With CPU to spare ours' score is FGD's; its tie-breaks may not cost allocation overall."""
+    alloc = _allocations(tmp_path, range(10), RICH_CPUS)
+    assert sum(alloc["ours"]) >= sum(alloc["fgd"]), alloc
 
 
 @pytest.mark.parametrize("policy", ["random", "best-fit", "fgd", "ours"])
