@@ -320,11 +320,15 @@ class _Pairs:
                 rank, pos = self.members[cid][0]
                 rest = rests[cid] = policy.rest(views[rank], (pos,), ask, ctx)
             keyed.append((rest, cid))
-        keyed.sort(key=lambda kc: kc[0], reverse=True)
+        members = self.members
+        # Best key first and, among equal keys, the class whose first member comes first: a
+        # class's valid pair is never before its first member, so once one is found, a later
+        # class of the same key whose first member comes after it cannot win.
+        keyed.sort(key=lambda kc: (kc[0], -members[kc[1]][0][0]), reverse=True)
         best = None
         for rest, cid in keyed:
             key = primary + rest
-            if best is not None and key < best[0]:
+            if best is not None and (key < best[0] or (key == best[0] and members[cid][0][0] > -best[1])):
                 break
             member = self._first_valid(cid, ask) if whole else self.members[cid][0]
             if member is None:
