@@ -1,7 +1,8 @@
 """``slurm-vgpu explain JOBID``: why a vgpu job waits, GPU by GPU, in words its user understands.
 
 The verdict is what the placement daemon would decide: the same GPU states (``store.gpu_states``),
-the same request (``waiting_requests``) and the same pure policy (``place_slices``). The per-GPU
+the same request (``waiting_requests``), the same typical requests (recent placements) and the same
+pure policy (``place_slices``). The per-GPU
 lines apply the policy's own rules (``GPU_RULES``) to one GPU at a time and name the first it fails.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import click
 
 from ..adapters.slurm import Job
 from ..db import store
-from ..placement.cycle import policy_config, waiting_requests
+from ..placement.cycle import WORKLOAD_WINDOW, policy_config, waiting_requests
 from ..policy import GpuState, PlacementResult, place_slices
 from ..policy.rules import GPU_RULES, Ask
 from ..policy.units import reference_speed
@@ -83,6 +84,7 @@ def explain(runtime: Runtime, job_id: int, as_json: bool) -> None:
         records = gpu_records(session, runtime.config.heartbeat_timeout)
         states = store.gpu_states(session, runtime.config.heartbeat_timeout)
         placement = next(iter(placement_records(session, job_ids=[job_id])), None)
+        recent = store.recent_requests(session, WORKLOAD_WINDOW)
     requests = [] if placement else waiting_requests([job], set(), time.time())
     if requests:
         config = policy_config(runtime.config)
@@ -90,7 +92,8 @@ def explain(runtime: Runtime, job_id: int, as_json: bool) -> None:
         by_uuid = {s.uuid: s for s in states}
         for record in records:
             record["rule"], record["why"] = why_not(record, by_uuid[record["uuid"]], ask)
-        verdict = _waiting_verdict(place_slices(states, requests, config), records)
+        workload = [(r, 1.0) for r in [*recent, *requests]]  # what the daemon's placer measures against
+        verdict = _waiting_verdict(place_slices(states, requests, config, workload=workload), records)
     else:
         records = []
         verdict = _not_waiting_verdict(job, placement)
