@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -19,7 +20,7 @@ from ..config import Config
 from ..db import store
 from ..db.engine import session_scope
 from ..db.models import Placement
-from ..policy import PolicyConfig, Request, SloClass
+from ..policy import Decision, PolicyConfig, Request, SloClass
 from ..policy.placement import Placer
 
 log = logging.getLogger("slurm_vgpu.placement")
@@ -123,6 +124,17 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float) -> li
     ]
 
 
+def placement_rows(decisions: Sequence[Decision], requests: Sequence[Request]) -> list[dict]:
+    """The placements rows of a cycle's decisions (state ``placed``: not yet pinned in Slurm)."""
+    by_id = {r.job_id: r for r in requests}
+    return [
+        dict(job_id=int(d.job_id), gpu_uuid=d.gpu_uuids[0], uid=by_id[d.job_id].user, share=d.share,
+             requested_share=by_id[d.job_id].share, memory_mib=by_id[d.job_id].memory_mib,
+             slo_class=by_id[d.job_id].slo_class.value, state="placed")
+        for d in decisions
+    ]
+
+
 def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool = True,
               kept: KeptPlacer | None = None) -> CycleReport:
     """``may_cancel`` is False until the agents have had time to register: a request that looks
@@ -137,23 +149,17 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
         active = store.active_placements(session)
         requests = waiting_requests(list(jobs.values()), {p.job_id for p in active}, now.timestamp())
         result = kept.for_cycle(session, requests).place(requests)
-        by_id = {r.job_id: r for r in requests}
-        new = [
-            Placement(
-                job_id=int(d.job_id), gpu_uuid=d.gpu_uuids[0], uid=by_id[d.job_id].user, share=d.share,
-                requested_share=by_id[d.job_id].share, memory_mib=by_id[d.job_id].memory_mib,
-                slo_class=by_id[d.job_id].slo_class.value, state="placed",
-            )
-            for d in result.decisions
-        ]
-        session.add_all(new)
-        session.flush()
-        gpus = store.gpus_by_uuid(session, {p.gpu_uuid for p in [*new, *repin]})
+        new = placement_rows(result.decisions, requests)
+        ids = store.add_placements(session, new)
+        gpus = store.gpus_by_uuid(session, {p["gpu_uuid"] for p in new} | {p.gpu_uuid for p in repin})
         pins = [
-            Pin(p.job_id, p.id, gpus[p.gpu_uuid].gres_type, gpus[p.gpu_uuid].node, p.share, p.gpu_uuid)
-            for p in [*new, *repin]
+            Pin(job_id, placement_id, gpus[gpu].gres_type, gpus[gpu].node, share, gpu)
+            for job_id, placement_id, gpu, share in [
+                *((p["job_id"], ids[p["job_id"]], p["gpu_uuid"], p["share"]) for p in new),
+                *((p.job_id, p.id, p.gpu_uuid, p.share) for p in repin),
+            ]
         ]
-        report.placed = [p.job_id for p in new]
+        report.placed = [p["job_id"] for p in new]
     for job_id in unpin:
         _unpin(slurm, jobs[job_id], report)
     for pin in pins:

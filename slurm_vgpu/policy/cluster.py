@@ -119,7 +119,9 @@ class _Ranking:
         self.key_of: dict[int, tuple] = {}
         self.levels: dict[tuple, dict[int, set[int]]] = {}
         self.order: list[tuple] = []  # the levels' keys, ascending
-        self.rest: dict[object, dict[int, tuple]] = {}  # SLO class -> class -> rest key
+        # SLO class -> class (or, for a policy whose rest reads of the node only its use, (node in
+        # use, GPU part)) -> rest key
+        self.rest: dict[object, dict[object, tuple]] = {}
         self.seen = 0
 
     def insert(self, cid: int, key: tuple, gid: int) -> None:
@@ -174,7 +176,7 @@ class _Pairs:
 
     def _node_part(self, view: NodeView) -> int:
         """Everything the rules and scorers read of a slice's node besides its GPU, interned."""
-        part = (view.key, view.memory_mib_free, any(g.used for g in view.gpus))
+        part = (view.key, view.memory_mib_free, view.in_use)
         return self.node_ids.setdefault(part, len(self.node_ids))
 
     def add(self, rank: int) -> None:
@@ -315,10 +317,11 @@ class _Pairs:
         keyed = []
         for cid, ranking in group:
             rests = ranking.rest.setdefault(ask.request.slo_class, {})
-            rest = rests.get(cid)
+            rank, pos = self.members[cid][0]
+            at = (views[rank].in_use, self.gpu_of[cid]) if policy.rest_by_gpu else cid
+            rest = rests.get(at)
             if rest is None:
-                rank, pos = self.members[cid][0]
-                rest = rests[cid] = policy.rest(views[rank], (pos,), ask, ctx)
+                rest = rests[at] = policy.rest(views[rank], (pos,), ask, ctx)
             keyed.append((rest, cid))
         members = self.members
         # Best key first and, among equal keys, the class whose first member comes first: a

@@ -59,6 +59,19 @@ def typical_requests(workload: Iterable[tuple[Request, float]],
                  for (c, s, k, m), w in kept)
 
 
+def key_after(node: NodeView, positions: Sequence[int], ask: Ask) -> Key:
+    """The node's key once ``ask`` takes the GPUs at ``positions`` and its CPU (what
+    :func:`.apply.place_on` would leave, without building it)."""
+    cpu, entries = node.key
+    entries = list(entries)
+    for i in positions:
+        g = node.gpus[i]
+        if g.available:
+            entries.pop(bisect.bisect_left(entries, (g.free, g.capacity, g.model, g.speed)))
+            bisect.insort(entries, (g.free - ask.units(g), g.capacity, g.model, g.speed))
+    return (None if cpu is None else cpu - ask.request.cpu_milli, tuple(entries))
+
+
 class Fragmentation:
     """``F_n`` for nodes, memoised by their key."""
 
@@ -71,18 +84,6 @@ class Fragmentation:
 
     def of(self, node: NodeView) -> float:
         return self.of_key(node.key)
-
-    def placed(self, node: NodeView, positions: Sequence[int], ask: Ask) -> float:
-        """``F_n`` of the node once ``ask`` takes the GPUs at ``positions`` and its CPU (what
-        :func:`.apply.place_on` would leave, without building it)."""
-        cpu, entries = node.key
-        entries = list(entries)
-        for i in positions:
-            g = node.gpus[i]
-            if g.available:
-                entries.pop(bisect.bisect_left(entries, (g.free, g.capacity, g.model, g.speed)))
-                bisect.insort(entries, (g.free - ask.units(g), g.capacity, g.model, g.speed))
-        return self.of_key((None if cpu is None else cpu - ask.request.cpu_milli, tuple(entries)))
 
     def of_key(self, key: Key) -> float:
         value = self._memo.get(key)

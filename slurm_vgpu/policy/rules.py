@@ -35,7 +35,14 @@ class Ask:
         """Multi-GPU trace tasks take whole GPUs."""
         return self.request.gpus > 1
 
+    def __post_init__(self) -> None:
+        # In plain units a slice takes its share on any GPU: worked out once, asked very often.
+        plain = not self.config.reference_model and self.request.gpus <= 1
+        object.__setattr__(self, "_plain_units", self.request.share if plain else None)
+
     def units(self, gpu: GpuState) -> int:
+        if self._plain_units is not None:
+            return self._plain_units
         if self.whole_gpus:
             return gpu.capacity
         return units_on(gpu, self.request.share, self.config, self.reference_speed)

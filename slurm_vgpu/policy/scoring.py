@@ -6,7 +6,9 @@ ties between candidates of the same node. A node's score is its best candidate's
 ``primary + rest``; :mod:`.select` picks the node, breaking ties at random (the random policy) or
 to the first node in order (the others). Keys read only the node's :attr:`.view.NodeView.key`,
 whether it is in use, and the candidate's GPUs, so :mod:`.cluster` can score every equal
-(node, GPU) pair once; ``primary`` reads of the request only its share, GPU count and CPU.
+(node, GPU) pair once; ``primary`` reads of the request only its share, GPU count and CPU. A
+policy whose ``rest`` reads of the node only whether it is in use says so (``rest_by_gpu``), and
+its ``rest`` is then computed once per GPU state rather than once per class.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .fragmentation import Fragmentation
+from .fragmentation import Fragmentation, key_after
 from .model import GpuState, PolicyConfig, Request, SloClass
 from .rules import Ask, fitting_positions, node_room
 from .stranding import stranding_growth, waste_growth
@@ -51,6 +53,7 @@ class Policy:
     rest: KeyFn = _none
     after: KeyFn = _none
     every_option: bool = False  # the random policy: every candidate is an option, drawn at random
+    rest_by_gpu: bool = False  # rest reads of a one-GPU candidate's node only whether it is in use
 
 
 def _first_whole(fit: Sequence[int], ask: Ask) -> tuple[int, ...]:
@@ -96,7 +99,7 @@ def _sigmoid(x: float) -> float:
 def _fgd_score(node: NodeView, positions: tuple[int, ...], ask: Ask, ctx: Context) -> tuple:
     """The FGD plugin's node score: ``int(sigmoid(F_before - F_after) * 100)``, F in GPUs."""
     frag = ctx.fragmentation
-    return (int(_sigmoid(frag.of(node) - frag.placed(node, positions, ask)) * 100),)
+    return (int(_sigmoid(frag.of(node) - frag.of_key(key_after(node, positions, ask))) * 100),)
 
 
 def _class_fit(gpu: GpuState, ask: Ask) -> tuple:
@@ -115,7 +118,8 @@ def _ours_score(node: NodeView, positions: tuple[int, ...], ask: Ask, ctx: Conte
     sigmoid of how much ``F_n + S_n`` grows, so that where CPU cannot strand a GPU (nodes that
     do not report CPU, or CPU to spare) it is exactly FGD's score."""
     frag = ctx.fragmentation
-    growth = frag.of(node) - frag.placed(node, positions, ask) + stranding_growth(node, positions, ask, frag)
+    after = key_after(node, positions, ask)
+    growth = frag.of(node) - frag.of_key(after) + stranding_growth(node.key, after, frag)
     return (int(_sigmoid(growth) * 100),)
 
 
@@ -125,7 +129,7 @@ def _ours_rest(node: NodeView, positions: tuple[int, ...], ask: Ask, ctx: Contex
     least (:func:`.stranding.waste_growth`), the SLO class's preference, and the GPU left with
     least room. Class preferences come after packing because ahead of it they cost 0.2-0.4 points
     of allocation (docs/simulator.md)."""
-    in_use = any(g.used for g in node.gpus)
+    in_use = node.in_use
     if len(positions) != 1:
         return (in_use, 0.0, 0, False, 0)
     gpu = node.gpus[positions[0]]
@@ -138,7 +142,7 @@ SCORERS: dict[str, Policy] = {
     "first-fit": Policy(),  # what Slurm's own count would do: the first GPU with room, first node
     "best-fit": Policy(primary=_best_fit_score, after=_room_left),
     "fgd": Policy(primary=_fgd_score),  # first GPU by index on ties
-    "ours": Policy(primary=_ours_score, rest=_ours_rest),  # FGD's measure + CPU stranding first
+    "ours": Policy(primary=_ours_score, rest=_ours_rest, rest_by_gpu=True),  # FGD's measure + CPU stranding first
 }
 
 RANDOM_TIES = frozenset({"random"})  # the others take the first best node in node order, as the

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import bisect
 import weakref
-from collections.abc import Sequence
 
 from .fragmentation import Fragmentation, Key
 from .rules import Ask
@@ -58,31 +57,18 @@ def stranded(key: Key, k: float) -> float:
     return sum(free / capacity for free, capacity, _, _ in entries) * (needed - cpu) / needed
 
 
-def key_after(node: NodeView, positions: Sequence[int], ask: Ask) -> Key:
-    """The node's key once ``ask`` takes the GPUs at ``positions`` and its CPU (as
-    :meth:`.fragmentation.Fragmentation.placed` computes it)."""
-    cpu, entries = node.key
-    entries = list(entries)
-    for i in positions:
-        g = node.gpus[i]
-        if g.available:
-            entries.pop(bisect.bisect_left(entries, (g.free, g.capacity, g.model, g.speed)))
-            bisect.insort(entries, (g.free - ask.units(g), g.capacity, g.model, g.speed))
-    return (None if cpu is None else cpu - ask.request.cpu_milli, tuple(entries))
-
-
-def stranding_growth(node: NodeView, positions: Sequence[int], ask: Ask, frag: Fragmentation) -> float:
-    """``S_n`` before minus after the placement (negative when it strands more)."""
+def stranding_growth(before: Key, after: Key, frag: Fragmentation) -> float:
+    """``S_n`` of a node with key ``before`` minus ``S_n`` once a placement leaves it ``after``
+    (negative when it strands more)."""
     k = cpu_per_unit(frag)
-    if node.key[0] is None or k <= 0:
+    if before[0] is None or k <= 0:
         return 0.0
     memo = _stranded.get(frag)
     if memo is None:
         memo = _stranded[frag] = {}
-    after = key_after(node, positions, ask)
-    before_s = memo.get(node.key)
+    before_s = memo.get(before)
     if before_s is None:
-        before_s = memo[node.key] = stranded(node.key, k)
+        before_s = memo[before] = stranded(before, k)
     after_s = memo.get(after)
     if after_s is None:
         after_s = memo[after] = stranded(after, k)

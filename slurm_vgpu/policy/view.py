@@ -23,11 +23,13 @@ class NodeView:
     # of its available GPUs. Computed once here because every score of the node reads it.
     key: tuple = field(init=False, repr=False, compare=False)
     gpu_free: int = field(init=False, repr=False, compare=False)  # free units of its available GPUs
+    in_use: bool = field(init=False, repr=False, compare=False)  # some GPU holds a slice
 
     def __post_init__(self) -> None:
         entries = sorted((g.free, g.capacity, g.model, g.speed) for g in self.gpus if g.available)
         object.__setattr__(self, "key", (self.cpu_milli_free, tuple(entries)))
         object.__setattr__(self, "gpu_free", sum(e[0] for e in entries))
+        object.__setattr__(self, "in_use", any(g.used for g in self.gpus))
 
 
 def node_shape(node: NodeView) -> tuple:
