@@ -266,6 +266,17 @@ def wait_idle(cluster: Cluster, timeout: float) -> None:
     )
 
 
+def start_munge(cluster: Cluster) -> bool:
+    """Start munged under ``cluster``'s state when munge does not work, so that ``down(cluster)``
+    stops it; True when it did. For a holder of munge that outlives several clusters (a test run):
+    a cluster that starts munge itself stops it at ``down``, also under clusters started after it."""
+    if munge_works():
+        return False
+    (cluster.dir / "log").mkdir(parents=True, exist_ok=True)
+    _write_state(cluster, {"munged": _start_munge(cluster)})
+    return True
+
+
 def munge_works() -> bool:
     encode = subprocess.run(["munge", "-n"], capture_output=True)
     if encode.returncode != 0:

@@ -66,7 +66,10 @@ def policy_config(config: Config) -> PolicyConfig:
 def build_placer(gpus: list, config: PolicyConfig, workload: list[Request]) -> Placer:
     """A placer scored for its typical requests, its objects moved out of the garbage collector's
     sight: they live until the next rebuild, and a full collection walking the millions of cached
-    scores stalled a cycle for 50 ms (``gc.freeze``; refcounting still frees them)."""
+    scores stalled a cycle for 50 ms. Frozen objects are still freed by reference counting (the
+    placer's structures hold no reference cycles); what an earlier freeze kept is handed back to
+    the collector first."""
+    gc.unfreeze()
     placer = Placer(gpus, config, workload=[(r, 1.0) for r in workload])
     placer.prepare()
     gc.collect()
@@ -92,6 +95,7 @@ class KeptPlacer:
         stale = time.monotonic() - self.built_at > self.config.workload_refresh
         if self.placer is None or stale or (requests and not self.placer.typical):
             workload = [*store.recent_requests(session, WORKLOAD_WINDOW), *requests]
+            self.placer = None  # the old one is freed before the new one is built
             self.placer = build_placer(gpus, policy_config(self.config), workload)
             self.built_at = time.monotonic()
         else:

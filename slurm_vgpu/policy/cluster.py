@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import random
+import weakref
 from collections.abc import Sequence
 
 from .model import GpuState
@@ -152,7 +153,7 @@ class _Pairs:
     """Pair classes, their members in order, and per-request-shape rankings of their scores."""
 
     def __init__(self, state: ClusterState):
-        self.state = state
+        self.state = weakref.proxy(state)  # no cycle: the state is freed as soon as it is dropped
         self.node_ids: dict[tuple, int] = {}
         self.ids: dict[tuple, int] = {}
         self.next_id = itertools.count()  # never reused: the score caches are keyed by class
@@ -355,7 +356,7 @@ class _Shapes:
     """Nodes grouped by shape, each (shape, request shape) evaluated once."""
 
     def __init__(self, state: ClusterState):
-        self.state = state
+        self.state = weakref.proxy(state)  # no cycle: the state is freed as soon as it is dropped
         self.ids: dict[tuple, int] = {}  # shapes are deep tuples: hash each once
         self.shapes = [self._id(v) for v in state.views]
         self.groups: dict[int, list[int]] = {}

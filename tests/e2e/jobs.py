@@ -21,9 +21,10 @@ def output_dir(cluster) -> Path:
 
 
 def submit(cluster, *options: str, script: str = "hostname", user: str | None = None) -> int:
-    out = slurm(cluster, "sbatch", "--parsable", "-o", f"{output_dir(cluster)}/%j.out", *options,
-                "--wrap", script, user=user).stdout
-    return int(out.strip().split(";")[0])
+    result = slurm(cluster, "sbatch", "--parsable", "-o", f"{output_dir(cluster)}/%j.out", *options,
+                   "--wrap", script, user=user, check=False)
+    assert result.returncode == 0, f"sbatch {' '.join(options)} failed: {result.stderr.strip()}"
+    return int(result.stdout.strip().split(";")[0])
 
 
 def submit_fails(cluster, *options: str, user: str | None = None) -> str:

@@ -4,11 +4,14 @@ resources, nodes that came and went."""
 from __future__ import annotations
 
 import dataclasses
+import gc
+import weakref
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slurm_vgpu.policy import GpuState, NodeState, PolicyConfig, Request, place_slices
+from slurm_vgpu.placement.cycle import build_placer
 from slurm_vgpu.policy.placement import Placer
 
 from .test_policy_fast import clusters, configs, requests
@@ -73,3 +76,18 @@ def test_sync_regroups_only_the_nodes_that_changed():
     gpus[3] = dataclasses.replace(gpus[3], used=40, user=7)
     assert placer.sync(gpus) == 1
     assert placer.state.views[1].gpus[1].used == 40
+
+
+def test_a_rebuilt_placer_frees_the_one_it_replaces():
+    """The daemon rebuilds its placer every WorkloadRefresh; a frozen placer that survived its
+    replacement would leak its caches each time."""
+    gpus = [GpuState(f"n{n}-{i}", f"n{n}", i, "H100", 81920) for n in range(4) for i in range(2)]
+    try:
+        old = build_placer(gpus, PolicyConfig(), [Request("typical", 30)])
+        old.place([Request("a", 30), Request("b", 100)])
+        state = weakref.ref(old.state)
+        del old
+        build_placer(gpus, PolicyConfig(), [Request("typical", 30)])
+        assert state() is None
+    finally:
+        gc.unfreeze()
