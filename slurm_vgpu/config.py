@@ -11,6 +11,8 @@ import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .policy import POLICIES
+
 DEFAULT_PATH = Path("/etc/slurm/slurm-vgpu.conf")
 
 
@@ -94,7 +96,10 @@ def parse(text: str, source: str = "slurm-vgpu.conf") -> Config:
         if spec is None:
             extra[key.strip()] = value.strip()
             continue
-        values[spec.name] = _convert(spec, value.strip(), f"{source}:{number}")
+        values[spec.name] = _convert(spec, value.strip(), f"{source}:{number}: {key.strip()}")
+        if spec.name == "policy" and values["policy"] not in POLICIES:
+            raise ConfigError(f"{source}:{number}: Policy: {values['policy']!r} is not a policy; "
+                              f"choose one of {', '.join(POLICIES)}")
     return Config(**values, extra=extra)
 
 
@@ -143,4 +148,4 @@ def _convert(spec, value: str, where: str):
             return Path(value)
         return value
     except ValueError as exc:
-        raise ConfigError(f"{where}: {spec.name}: {value!r} is not valid ({exc})") from exc
+        raise ConfigError(f"{where}: {value!r} is not valid ({exc})") from exc

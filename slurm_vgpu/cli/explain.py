@@ -14,7 +14,7 @@ import click
 
 from ..adapters.slurm import Job
 from ..db import store
-from ..placement.cycle import WORKLOAD_WINDOW, policy_config, waiting_requests
+from ..placement.cycle import policy_config, typical_workload, waiting_requests
 from ..policy import GpuState, PlacementResult, place_slices
 from ..policy.rules import GPU_RULES, Ask
 from ..policy.units import reference_speed
@@ -84,16 +84,16 @@ def explain(runtime: Runtime, job_id: int, as_json: bool) -> None:
         records = gpu_records(session, runtime.config.heartbeat_timeout)
         states = store.gpu_states(session, runtime.config.heartbeat_timeout)
         placement = next(iter(placement_records(session, job_ids=[job_id])), None)
-        recent = store.recent_requests(session, WORKLOAD_WINDOW)
-    requests = [] if placement else waiting_requests([job], set(), time.time())
+        requests = [] if placement else waiting_requests([job], set(), time.time())
+        workload = typical_workload(session, requests)
     if requests:
         config = policy_config(runtime.config)
         ask = Ask(requests[0], config, reference_speed(states, config))
         by_uuid = {s.uuid: s for s in states}
         for record in records:
             record["rule"], record["why"] = why_not(record, by_uuid[record["uuid"]], ask)
-        workload = [(r, 1.0) for r in [*recent, *requests]]  # what the daemon's placer measures against
-        verdict = _waiting_verdict(place_slices(states, requests, config, workload=workload), records)
+        verdict = _waiting_verdict(place_slices(states, requests, config, workload=[(r, 1.0) for r in workload]),
+                                   records)
     else:
         records = []
         verdict = _not_waiting_verdict(job, placement)

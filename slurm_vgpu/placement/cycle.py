@@ -63,6 +63,12 @@ def policy_config(config: Config) -> PolicyConfig:
     )
 
 
+def typical_workload(session, requests: list[Request]) -> list[Request]:
+    """What a placer measures fragmentation against: the last WORKLOAD_WINDOW placements and the
+    requests waiting now (the daemon at each rebuild, ``explain`` for its verdict)."""
+    return [*store.recent_requests(session, WORKLOAD_WINDOW), *requests]
+
+
 def build_placer(gpus: list, config: PolicyConfig, workload: list[Request]) -> Placer:
     """A placer scored for its typical requests, its objects moved out of the garbage collector's
     sight: they live until the next rebuild, and a full collection walking the millions of cached
@@ -94,9 +100,8 @@ class KeptPlacer:
         gpus = store.gpu_states(session, self.config.heartbeat_timeout)
         stale = time.monotonic() - self.built_at > self.config.workload_refresh
         if self.placer is None or stale or (requests and not self.placer.typical):
-            workload = [*store.recent_requests(session, WORKLOAD_WINDOW), *requests]
             self.placer = None  # the old one is freed before the new one is built
-            self.placer = build_placer(gpus, policy_config(self.config), workload)
+            self.placer = build_placer(gpus, policy_config(self.config), typical_workload(session, requests))
             self.built_at = time.monotonic()
         else:
             self.placer.sync(gpus)

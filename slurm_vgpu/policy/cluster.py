@@ -6,8 +6,9 @@ cycle. Two groupings make it cheap without changing a decision:
 - *Pair classes* (one-GPU requests under the policies that break ties by node order): every
   (node, GPU) pair whose node key, node memory, node use and GPU state are equal scores alike and
   fits alike, so each class is scored once, and its first member in (node rank, position) order
-  stands for it. Classes are indexed by the GPU's MPS owner: a request looks only at free GPUs and
-  its own user's.
+  stands for it. Each pool (the free GPUs, or one MPS user's: a request looks only at free GPUs
+  and its own user's) keeps, per request shape, a *ranking* of its classes by the policy's
+  primary score; a request reads the best levels of its pools and stops at the first that fits.
 - *Node shapes* (everything else: the random policy, multi-GPU and CPU-only tasks): nodes in the
   same state are scored once per request shape by :func:`.scoring.evaluate`, as the simulator
   always did.
@@ -165,8 +166,7 @@ class _Pairs:
         self.gpu_sample: dict[int, GpuState] = {}  # a GPU of each part (rules read only its part)
         self.room: dict[int, tuple[int | None, int | None]] = {}  # the node's free CPU and memory
         self.by_user: dict[int | None, set[int]] = {}
-        self.grades: dict[tuple[int, float], int] = {}  # (capacity, speed) of live classes -> a GPU part
-        self.graded: dict[tuple[int, float], int] = {}  # (capacity, speed) -> live classes
+        self.grades: dict[tuple[int, float], int] = {}  # (capacity, speed) -> live classes of it
         self.rankings: dict[int | None, dict[tuple, _Ranking]] = {}  # owner -> (share, gpus, cpu) -> ranking
         # what the GPU rules read of a request -> GPU part -> None (does not fit) or whether the
         # request takes a slice of it
@@ -197,8 +197,7 @@ class _Pairs:
                 self.gpu_sample.setdefault(gid, g)
                 self.by_user.setdefault(g.user, set()).add(cid)
                 grade = (g.capacity, g.speed)
-                self.grades.setdefault(grade, gid)
-                self.graded[grade] = self.graded.get(grade, 0) + 1
+                self.grades[grade] = self.grades.get(grade, 0) + 1
                 self.logs.setdefault(g.user, []).append(cid)
             bisect.insort(self.members[cid], (rank, pos))
 
@@ -218,9 +217,9 @@ class _Pairs:
                 user = sig[1][5]
                 self.by_user[user].discard(cid)
                 grade = (g.capacity, g.speed)
-                self.graded[grade] -= 1
-                if not self.graded[grade]:
-                    del self.graded[grade], self.grades[grade]
+                self.grades[grade] -= 1
+                if not self.grades[grade]:
+                    del self.grades[grade]
                 for ranking in self.rankings.get(user, {}).values():
                     ranking.discard(cid, gid)
 
@@ -278,7 +277,7 @@ class _Pairs:
             else [None, req.user]
         # Whether the request takes a slice or a whole GPU depends only on the GPU's capacity and
         # speed: only when the cluster has GPUs of both kinds is it worked out class by class.
-        kinds = {ask.units(self.gpu_sample[gid]) < self.gpu_sample[gid].capacity for gid in self.grades.values()}
+        kinds = {ask.units_at(capacity, speed) < capacity for capacity, speed in self.grades}
         if len(kinds) == 2 and self._mixed(users, fits, ask):
             return _MIXED
         whole = kinds == {False}
@@ -352,7 +351,6 @@ class _Pairs:
 
 
 class _Shapes:
-
     """Nodes grouped by shape, each (shape, request shape) evaluated once."""
 
     def __init__(self, state: ClusterState):

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .model import Blocked, GpuState, PolicyConfig, Request, SloClass
-from .units import units_on
+from .units import units_at
 from .view import NodeView
 
 GIB = 1024
@@ -43,9 +43,15 @@ class Ask:
     def units(self, gpu: GpuState) -> int:
         if self._plain_units is not None:
             return self._plain_units
+        return self.units_at(gpu.capacity, gpu.speed)
+
+    def units_at(self, capacity: int, speed: float) -> int:
+        """:meth:`units` on a GPU of this capacity and speed."""
+        if self._plain_units is not None:
+            return self._plain_units
         if self.whole_gpus:
-            return gpu.capacity
-        return units_on(gpu, self.request.share, self.config, self.reference_speed)
+            return capacity
+        return units_at(self.request.share, speed, self.config, self.reference_speed)
 
 
 def _label(ask: Ask) -> str:

@@ -17,16 +17,12 @@ def reference_speed(gpus: Iterable[GpuState], config: PolicyConfig) -> float:
     return max(speeds) if speeds else 1.0
 
 
-def units_on(gpu: GpuState, share: int, config: PolicyConfig, ref_speed: float) -> int:
-    """Capacity units a share needs on this GPU: ``ceil(share * r / s)`` in reference units.
+def units_at(share: int, speed: float, config: PolicyConfig, ref_speed: float) -> int:
+    """Capacity units a share needs on a GPU of this speed: ``ceil(share * r / s)`` in reference
+    units, the share itself in plain units.
 
     Rounded at 1e-9 first so that 30 * 2.0 / 3.0 is 20, not 21.
     """
-    return units_at(share, gpu.speed, config, ref_speed)
-
-
-def units_at(share: int, speed: float, config: PolicyConfig, ref_speed: float) -> int:
-    """:func:`units_on` for a GPU of this speed."""
     if not config.reference_model:
         return share
     return math.ceil(round(share * ref_speed / speed, 9))
