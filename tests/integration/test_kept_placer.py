@@ -71,7 +71,7 @@ def test_a_stale_placer_is_rebuilt(two_gpus):
 def test_a_batch_the_guard_refuses_writes_nothing(two_gpus):
     rows = [dict(job_id=job, gpu_uuid="GPU-0", uid=1000, share=60, requested_share=60, memory_mib=None,
                  slo_class="throughput", state="placed") for job in (1, 2)]
-    with pytest.raises(sa.exc.DBAPIError, match="60 more does not fit"):
+    with pytest.raises(sa.exc.DBAPIError, match="0 of 100 vgpu units placed; 120 more does not fit"):
         with db.session_scope(two_gpus) as s:
             store.add_placements(s, rows)
     with two_gpus.connect() as conn:

@@ -156,3 +156,56 @@ def test_the_agent_role_registers_a_node_and_nothing_more(clean_db):
         conn.execute(sa.text("SET ROLE slurm_vgpu_agent"))
         with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
             conn.execute(sa.text("UPDATE gpus SET multi_user = true"))
+
+
+def place_batch(engine, rows):
+    """Insert several slices in one statement, as the placement daemon writes a cycle."""
+    with engine.begin() as conn:
+        conn.execute(sa.insert(Placement).values([  # one multi-row VALUES statement, not executemany
+            dict(job_id=job, gpu_uuid=gpu, uid=uid, share=share, requested_share=share, memory_mib=None,
+                 slo_class="throughput", state="placed") for job, gpu, uid, share in rows]))
+
+
+def active_shares(engine):
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.text(
+            "SELECT gpu_uuid, sum(share) FROM placements WHERE state = 'placed' GROUP BY gpu_uuid")).all())
+
+
+def test_one_statement_cannot_overfill_a_gpu_with_its_own_rows(clean_db):
+    add_gpu(clean_db)
+    add_gpu(clean_db, uuid="GPU-2")
+    with pytest.raises(sa.exc.IntegrityError, match="GPU-1 has 0 of 100 vgpu units placed; 120 more does not fit"):
+        place_batch(clean_db, [(1, "GPU-2", 1000, 10), (2, "GPU-1", 1000, 60), (3, "GPU-1", 1000, 60)])
+    assert active_shares(clean_db) == {}  # the whole statement is refused, GPU-2's slice too
+    with pytest.raises(sa.exc.IntegrityError, match="GPU-1 runs the MPS server of uid 1000; uid 1001"):
+        place_batch(clean_db, [(1, "GPU-1", 1000, 10), (2, "GPU-1", 1001, 10)])
+    place_batch(clean_db, [(1, "GPU-1", 1000, 60), (2, "GPU-1", 1000, 40), (3, "GPU-2", 1001, 100)])
+    assert active_shares(clean_db) == {"GPU-1": 100, "GPU-2": 100}
+
+
+def test_batches_over_the_same_gpus_in_opposite_orders_neither_deadlock_nor_overfill(clean_db):
+    for k in range(1, 5):
+        add_gpu(clean_db, uuid=f"GPU-{k}")
+    gpus = [f"GPU-{k}" for k in range(1, 5)]
+    barrier = threading.Barrier(8)
+    errors = []
+
+    def writer(w):
+        order = gpus if w % 2 else gpus[::-1]
+        barrier.wait()
+        for round_ in range(10):
+            try:
+                place_batch(clean_db, [(w * 1000 + round_ * 10 + i, gpu, 1000, 15) for i, gpu in enumerate(order)])
+            except sa.exc.IntegrityError as exc:
+                assert "more does not fit" in str(exc.orig)
+            except sa.exc.DBAPIError as exc:
+                errors.append(exc.orig.sqlstate)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []  # no deadlock (40P01) nor any other failure
+    assert active_shares(clean_db) == {gpu: 90 for gpu in gpus}  # six batches of 15 fit, no more

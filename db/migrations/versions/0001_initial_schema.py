@@ -84,10 +84,7 @@ def upgrade() -> None:
     op.create_index('ix_placements_active_gpu', 'placements', ['gpu_uuid'], unique=False, postgresql_where=sa.text("state IN ('placed', 'pinned', 'running')"))
     op.create_index('uq_placements_active_job', 'placements', ['job_id'], unique=True, postgresql_where=sa.text("state IN ('placed', 'pinned', 'running')"))
     op.execute(GUARD)
-    op.execute(
-        "CREATE TRIGGER placements_guard BEFORE INSERT OR UPDATE ON placements "
-        "FOR EACH ROW EXECUTE FUNCTION placements_guard()"
-    )
+    op.execute(GUARD_TRIGGER)
     op.execute(ROLES)
 
 
@@ -152,6 +149,8 @@ END
 $$;
 REVOKE ALL ON FUNCTION placements_guard() FROM PUBLIC;
 """
+GUARD_TRIGGER = ("CREATE TRIGGER placements_guard BEFORE INSERT OR UPDATE ON placements "
+                 "FOR EACH ROW EXECUTE FUNCTION placements_guard()")
 
 # Group roles (NOLOGIN): sites grant them to the login users of each component.
 ROLES = """
