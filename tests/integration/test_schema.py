@@ -209,3 +209,17 @@ def test_batches_over_the_same_gpus_in_opposite_orders_neither_deadlock_nor_over
         t.join()
     assert errors == []  # no deadlock (40P01) nor any other failure
     assert active_shares(clean_db) == {gpu: 90 for gpu in gpus}  # six batches of 15 fit, no more
+
+
+def test_a_released_slice_cannot_come_back_onto_a_full_gpu(clean_db):
+    add_gpu(clean_db)
+    place(clean_db, 1, 60, uid=1000)
+    with clean_db.begin() as conn:
+        conn.execute(sa.text("UPDATE placements SET state='released' WHERE job_id=1"))
+    place(clean_db, 2, 50, uid=1000)
+    with pytest.raises(sa.exc.IntegrityError, match="has 50 of 100 vgpu units placed; 60 more does not fit"):
+        with clean_db.begin() as conn:
+            conn.execute(sa.text("UPDATE placements SET state='placed' WHERE job_id=1"))
+    place(clean_db, 3, 50, uid=1000)
+    with clean_db.begin() as conn:  # a slice that stays active may change state on a full GPU
+        conn.execute(sa.text("UPDATE placements SET state='running' WHERE job_id=2"))
