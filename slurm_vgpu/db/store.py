@@ -51,34 +51,40 @@ def heartbeat(session: Session, node: str) -> None:
 def gpu_states(session: Session, heartbeat_timeout: float) -> list[GpuState]:
     """Every GPU with what is placed on it, as the pure policy takes it.
 
-    A GPU is unavailable when it is not ``up`` or its node's agent has been silent too long.
+    A GPU is unavailable when it is not ``up`` or its node's agent has been silent too long. Read
+    as plain rows, not ORM objects: the daemon reads every GPU each cycle, and at 8,000 GPUs the
+    ORM's identity map took most of the read (docs/architecture.md, "Placement at scale").
     """
     fresh_after = now() - timedelta(seconds=heartbeat_timeout)
+    placed: dict[str, list[tuple[int, int | None, int, str]]] = defaultdict(list)
+    for gpu_uuid, *slice_ in session.execute(
+        sa.select(Placement.gpu_uuid, Placement.share, Placement.memory_mib, Placement.uid, Placement.slo_class)
+        .where(Placement.state.in_(ACTIVE_STATES)).order_by(Placement.id)
+    ):
+        placed[gpu_uuid].append(slice_)
     rows = session.execute(
-        sa.select(Gpu, Node.heartbeat_at).join(Node, Node.name == Gpu.node).order_by(Gpu.node, Gpu.index)
-    ).all()
-    placed: dict[str, list[Placement]] = defaultdict(list)
-    for placement in active_placements(session):
-        placed[placement.gpu_uuid].append(placement)
+        sa.select(Gpu.uuid, Gpu.node, Gpu.index, Gpu.model, Gpu.memory_mib, Gpu.speed, Gpu.multi_user,
+                  Gpu.state, Gpu.state_reason, Node.heartbeat_at)
+        .join(Node, Node.name == Gpu.node).order_by(Gpu.node, Gpu.index)
+    )
     states = []
-    for gpu, heartbeat_at in rows:
-        slices = placed.get(gpu.uuid, [])
+    for uuid, node, index, model, memory_mib, speed, multi_user, state, reason, heartbeat_at in rows:
+        slices = placed.get(uuid, ())
         silent = heartbeat_at is None or heartbeat_at < fresh_after
-        why = (f"{gpu.node} GPU {gpu.index} is {gpu.state}: {gpu.state_reason or 'no reason given'}"
-               if gpu.state != "up" else
-               f"node {gpu.node}'s agent is silent (no heartbeat within {heartbeat_timeout:g}s)" if silent else None)
+        why = (f"{node} GPU {index} is {state}: {reason or 'no reason given'}" if state != "up" else
+               f"node {node}'s agent is silent (no heartbeat within {heartbeat_timeout:g}s)" if silent else None)
         states.append(
             GpuState(
-                uuid=gpu.uuid,
-                node=gpu.node,
-                index=gpu.index,
-                model=gpu.model,
-                memory_mib=gpu.memory_mib,
-                speed=gpu.speed,
-                used=sum(p.share for p in slices),
-                memory_used_mib=sum(p.memory_mib or 0 for p in slices),
-                user=slices[0].uid if slices and not gpu.multi_user else None,
-                classes=tuple(SloClass(p.slo_class) for p in slices),
+                uuid=uuid,
+                node=node,
+                index=index,
+                model=model,
+                memory_mib=memory_mib,
+                speed=speed,
+                used=sum(share for share, _, _, _ in slices),
+                memory_used_mib=sum(memory or 0 for _, memory, _, _ in slices),
+                user=slices[0][2] if slices and not multi_user else None,
+                classes=tuple(SloClass(cls) for _, _, _, cls in slices),
                 available=why is None,
                 unavailable_reason=why,
             )
