@@ -56,12 +56,12 @@ def gpu_states(session: Session, heartbeat_timeout: float) -> list[GpuState]:
     ORM's identity map took most of the read (docs/architecture.md, "Placement at scale").
     """
     fresh_after = now() - timedelta(seconds=heartbeat_timeout)
-    placed: dict[str, list[tuple[int, int | None, int, str]]] = defaultdict(list)
-    for gpu_uuid, *slice_ in session.execute(
+    placed: dict[str, list[tuple[int, int | None, int, str]]] = defaultdict(list)  # (share, memory, uid, class)
+    for gpu_uuid, share, memory, uid, slo_class in session.execute(
         sa.select(Placement.gpu_uuid, Placement.share, Placement.memory_mib, Placement.uid, Placement.slo_class)
         .where(Placement.state.in_(ACTIVE_STATES)).order_by(Placement.id)
     ):
-        placed[gpu_uuid].append(slice_)
+        placed[gpu_uuid].append((share, memory, uid, slo_class))
     rows = session.execute(
         sa.select(Gpu.uuid, Gpu.node, Gpu.index, Gpu.model, Gpu.memory_mib, Gpu.speed, Gpu.multi_user,
                   Gpu.state, Gpu.state_reason, Node.heartbeat_at)
