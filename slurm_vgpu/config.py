@@ -37,6 +37,9 @@ class Config:
     starvation_wait: float = 600.0  # seconds before the oldest blocked request reserves a GPU
     pin_timeout: float = 120.0  # seconds a pinned job may stay pending before it is placed again
     cycle_interval: float = 1.0  # seconds between placement cycles
+    # decisions the placement daemon commits per transaction: each is durable (and its job can be
+    # pinned) after its batch, not after the whole backlog; bench/placement measures the trade
+    place_batch: int = 8
     # seconds the placement daemon keeps its typical requests (what fragmentation is measured
     # against) and the cluster view built on them, before rebuilding both from recent placements
     workload_refresh: float = 300.0
@@ -97,6 +100,9 @@ def parse(text: str, source: str = "slurm-vgpu.conf") -> Config:
             extra[key.strip()] = value.strip()
             continue
         values[spec.name] = _convert(spec, value.strip(), f"{source}:{number}: {key.strip()}")
+        if spec.name == "place_batch" and values["place_batch"] < 1:
+            raise ConfigError(f"{source}:{number}: PlaceBatch: {values['place_batch']} decisions per "
+                              "transaction is too few; give 1 or more")
         if spec.name == "policy" and values["policy"] not in POLICIES:
             raise ConfigError(f"{source}:{number}: Policy: {values['policy']!r} is not a policy; "
                               f"choose one of {', '.join(POLICIES)}")

@@ -7,20 +7,23 @@ state ``placed`` that the next cycle pins again. Pinning is idempotent.
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from ..adapters.slurm import UNPLACED, Job, Slurm, SlurmError
 from ..config import Config
 from ..db import store
 from ..db.engine import session_scope
 from ..db.models import Placement
-from ..policy import Decision, PolicyConfig, Request, SloClass
+from ..policy import Blocked, Decision, PolicyConfig, Request, SloClass
 from ..policy.placement import Placer
 
 log = logging.getLogger("slurm_vgpu.placement")
@@ -81,6 +84,19 @@ def build_placer(gpus: list, config: PolicyConfig, workload: list[Request]) -> P
     gc.collect()
     gc.freeze()
     return placer
+
+
+@contextmanager
+def collector_paused():
+    """No garbage collection inside a cycle, one collection after it, while the daemon is idle.
+    Collections that fell inside decisions were most of the placer's slowest batches
+    (bench/placement, docs/architecture.md)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 class KeptPlacer:
@@ -144,6 +160,42 @@ def placement_rows(decisions: Sequence[Decision], requests: Sequence[Request]) -
     ]
 
 
+def commit_in_batches(session: Session, outcomes: Iterator[Decision | Blocked], requests: Sequence[Request],
+                      size: int, blocked: list[Blocked]) -> Iterator[list[dict]]:
+    """Commit every ``size`` decisions of ``outcomes`` (a placer's :meth:`~Placer.decide` of
+    ``requests``) in a transaction of their own, as they are made; yields each committed batch's
+    placements rows, with their ``id``. Requests that wait are added to ``blocked``.
+
+    A decision is durable milliseconds after it is made, not after the whole backlog is decided.
+    A batch the capacity guard refuses (a GPU drained or filled by another writer since the cycle
+    read the inventory) writes nothing and ends the cycle's placing: its jobs and the later ones
+    wait for the next cycle, whose inventory read corrects the placer.
+    """
+    by_id = {r.job_id: r for r in requests}
+    decided: list[Decision] = []
+    try:
+        for outcome in itertools.chain(outcomes, [None]):  # None: the end, where a partial batch is written
+            if isinstance(outcome, Blocked):
+                blocked.append(outcome)
+                continue
+            if outcome is not None:
+                decided.append(outcome)
+            if decided and (len(decided) == size or outcome is None):
+                rows = placement_rows(decided, [by_id[d.job_id] for d in decided])
+                try:
+                    ids = store.add_placements(session, rows)
+                    session.commit()
+                except sa.exc.IntegrityError as exc:
+                    session.rollback()
+                    log.warning("the capacity guard refused jobs %s; they wait for the next cycle: %s",
+                                [r["job_id"] for r in rows], str(exc.orig).splitlines()[0])
+                    return
+                decided = []
+                yield [dict(row, id=ids[row["job_id"]]) for row in rows]
+    finally:
+        outcomes.close()
+
+
 def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool = True,
               kept: KeptPlacer | None = None) -> CycleReport:
     """``may_cancel`` is False until the agents have had time to register: a request that looks
@@ -157,14 +209,16 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
         repin, unpin = _reconcile(session, jobs, config, report)
         active = store.active_placements(session)
         requests = waiting_requests(list(jobs.values()), {p.job_id for p in active}, now.timestamp())
-        result = kept.for_cycle(session, requests).place(requests)
-        new = placement_rows(result.decisions, requests)
-        ids = store.add_placements(session, new)
+        placer = kept.for_cycle(session, requests)
+    blocked: list[Blocked] = []
+    with engine.connect() as connection, Session(connection) as session:  # one connection for the batches
+        batches = commit_in_batches(session, placer.decide(requests), requests, config.place_batch, blocked)
+        new = [row for batch in batches for row in batch]
         gpus = store.gpus_by_uuid(session, {p["gpu_uuid"] for p in new} | {p.gpu_uuid for p in repin})
         pins = [
             Pin(job_id, placement_id, gpus[gpu].gres_type, gpus[gpu].node, share, gpu)
             for job_id, placement_id, gpu, share in [
-                *((p["job_id"], ids[p["job_id"]], p["gpu_uuid"], p["share"]) for p in new),
+                *((p["job_id"], p["id"], p["gpu_uuid"], p["share"]) for p in new),
                 *((p.job_id, p.id, p.gpu_uuid, p.share) for p in repin),
             ]
         ]
@@ -173,9 +227,9 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
         _unpin(slurm, jobs[job_id], report)
     for pin in pins:
         _pin(engine, slurm, jobs[pin.job_id], pin, report)
-    for blocked in result.blocked:
-        never = blocked.never and may_cancel
-        _tell_waiting(engine, slurm, jobs[int(blocked.job_id)], blocked.reason, never, report)
+    for waiting in blocked:
+        never = waiting.never and may_cancel
+        _tell_waiting(engine, slurm, jobs[int(waiting.job_id)], waiting.reason, never, report)
     return report
 
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from ..adapters.slurm import Slurm, SlurmError
 from ..config import Config
 from ..db.engine import make_engine
-from .cycle import KeptPlacer, run_cycle
+from .cycle import KeptPlacer, collector_paused, run_cycle
 
 log = logging.getLogger("slurm_vgpu.placement")
 
@@ -70,7 +70,8 @@ def run(config: Config, once: bool = False) -> None:
         if leadership.held():
             try:
                 settled = time.monotonic() - leadership.since > 2 * config.heartbeat_interval
-                report = run_cycle(engine, slurm, config, may_cancel=settled, kept=kept)
+                with collector_paused():
+                    report = run_cycle(engine, slurm, config, may_cancel=settled, kept=kept)
                 if report.placed or report.cancelled or report.released or report.unpinned:
                     log.info("cycle: placed %s released %s cancelled %s unpinned %s", report.placed,
                              report.released, list(report.cancelled), report.unpinned)

@@ -8,7 +8,7 @@ placer decides exactly as it would (``tests/unit/test_placer.py``).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from .apply import place_on
 from .cluster import ClusterState
@@ -120,32 +120,39 @@ class Placer:
         reserves the GPU with most room among those it could use, which later requests of the same
         call then leave alone (reservations last one call).
         """
-        state, config = self.state, self.config
         reserved: dict[str, str] = {}
-        decisions: list[Decision] = []
-        blocked: list[Blocked] = []
+        outcomes = list(self.decide(requests, reserved))
+        return PlacementResult(tuple(o for o in outcomes if isinstance(o, Decision)),
+                               tuple(o for o in outcomes if isinstance(o, Blocked)), reserved)
+
+    def decide(self, requests: Sequence[Request], reserved: dict[str, str] | None = None
+               ) -> Iterator[Decision | Blocked]:
+        """:meth:`place`, one outcome at a time, so that the daemon can commit the first decisions of a
+        backlog while it decides the rest. Reservations (filled into ``reserved``) and the holds
+        behind them last until the iteration ends or is closed."""
+        state, config = self.state, self.config
+        reserved = {} if reserved is None else reserved
         try:
             for req in requests:
                 ask = Ask(req, config, state.ctx.reference_speed, dict(reserved))
                 found = state.choose(ask, rng_for(config.seed, req.job_id) if uses_random_ties(config) else None)
                 if found is None:  # only now is every GPU looked at, to say why
                     verdict = explain(state.views, ask)
-                    blocked.append(verdict.blocked)
                     if req.waited_s > config.starvation_wait_s:
                         _reserve(verdict, req, reserved, state)
+                    yield verdict.blocked
                     continue
                 rank, positions = found
                 node = state.views[rank]
                 state.update(rank, place_on(node, positions, ask))
-                decisions.append(Decision(
+                yield Decision(
                     job_id=req.job_id,
                     node=node.name,
                     gpu_uuids=tuple(node.gpus[i].uuid for i in positions),
                     share=ask.units(node.gpus[positions[0]]) if positions else 0,
-                ))
+                )
         finally:
             state.release_holds()
-        return PlacementResult(tuple(decisions), tuple(blocked), reserved)
 
 
 def place_slices(
