@@ -7,7 +7,6 @@ state ``placed`` that the next cycle pins again. Pinning is idempotent.
 from __future__ import annotations
 
 import gc
-import itertools
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -174,26 +173,36 @@ def commit_in_batches(session: Session, outcomes: Iterator[Decision | Blocked], 
     by_id = {r.job_id: r for r in requests}
     decided: list[Decision] = []
     try:
-        for outcome in itertools.chain(outcomes, [None]):  # None: the end, where a partial batch is written
+        for outcome in outcomes:
             if isinstance(outcome, Blocked):
                 blocked.append(outcome)
                 continue
-            if outcome is not None:
-                decided.append(outcome)
-            if decided and (len(decided) == size or outcome is None):
-                rows = placement_rows(decided, [by_id[d.job_id] for d in decided])
-                try:
-                    ids = store.add_placements(session, rows)
-                    session.commit()
-                except sa.exc.IntegrityError as exc:
-                    session.rollback()
-                    log.warning("the capacity guard refused jobs %s; they wait for the next cycle: %s",
-                                [r["job_id"] for r in rows], str(exc.orig).splitlines()[0])
+            decided.append(outcome)
+            if len(decided) == size:
+                rows = _commit_batch(session, decided, by_id)
+                if rows is None:
                     return
+                yield rows
                 decided = []
-                yield [dict(row, id=ids[row["job_id"]]) for row in rows]
+        if decided and (rows := _commit_batch(session, decided, by_id)):
+            yield rows
     finally:
         outcomes.close()
+
+
+def _commit_batch(session: Session, decided: list[Decision], by_id: dict[str, Request]) -> list[dict] | None:
+    """The decisions' placements rows with their ids once committed; None (logged) when the
+    capacity guard refused them."""
+    rows = placement_rows(decided, [by_id[d.job_id] for d in decided])
+    try:
+        ids = store.add_placements(session, rows)
+        session.commit()
+    except sa.exc.IntegrityError as exc:
+        session.rollback()
+        log.warning("the capacity guard refused jobs %s; they wait for the next cycle: %s",
+                    [r["job_id"] for r in rows], str(exc.orig).splitlines()[0])
+        return None
+    return [dict(row, id=ids[row["job_id"]]) for row in rows]
 
 
 def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool = True,

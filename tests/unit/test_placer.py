@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slurm_vgpu.policy import GpuState, NodeState, PolicyConfig, Request, place_slices
-from slurm_vgpu.placement.cycle import build_placer
+from slurm_vgpu.placement.cycle import build_placer, collector_paused
 from slurm_vgpu.policy.placement import Placer
 
 from .test_policy_fast import clusters, configs, requests
@@ -91,3 +91,18 @@ def test_a_rebuilt_placer_frees_the_one_it_replaces():
         assert state() is None
     finally:
         gc.unfreeze()
+
+
+class _Cyclic:
+    pass
+
+
+def test_a_cycle_runs_without_the_collector_and_its_cyclic_garbage_is_collected_after_it():
+    with collector_paused():
+        assert not gc.isenabled()
+        garbage = _Cyclic()
+        garbage.me = garbage  # only the collector frees a reference cycle
+        gone = weakref.ref(garbage)
+        del garbage
+        assert gone() is not None
+    assert gc.isenabled() and gone() is None
