@@ -37,8 +37,8 @@ class Config:
     starvation_wait: float = 600.0  # seconds before the oldest blocked request reserves a GPU
     pin_timeout: float = 120.0  # seconds a pinned job may stay pending before it is placed again
     cycle_interval: float = 1.0  # seconds between placement cycles
-    # decisions the placement daemon commits per transaction: each is durable (and its job can be
-    # pinned) after its batch, not after the whole backlog; bench/placement measures the trade
+    # most decisions the placement daemon lets wait for the write in flight (each write carries
+    # what was decided while the one before it was in flight); bench/placement measures it
     place_batch: int = 8
     # seconds the placement daemon keeps its typical requests (what fragmentation is measured
     # against) and the cluster view built on them, before rebuilding both from recent placements
@@ -102,7 +102,7 @@ def parse(text: str, source: str = "slurm-vgpu.conf") -> Config:
         values[spec.name] = _convert(spec, value.strip(), f"{source}:{number}: {key.strip()}")
         if spec.name == "place_batch" and values["place_batch"] < 1:
             raise ConfigError(f"{source}:{number}: PlaceBatch: {values['place_batch']} decisions per "
-                              "transaction is too few; give 1 or more")
+                              "write is too few; give 1 or more")
         if spec.name == "policy" and values["policy"] not in POLICIES:
             raise ConfigError(f"{source}:{number}: Policy: {values['policy']!r} is not a policy; "
                               f"choose one of {', '.join(POLICIES)}")

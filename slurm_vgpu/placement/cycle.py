@@ -15,12 +15,12 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 from ..adapters.slurm import UNPLACED, Job, Slurm, SlurmError
 from ..config import Config
 from ..db import store
 from ..db.engine import session_scope
+from ..db.writer import PlacementWriter, placement_writer
 from ..db.models import Placement
 from ..policy import Blocked, Decision, PolicyConfig, Request, SloClass
 from ..policy.placement import Placer
@@ -159,50 +159,49 @@ def placement_rows(decisions: Sequence[Decision], requests: Sequence[Request]) -
     ]
 
 
-def commit_in_batches(session: Session, outcomes: Iterator[Decision | Blocked], requests: Sequence[Request],
-                      size: int, blocked: list[Blocked]) -> Iterator[list[dict]]:
-    """Commit every ``size`` decisions of ``outcomes`` (a placer's :meth:`~Placer.decide` of
-    ``requests``) in a transaction of their own, as they are made; yields each committed batch's
-    placements rows, with their ``id``. Requests that wait are added to ``blocked``.
+def commit_as_decided(writer: PlacementWriter, outcomes: Iterator[Decision | Blocked],
+                      requests: Sequence[Request], most: int, blocked: list[Blocked]) -> Iterator[list[dict]]:
+    """Write the decisions of ``outcomes`` (a placer's :meth:`~Placer.decide` of ``requests``) as
+    they are made, and yield each write's placements rows, with their ``id``, once it has
+    committed. Requests that wait are added to ``blocked``.
 
-    A decision is durable milliseconds after it is made, not after the whole backlog is decided.
-    A batch the capacity guard refuses (a GPU drained or filled by another writer since the cycle
-    read the inventory) writes nothing and ends the cycle's placing: its jobs and the later ones
-    wait for the next cycle, whose inventory read corrects the placer.
+    Group commit: while one write is in flight the placer goes on deciding, and when the write lands
+    everything decided since goes in the next one, so a write's cost overlaps the deciding and a
+    decision waits for at most the write before its own. At most ``most`` decisions wait: deciding
+    pauses for the write in flight when that many do. A write the capacity guard refuses (a GPU
+    drained or filled by another writer since the cycle read the inventory) writes nothing and ends
+    the cycle's placing: its jobs and the later ones wait for the next cycle, whose inventory read
+    corrects the placer.
     """
     by_id = {r.job_id: r for r in requests}
     decided: list[Decision] = []
+    in_flight: list[int] = []
+
+    def send() -> None:
+        nonlocal decided, in_flight
+        writer.send(placement_rows(decided, [by_id[d.job_id] for d in decided]))
+        in_flight, decided = [int(d.job_id) for d in decided], []
+
     try:
         for outcome in outcomes:
             if isinstance(outcome, Blocked):
                 blocked.append(outcome)
                 continue
             decided.append(outcome)
-            if len(decided) == size:
-                rows = _commit_batch(session, decided, by_id)
-                if rows is None:
-                    return
+            if writer.busy and (rows := writer.wait() if len(decided) >= most else writer.poll()):
                 yield rows
-                decided = []
-        if decided and (rows := _commit_batch(session, decided, by_id)):
-            yield rows
+            if not writer.busy:
+                send()
+        if writer.busy:
+            yield writer.wait()
+        if decided:
+            send()
+            yield writer.wait()
+    except sa.exc.IntegrityError as exc:
+        log.warning("the capacity guard refused jobs %s; they wait for the next cycle: %s",
+                    in_flight, str(exc.orig).splitlines()[0])
     finally:
         outcomes.close()
-
-
-def _commit_batch(session: Session, decided: list[Decision], by_id: dict[str, Request]) -> list[dict] | None:
-    """The decisions' placements rows with their ids once committed; None (logged) when the
-    capacity guard refused them."""
-    rows = placement_rows(decided, [by_id[d.job_id] for d in decided])
-    try:
-        ids = store.add_placements(session, rows)
-        session.commit()
-    except sa.exc.IntegrityError as exc:
-        session.rollback()
-        log.warning("the capacity guard refused jobs %s; they wait for the next cycle: %s",
-                    [r["job_id"] for r in rows], str(exc.orig).splitlines()[0])
-        return None
-    return [dict(row, id=ids[row["job_id"]]) for row in rows]
 
 
 def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool = True,
@@ -220,9 +219,10 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
         requests = waiting_requests(list(jobs.values()), {p.job_id for p in active}, now.timestamp())
         placer = kept.for_cycle(session, requests)
     blocked: list[Blocked] = []
-    with engine.connect() as connection, Session(connection) as session:  # one connection for the batches
-        batches = commit_in_batches(session, placer.decide(requests), requests, config.place_batch, blocked)
-        new = [row for batch in batches for row in batch]
+    with placement_writer(engine) as writer:
+        new = [row for rows in commit_as_decided(writer, placer.decide(requests), requests, config.place_batch,
+                                                 blocked) for row in rows]
+    with session_scope(engine) as session:
         gpus = store.gpus_by_uuid(session, {p["gpu_uuid"] for p in new} | {p.gpu_uuid for p in repin})
         pins = [
             Pin(job_id, placement_id, gpus[gpu].gres_type, gpus[gpu].node, share, gpu)

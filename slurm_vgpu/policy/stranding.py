@@ -60,8 +60,10 @@ def stranded(key: Key, k: float) -> float:
 def stranding_growth(before: Key, after: Key, frag: Fragmentation) -> float:
     """``S_n`` of a node with key ``before`` minus ``S_n`` once a placement leaves it ``after``
     (negative when it strands more)."""
+    if before[0] is None:  # a node that does not report its CPU strands nothing
+        return 0.0
     k = cpu_per_unit(frag)
-    if before[0] is None or k <= 0:
+    if k <= 0:
         return 0.0
     memo = _stranded.get(frag)
     if memo is None:

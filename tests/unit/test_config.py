@@ -25,6 +25,6 @@ def test_a_refresh_that_is_not_a_number_is_refused():
 
 
 def test_a_place_batch_below_one_is_refused():
-    with pytest.raises(ConfigError, match="site.conf:1: PlaceBatch: 0 decisions per transaction is too few; "
+    with pytest.raises(ConfigError, match="site.conf:1: PlaceBatch: 0 decisions per write is too few; "
                                           "give 1 or more"):
         parse("PlaceBatch=0\n", "site.conf")
