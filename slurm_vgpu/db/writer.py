@@ -36,6 +36,8 @@ class PlacementWriter:
 
     def __init__(self, connection: sa.Connection):
         self._driver = connection.connection.dbapi_connection
+        if not self._driver.autocommit:
+            raise ValueError("a PlacementWriter needs an autocommit connection: each write is its own transaction")
         self._pg = self._driver.pgconn
         self._sent: Sequence[dict] | None = None
 

@@ -188,8 +188,10 @@ def commit_as_decided(writer: PlacementWriter, outcomes: Iterator[Decision | Blo
                 blocked.append(outcome)
                 continue
             decided.append(outcome)
-            if writer.busy and (rows := writer.wait() if len(decided) >= most else writer.poll()):
-                yield rows
+            if writer.busy:
+                landed = writer.wait() if len(decided) >= most else writer.poll()
+                if landed is not None:
+                    yield landed
             if not writer.busy:
                 send()
         if writer.busy:
