@@ -103,6 +103,13 @@ def test_the_placement_role_writes_placements_and_the_node_role_cannot(two_gpus)
     assert dict(stored) == written
 
 
+def test_the_writer_refuses_a_connection_with_a_transaction(two_gpus):
+    """Outside autocommit its INSERT would join a transaction nobody commits."""
+    with two_gpus.connect() as conn:
+        with pytest.raises(ValueError, match="needs an autocommit connection"):
+            PlacementWriter(conn)
+
+
 def committed_jobs(engine) -> set[int]:
     with engine.connect() as conn:
         return set(conn.scalars(sa.text("SELECT job_id FROM placements")))
