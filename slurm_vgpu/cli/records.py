@@ -82,7 +82,6 @@ def gpu_records(session: Session, heartbeat_timeout: float, nodes: Sequence[str]
             "slices": int(slices or 0),
             "slo_classes": sorted(classes or []),
             "mps_users": [{"uid": uid, "name": user_name(uid)} for uid in sorted(uids or [])],
-            "placement_epoch": gpu.placement_epoch,
             "node_heartbeat_age_s": heartbeat_age,
             "unavailable_reason": _unavailable(gpu, heartbeat_age, heartbeat_timeout),
         })

@@ -27,8 +27,14 @@ def database_url(url: str | None = None) -> URL:
     return parsed
 
 
+# The capacity guard refuses placement writes above READ COMMITTED (migration 0003): a server whose
+# default is higher must not turn every write of ours into a refusal.
+READ_COMMITTED = {"options": r"-c default_transaction_isolation=read\ committed"}
+
+
 def make_engine(url: str | URL | None = None, **kwargs) -> sa.Engine:
-    return sa.create_engine(database_url(str(url) if url else None), pool_pre_ping=True, **kwargs)
+    return sa.create_engine(database_url(str(url) if url else None), pool_pre_ping=True,
+                            connect_args=READ_COMMITTED, **kwargs)
 
 
 @contextmanager

@@ -60,9 +60,6 @@ class Gpu(Base):
     state: Mapped[str] = mapped_column(sa.Text, server_default="up")
     state_reason: Mapped[str | None] = mapped_column(sa.Text)
     multi_user: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
-    # Bumped by the capacity guard on every slice change: serialises writers of one GPU under any
-    # isolation level, and lets readers detect that a GPU changed under them.
-    placement_epoch: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
 
     node_row: Mapped[Node] = relationship(back_populates="gpus")
 
