@@ -11,6 +11,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import sessionmaker
 
 from ..resources import MIGRATIONS
+from . import CONNECT_OPTIONS
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/slurm_vgpu"
 
@@ -27,14 +28,9 @@ def database_url(url: str | None = None) -> URL:
     return parsed
 
 
-# The capacity guard refuses placement writes above READ COMMITTED (migration 0003): a server whose
-# default is higher must not turn every write of ours into a refusal.
-READ_COMMITTED = {"options": r"-c default_transaction_isolation=read\ committed"}
-
-
 def make_engine(url: str | URL | None = None, **kwargs) -> sa.Engine:
     return sa.create_engine(database_url(str(url) if url else None), pool_pre_ping=True,
-                            connect_args=READ_COMMITTED, **kwargs)
+                            connect_args={"options": CONNECT_OPTIONS}, **kwargs)
 
 
 @contextmanager

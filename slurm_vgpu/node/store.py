@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import psycopg
 
+from slurm_vgpu.db import CONNECT_OPTIONS
+
 # Placements that hold capacity: slurm_vgpu.db.models.ACTIVE_STATES, repeated so the prolog does not
 # import SQLAlchemy (0.4 s); tests/unit/test_mps_node.py checks that the two agree.
 ACTIVE_STATES = ("placed", "pinned", "running")
@@ -28,7 +30,7 @@ class JobPlacement:
 def connect(database_url: str, timeout: float = 3.0) -> psycopg.Connection:
     """``postgresql+psycopg://...`` (SQLAlchemy's form, as in slurm-vgpu.conf) -> a libpq connection."""
     return psycopg.connect(re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", database_url),
-                           connect_timeout=max(1, int(timeout)), autocommit=True)
+                           connect_timeout=max(1, int(timeout)), autocommit=True, options=CONNECT_OPTIONS)
 
 
 def active_placement(conn: psycopg.Connection, job_id: int) -> JobPlacement | None:

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from slurm_vgpu.db import engine as db
 from slurm_vgpu.db.models import Gpu, Node, Placement
+from slurm_vgpu.node import store as node_store
 
 from ..conftest import new_database
 
@@ -124,6 +125,10 @@ def test_our_engines_write_under_read_committed_whatever_the_server_default():
         place(ours, 2, 30)
         with ours.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:  # the writer's
             assert conn.scalar(sa.text("SHOW transaction_isolation")) == "read committed"
+        with node_store.connect(url) as conn:  # the prolog's
+            node_store.mark_running(conn, node_store.active_placement(conn, 2))
+        with ours.connect() as conn:
+            assert conn.scalar(sa.text("SELECT state FROM placements WHERE job_id = 2")) == "running"
         plain.dispose()
         ours.dispose()
     finally:
