@@ -33,6 +33,7 @@ from .select import pick_node, pick_option
 from .view import NodeView, node_shape
 
 Member = tuple[int, int]  # (node rank, GPU position)
+Group = tuple[int, bool]  # (interned GPU part, node in use): all a policy's rest reads of a pair
 
 
 def _gpu_part(g: GpuState) -> tuple:
@@ -94,10 +95,9 @@ class ClusterState:
 
     def update(self, rank: int, view: NodeView) -> None:
         """The node at ``rank`` is now ``view`` (a decision placed something on it)."""
-        old = self.views[rank]
         self.views[rank] = view
         if self._pairs is not None:
-            self._pairs.replace(rank, old)
+            self._pairs.replace(rank)
         if self._shapes is not None:
             self._shapes.replace(rank)
 
@@ -108,8 +108,9 @@ _UNSEEN = object()
 
 class _Ranking:
     """The classes of one pool (the free GPUs, or one user's) ordered by ``primary`` for one
-    (share, GPUs, CPU) of a request, by level and then by GPU part, so a request reads the best
-    level first and stops there.
+    (share, GPUs, CPU) of a request: by level, then by *rest group* (GPU part, node in use), the
+    most a policy's ``rest`` reads, so a request reads the best level first, stops there, and
+    computes ``rest`` once per group.
 
     Classes are scored when a request of this shape first needs them: ``seen`` is how far into
     the pool's log (every class it ever had, in order) this ranking has read. Rankings are per pool
@@ -118,33 +119,30 @@ class _Ranking:
     """
 
     def __init__(self) -> None:
-        self.key_of: dict[int, tuple] = {}
-        self.levels: dict[tuple, dict[int, set[int]]] = {}
+        self.key_of: dict[int, tuple[tuple, Group]] = {}
+        self.levels: dict[tuple, dict[Group, set[int]]] = {}
         self.order: list[tuple] = []  # the levels' keys, ascending
-        # SLO class -> class (or, for a policy whose rest reads of the node only its use, (node in
-        # use, GPU part)) -> rest key
-        self.rest: dict[object, dict[object, tuple]] = {}
+        self.rest: dict[object, dict[Group, tuple]] = {}  # SLO class -> rest group -> rest key
         self.seen = 0
 
-    def insert(self, cid: int, key: tuple, gid: int) -> None:
-        self.key_of[cid] = key
+    def insert(self, cid: int, key: tuple, group: Group) -> None:
+        self.key_of[cid] = key, group
         level = self.levels.get(key)
         if level is None:
             level = self.levels[key] = {}
             bisect.insort(self.order, key)
-        level.setdefault(gid, set()).add(cid)
+        level.setdefault(group, set()).add(cid)
 
-    def discard(self, cid: int, gid: int) -> None:
-        key = self.key_of.pop(cid, None)
-        if key is None:
+    def discard(self, cid: int) -> None:
+        found = self.key_of.pop(cid, None)
+        if found is None:
             return
-        for cache in self.rest.values():
-            cache.pop(cid, None)
+        key, group = found
         level = self.levels[key]
-        members = level[gid]
+        members = level[group]
         members.discard(cid)
         if not members:
-            del level[gid]
+            del level[group]
             if not level:
                 del self.levels[key]
                 self.order.pop(bisect.bisect_left(self.order, key))
@@ -160,11 +158,13 @@ class _Pairs:
         self.next_id = itertools.count()  # never reused: the score caches are keyed by class
         self.logs: dict[int | None, list[int]] = {}  # MPS owner -> its classes, in order made
         self.members: dict[int, list[Member]] = {}
+        self.joined: dict[int, list[tuple[int, int]]] = {}  # node rank -> (position, class) it is in
         self.signature: dict[int, tuple] = {}
         self.gpu_ids: dict[tuple, int] = {}  # a class's GPU part, interned: rules read only it
         self.gpu_of: dict[int, int] = {}
         self.gpu_sample: dict[int, GpuState] = {}  # a GPU of each part (rules read only its part)
-        self.room: dict[int, tuple[int | None, int | None]] = {}  # the node's free CPU and memory
+        # the node's free CPU and memory, for classes whose node reports either (the daemon's do not)
+        self.room: dict[int, tuple[int | None, int | None]] = {}
         self.by_user: dict[int | None, set[int]] = {}
         self.grades: dict[tuple[int, float], int] = {}  # (capacity, speed) -> live classes of it
         self.rankings: dict[int | None, dict[tuple, _Ranking]] = {}  # owner -> (share, gpus, cpu) -> ranking
@@ -183,6 +183,7 @@ class _Pairs:
     def add(self, rank: int) -> None:
         view = self.state.views[rank]
         node = self._node_part(view)
+        joined = self.joined[rank] = []
         for pos, g in enumerate(view.gpus):
             if not g.available or g.free <= 0:
                 continue  # fits nothing
@@ -192,7 +193,8 @@ class _Pairs:
                 cid = self.ids[sig] = next(self.next_id)
                 self.members[cid] = []
                 self.signature[cid] = sig
-                self.room[cid] = (view.cpu_milli_free, view.memory_mib_free)
+                if view.cpu_milli_free is not None or view.memory_mib_free is not None:
+                    self.room[cid] = (view.cpu_milli_free, view.memory_mib_free)
                 gid = self.gpu_of[cid] = self.gpu_ids.setdefault(sig[1], len(self.gpu_ids))
                 self.gpu_sample.setdefault(gid, g)
                 self.by_user.setdefault(g.user, set()).add(cid)
@@ -200,33 +202,28 @@ class _Pairs:
                 self.grades[grade] = self.grades.get(grade, 0) + 1
                 self.logs.setdefault(g.user, []).append(cid)
             bisect.insort(self.members[cid], (rank, pos))
+            joined.append((pos, cid))
 
-    def drop(self, rank: int, view: NodeView | None = None) -> None:
-        view = view or self.state.views[rank]
-        node = self._node_part(view)
-        for pos, g in enumerate(view.gpus):
-            cid = self.ids.get((node, _gpu_part(g))) if g.available and g.free > 0 else None
-            if cid is None:
-                continue
+    def drop(self, rank: int) -> None:
+        for pos, cid in self.joined.pop(rank, ()):
             members = self.members[cid]
             members.pop(bisect.bisect_left(members, (rank, pos)))
             if not members:
                 sig = self.signature.pop(cid)
-                gid = self.gpu_of.pop(cid)
-                del self.ids[sig], self.members[cid], self.room[cid]
-                user = sig[1][5]
+                del self.ids[sig], self.members[cid], self.gpu_of[cid]
+                self.room.pop(cid, None)
+                user, grade = sig[1][5], (sig[1][1], sig[1][8])  # see _gpu_part
                 self.by_user[user].discard(cid)
-                grade = (g.capacity, g.speed)
                 self.grades[grade] -= 1
                 if not self.grades[grade]:
                     del self.grades[grade]
                 for ranking in self.rankings.get(user, {}).values():
-                    ranking.discard(cid, gid)
+                    ranking.discard(cid)
 
-    def replace(self, rank: int, old: NodeView) -> None:
+    def replace(self, rank: int) -> None:
         if rank in self.state.held:
             return
-        self.drop(rank, old)
+        self.drop(rank)
         self.add(rank)
 
     def ranking(self, ask: Ask, user: int | None) -> _Ranking:
@@ -250,7 +247,8 @@ class _Pairs:
                 if ask.units(gpu) > gpu.free:
                     continue  # no request of this shape fits it, ever: leave it out
                 rank, pos = members[0]
-                ranking.insert(cid, policy.primary(views[rank], (pos,), ask, ctx), gid)
+                view = views[rank]
+                ranking.insert(cid, policy.primary(view, (pos,), ask, ctx), (gid, view.in_use))
             ranking.seen = len(log)
         return ranking
 
@@ -264,7 +262,7 @@ class _Pairs:
         return fit
 
     def _has_room(self, cid: int, req) -> bool:
-        cpu, mem = self.room[cid]
+        cpu, mem = self.room.get(cid, (None, None))
         return (cpu is None or req.cpu_milli <= cpu) and (mem is None or req.node_memory_mib <= mem)
 
     def choose(self, ask: Ask):
@@ -286,14 +284,14 @@ class _Pairs:
         best = None
         while best is None and any(h >= 0 for h in heads):
             key = max(r.order[h] for r, h in zip(rankings, heads) if h >= 0)
-            group = []
+            groups = []
             for i, ranking in enumerate(rankings):
                 if heads[i] >= 0 and ranking.order[heads[i]] == key:
                     heads[i] -= 1
-                    group += [(cid, ranking) for gid, cids in ranking.levels[key].items()
-                              if self._fit(fits, gid, ask) is not None for cid in cids if self._has_room(cid, req)]
-            if group:
-                best = self._best_pair(key, group, ask, whole)
+                    groups += [(group, cids, ranking) for group, cids in ranking.levels[key].items()
+                               if self._fit(fits, group[0], ask) is not None]
+            if groups:
+                best = self._best_pair(key, groups, ask, whole)
         for rank in sorted(state.held):
             choice = evaluate(state.views[rank], ask, state.ctx)
             if choice is not None and (best is None or (choice.score, -rank) > best[:2]):
@@ -307,39 +305,46 @@ class _Pairs:
         kinds.discard(None)
         return len(kinds) == 2
 
-    def _best_pair(self, primary: tuple, group: list[tuple[int, _Ranking]], ask: Ask, whole: bool):
-        """The greatest (key, -rank, after, -position) over the valid pairs of classes that share
-        the best ``primary``, with the positions; None when none has a valid pair. A class's first
-        member is valid unless whole GPUs are asked for and an earlier GPU of its node fits (the
-        node's candidate is then that GPU)."""
-        state, ctx, policy = self.state, self.state.ctx, self.state.policy
-        views = state.views
-        keyed = []
-        for cid, ranking in group:
-            rests = ranking.rest.setdefault(ask.request.slo_class, {})
-            rank, pos = self.members[cid][0]
-            at = (views[rank].in_use, self.gpu_of[cid]) if policy.rest_by_gpu else cid
-            rest = rests.get(at)
+    def _best_pair(self, primary: tuple, groups: list[tuple[Group, set[int], _Ranking]], ask: Ask, whole: bool):
+        """The greatest (key, -rank, after, -position) over the valid pairs of the classes in
+        ``groups`` (all of the best ``primary``), with the positions; None when none has a valid
+        pair. Groups are taken best ``rest`` first, and the first whose classes have a valid pair
+        holds the answer. A class's first member is valid unless whole GPUs are asked for and an
+        earlier GPU of its node fits (the node's candidate is then that GPU)."""
+        ctx, policy, members, req = self.state.ctx, self.state.policy, self.members, ask.request
+        by_rest: dict[tuple, list[int]] = {}
+        for group, cids, ranking in groups:
+            rests = ranking.rest.setdefault(req.slo_class, {})
+            rest = rests.get(group)
             if rest is None:
-                rest = rests[at] = policy.rest(views[rank], (pos,), ask, ctx)
-            keyed.append((rest, cid))
-        members = self.members
-        # Best key first and, among equal keys, the class whose first member comes first: a
-        # class's valid pair is never before its first member, so once one is found, a later
-        # class of the same key whose first member comes after it cannot win.
-        keyed.sort(key=lambda kc: (kc[0], -members[kc[1]][0][0]), reverse=True)
+                rank, pos = members[next(iter(cids))][0]
+                rest = rests[group] = policy.rest(self.state.views[rank], (pos,), ask, ctx)
+            by_rest.setdefault(rest, []).extend(
+                (cid for cid in cids if self._has_room(cid, req)) if self.room else cids)
+        for rest in sorted(by_rest, reverse=True):
+            found = self._first_pair(by_rest[rest], ask, whole)
+            if found is not None:
+                (neg_rank, after, neg_pos), (_, pos) = found
+                return primary + rest, neg_rank, after, neg_pos, (pos,)
+        return None
+
+    def _first_pair(self, cids: list[int], ask: Ask, whole: bool):
+        """Among classes of equal key, the greatest (-rank, after, -position) over their valid
+        pairs, with the pair; None when none has one."""
+        members, views, ctx, after = self.members, self.state.views, self.state.ctx, self.state.policy.after
         best = None
-        for rest, cid in keyed:
-            key = primary + rest
-            if best is not None and (key < best[0] or (key == best[0] and members[cid][0][0] > -best[1])):
-                break
-            member = self._first_valid(cid, ask) if whole else self.members[cid][0]
+        for cid in (sorted(cids, key=lambda c: members[c][0]) if whole else cids):
+            if best is not None and members[cid][0][0] > -best[0][0]:
+                if whole:
+                    break  # a class's valid pair is never before its first member: none is left
+                continue
+            member = self._first_valid(cid, ask) if whole else members[cid][0]
             if member is None:
                 continue
             rank, pos = member
-            cand = (key, -rank, policy.after(views[rank], (pos,), ask, ctx), -pos, (pos,))
-            if best is None or cand[:4] > best[:4]:
-                best = cand
+            cand = (-rank, after(views[rank], (pos,), ask, ctx), -pos)
+            if best is None or cand > best[0]:
+                best = cand, member
         return best
 
     def _first_valid(self, cid: int, ask: Ask) -> Member | None:

@@ -80,10 +80,15 @@ class Fragmentation:
         self.config = config
         self.ref_speed = ref_speed
         self._memo: dict[Key, float] = {}
+        self._last: tuple[NodeView | None, float] = (None, 0.0)  # scores come node by node
         self._rows: dict[tuple[str, int | None], tuple[float, tuple[tuple[int, int, float], ...]]] = {}
 
     def of(self, node: NodeView) -> float:
-        return self.of_key(node.key)
+        last, value = self._last
+        if node is not last:  # hashing a node's key costs more than the rest of a score
+            value = self.of_key(node.key)
+            self._last = node, value
+        return value
 
     def of_key(self, key: Key) -> float:
         value = self._memo.get(key)

@@ -37,10 +37,10 @@ class GpuState:
     classes: tuple[SloClass, ...] = ()  # SLO class of every slice already on the GPU
     available: bool = True  # False when drained, down, or its node's agent is silent
     unavailable_reason: str | None = None  # why not available, in words (names a silent node)
+    free: int = field(init=False, repr=False, compare=False)  # capacity - used, read very often
 
-    @property
-    def free(self) -> int:
-        return self.capacity - self.used
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "free", self.capacity - self.used)
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,7 @@ class Ask:
     config: PolicyConfig
     reference_speed: float = 1.0
     reserved: Mapping[str, str] = field(default_factory=dict)  # gpu uuid -> job that holds it
-
-    @property
-    def models(self) -> frozenset[str]:
-        return frozenset(m.lower() for m in self.request.models)
+    models: frozenset[str] = field(init=False, repr=False, compare=False)  # the request's, lower-case
 
     @property
     def whole_gpus(self) -> bool:
@@ -39,6 +36,7 @@ class Ask:
         # In plain units a slice takes its share on any GPU: worked out once, asked very often.
         plain = not self.config.reference_model and self.request.gpus <= 1
         object.__setattr__(self, "_plain_units", self.request.share if plain else None)
+        object.__setattr__(self, "models", frozenset(m.lower() for m in self.request.models))
 
     def units(self, gpu: GpuState) -> int:
         if self._plain_units is not None:

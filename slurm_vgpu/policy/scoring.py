@@ -6,9 +6,9 @@ ties between candidates of the same node. A node's score is its best candidate's
 ``primary + rest``; :mod:`.select` picks the node, breaking ties at random (the random policy) or
 to the first node in order (the others). Keys read only the node's :attr:`.view.NodeView.key`,
 whether it is in use, and the candidate's GPUs, so :mod:`.cluster` can score every equal
-(node, GPU) pair once; ``primary`` reads of the request only its share, GPU count and CPU. A
-policy whose ``rest`` reads of the node only whether it is in use says so (``rest_by_gpu``), and
-its ``rest`` is then computed once per GPU state rather than once per class.
+(node, GPU) pair once; ``primary`` reads of the request only its share, GPU count and CPU, and
+``rest`` reads of a one-GPU candidate's node only whether it is in use, so that it is computed
+once per GPU state and node use rather than once per class.
 """
 from __future__ import annotations
 
@@ -53,7 +53,6 @@ class Policy:
     rest: KeyFn = _none
     after: KeyFn = _none
     every_option: bool = False  # the random policy: every candidate is an option, drawn at random
-    rest_by_gpu: bool = False  # rest reads of a one-GPU candidate's node only whether it is in use
 
 
 def _first_whole(fit: Sequence[int], ask: Ask) -> tuple[int, ...]:
@@ -142,7 +141,7 @@ SCORERS: dict[str, Policy] = {
     "first-fit": Policy(),  # what Slurm's own count would do: the first GPU with room, first node
     "best-fit": Policy(primary=_best_fit_score, after=_room_left),
     "fgd": Policy(primary=_fgd_score),  # first GPU by index on ties
-    "ours": Policy(primary=_ours_score, rest=_ours_rest, rest_by_gpu=True),  # FGD's measure + CPU stranding first
+    "ours": Policy(primary=_ours_score, rest=_ours_rest),  # FGD's measure + CPU stranding first
 }
 
 RANDOM_TIES = frozenset({"random"})  # the others take the first best node in node order, as the
