@@ -53,13 +53,13 @@ class PlacementWriter:
         try:
             self._pg.send_query_params(INSERT_PLACEMENTS, [json.dumps(list(rows)).encode()])
         except psycopg.Error as exc:
-            raise _dbapi_error(exc) from exc
+            raise _dbapi_error(exc, rows) from exc
         self._sent = rows
 
     def poll(self) -> list[dict] | None:
         """The rows of the write in flight with their ``id``, once committed; None while the server
         works on them. Raises :class:`sqlalchemy.exc.IntegrityError` when the guard (or a
-        constraint) refused them: then none was written."""
+        constraint) refused them: then none was written, and the error's ``params`` are the rows."""
         try:
             self._pg.consume_input()
             if self._pg.is_busy():
@@ -68,10 +68,10 @@ class PlacementWriter:
             while self._pg.get_result() is not None:  # the end of this query's results
                 pass
         except psycopg.Error as exc:
-            raise _dbapi_error(exc) from exc
+            raise _dbapi_error(exc, self._sent) from exc
         rows, self._sent = self._sent, None
         if result.status != pq.ExecStatus.TUPLES_OK:
-            raise _dbapi_error(psycopg.errors.error_from_result(result, self._driver.info.encoding))
+            raise _dbapi_error(psycopg.errors.error_from_result(result, self._driver.info.encoding), rows)
         ids = {int(result.get_value(i, 0)): int(result.get_value(i, 1)) for i in range(result.ntuples)}
         return [dict(row, id=ids[row["job_id"]]) for row in rows]
 
@@ -101,6 +101,8 @@ def placement_writer(engine: sa.Engine) -> Iterator[PlacementWriter]:
                 connection.invalidate()
 
 
-def _dbapi_error(exc: psycopg.Error) -> sa.exc.DBAPIError:
-    """The driver's error as SQLAlchemy raises it elsewhere (IntegrityError, OperationalError, ...)."""
-    return sa.exc.DBAPIError.instance(INSERT_PLACEMENTS.decode(), None, exc, psycopg.Error)
+def _dbapi_error(exc: psycopg.Error, rows: Sequence[dict]) -> sa.exc.DBAPIError:
+    """The driver's error as SQLAlchemy raises it elsewhere (IntegrityError, OperationalError, ...),
+    with the rows of the write as its ``params``."""
+    return sa.exc.DBAPIError.instance(INSERT_PLACEMENTS.decode(), list(rows), exc, psycopg.Error,
+                                      hide_parameters=True)

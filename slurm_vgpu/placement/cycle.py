@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -148,9 +148,9 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float) -> li
     ]
 
 
-def placement_rows(decisions: Sequence[Decision], requests: Sequence[Request]) -> list[dict]:
-    """The placements rows of a cycle's decisions (state ``placed``: not yet pinned in Slurm)."""
-    by_id = {r.job_id: r for r in requests}
+def placement_rows(decisions: Sequence[Decision], by_id: Mapping[str, Request]) -> list[dict]:
+    """The placements rows of a cycle's decisions (state ``placed``: not yet pinned in Slurm), given
+    their requests by job id."""
     return [
         dict(job_id=int(d.job_id), gpu_uuid=d.gpu_uuids[0], uid=by_id[d.job_id].user, share=d.share,
              requested_share=by_id[d.job_id].share, memory_mib=by_id[d.job_id].memory_mib,
@@ -175,12 +175,10 @@ def commit_as_decided(writer: PlacementWriter, outcomes: Iterator[Decision | Blo
     """
     by_id = {r.job_id: r for r in requests}
     decided: list[Decision] = []
-    in_flight: list[int] = []
 
     def send() -> None:
-        nonlocal decided, in_flight
-        writer.send(placement_rows(decided, [by_id[d.job_id] for d in decided]))
-        in_flight, decided = [int(d.job_id) for d in decided], []
+        writer.send(placement_rows(decided, by_id))
+        decided.clear()
 
     try:
         for outcome in outcomes:
@@ -201,7 +199,7 @@ def commit_as_decided(writer: PlacementWriter, outcomes: Iterator[Decision | Blo
             yield writer.wait()
     except sa.exc.IntegrityError as exc:
         log.warning("the capacity guard refused jobs %s; they wait for the next cycle: %s",
-                    in_flight, str(exc.orig).splitlines()[0])
+                    [row["job_id"] for row in exc.params], str(exc.orig).splitlines()[0])
     finally:
         outcomes.close()
 
@@ -216,9 +214,8 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
     jobs = {j.job_id: j for j in slurm.vgpu_jobs()}
     now = store.now()
     with session_scope(engine) as session:
-        repin, unpin = _reconcile(session, jobs, config, report)
-        active = store.active_placements(session)
-        requests = waiting_requests(list(jobs.values()), {p.job_id for p in active}, now.timestamp())
+        repin, unpin, placed_jobs = _reconcile(session, jobs, config, report)
+        requests = waiting_requests(list(jobs.values()), placed_jobs, now.timestamp())
         placer = kept.for_cycle(session, requests)
     blocked: list[Blocked] = []
     with placement_writer(engine) as writer:
@@ -245,7 +242,9 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
 
 
 def _reconcile(session, jobs: dict[int, Job], config: Config, report: CycleReport):
-    """Bring placements in line with what Slurm says; returns (placements to pin again, jobs to unpin)."""
+    """Bring placements in line with what Slurm says; returns the placements to pin again, the jobs
+    to unpin, and every job that had an active placement (the ones it ended included: their jobs
+    have ended, or are pinned in Slurm until unpinned, so none of them is waiting to be placed)."""
     repin, unpin = [], []
     now = store.now()
     placed_jobs = set()
@@ -274,7 +273,7 @@ def _reconcile(session, jobs: dict[int, Job], config: Config, report: CycleRepor
     for job in jobs.values():
         if job.state == "PENDING" and job.request.state == "pinned" and job.job_id not in placed_jobs:
             unpin.append(job.job_id)  # Slurm has a pin that Postgres no longer backs
-    return repin, unpin
+    return repin, unpin, placed_jobs
 
 
 def _pin(engine: sa.Engine, slurm: Slurm, job: Job, pin: Pin, report: CycleReport) -> None:

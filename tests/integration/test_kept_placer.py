@@ -36,7 +36,7 @@ def cycle(engine, kept: KeptPlacer, requests: list[Request]):
         placer = kept.for_cycle(s, requests)
     result = placer.place(requests)
     with placement_writer(engine) as writer:
-        rows = writer.write(placement_rows(result.decisions, requests))
+        rows = writer.write(placement_rows(result.decisions, {r.job_id: r for r in requests}))
     return placer, result, [row["job_id"] for row in rows]
 
 
