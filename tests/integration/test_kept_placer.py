@@ -152,7 +152,7 @@ def test_a_decision_is_written_while_the_next_is_decided(two_gpus):
             {row["job_id"]: row["id"] for row in written}
 
 
-def test_a_refused_batch_ends_the_cycle_and_keeps_the_batches_before_it(two_gpus):
+def test_a_refused_batch_ends_the_cycle_and_keeps_the_batches_before_it(two_gpus, caplog):
     """Another writer fills the GPU the placer used next: that write is refused without an error
     escaping (the daemon goes on), the write before it stays, the requests after it wait, and the
     next cycle's placer sees what the other writer did. With one decision at most waiting, each
@@ -167,6 +167,7 @@ def test_a_refused_batch_ends_the_cycle_and_keeps_the_batches_before_it(two_gpus
         other = "GPU-1" if first["gpu_uuid"] == "GPU-0" else "GPU-0"
         place(two_gpus, 9, 70, uid=2000, gpu=other)
         assert list(batches) == []  # job 2's write was refused, job 3's was never sent
+    assert "the capacity guard refused jobs [2]; they wait for the next cycle" in caplog.text
     assert committed_jobs(two_gpus) == {1, 9}
     _, result, ids = cycle(two_gpus, kept, requests[1:])
     assert [b.job_id for b in result.blocked] == ["2"] and set(ids) == {3}

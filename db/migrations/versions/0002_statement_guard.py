@@ -10,10 +10,8 @@ a GPU that does not exist is the foreign key's to refuse.
 Revision ID: 0002
 Revises: 0001
 """
-import importlib.util
-from pathlib import Path
-
-from alembic import op
+from alembic import context, op
+from alembic.script import ScriptDirectory
 
 revision = '0002'
 down_revision = '0001'
@@ -93,11 +91,7 @@ CREATE TRIGGER placements_guard_update AFTER UPDATE ON placements
 
 def _initial():
     """0001's module, for its row guard (a downgrade puts it back)."""
-    path = Path(__file__).with_name("0001_initial_schema.py")
-    spec = importlib.util.spec_from_file_location("initial_schema", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return ScriptDirectory.from_config(context.config).get_revision("0001").module
 
 
 def upgrade() -> None:
