@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -151,12 +151,13 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float) -> li
 def placement_rows(decisions: Sequence[Decision], by_id: Mapping[str, Request]) -> list[dict]:
     """The placements rows of a cycle's decisions (state ``placed``: not yet pinned in Slurm), given
     their requests by job id."""
-    return [
-        dict(job_id=int(d.job_id), gpu_uuid=d.gpu_uuids[0], uid=by_id[d.job_id].user, share=d.share,
-             requested_share=by_id[d.job_id].share, memory_mib=by_id[d.job_id].memory_mib,
-             slo_class=by_id[d.job_id].slo_class.value, state="placed")
-        for d in decisions
-    ]
+    return [_placement_row(d, by_id[d.job_id]) for d in decisions]
+
+
+def _placement_row(d: Decision, req: Request) -> dict:
+    return dict(job_id=int(d.job_id), gpu_uuid=d.gpu_uuids[0], uid=req.user, share=d.share,
+                requested_share=req.share, memory_mib=req.memory_mib, slo_class=req.slo_class.value,
+                state="placed")
 
 
 def commit_as_decided(writer: PlacementWriter, outcomes: Iterator[Decision | Blocked],
@@ -214,7 +215,7 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
     jobs = {j.job_id: j for j in slurm.vgpu_jobs()}
     now = store.now()
     with session_scope(engine) as session:
-        repin, unpin, placed_jobs = _reconcile(session, jobs, config, report)
+        repin, unpin, placed_jobs = _reconcile(session, jobs, now, config, report)
         requests = waiting_requests(list(jobs.values()), placed_jobs, now.timestamp())
         placer = kept.for_cycle(session, requests)
     blocked: list[Blocked] = []
@@ -241,12 +242,12 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
     return report
 
 
-def _reconcile(session, jobs: dict[int, Job], config: Config, report: CycleReport):
-    """Bring placements in line with what Slurm says; returns the placements to pin again, the jobs
-    to unpin, and every job that had an active placement (the ones it ended included: their jobs
-    have ended, or are pinned in Slurm until unpinned, so none of them is waiting to be placed)."""
+def _reconcile(session, jobs: dict[int, Job], now: datetime, config: Config, report: CycleReport):
+    """Bring placements in line with what Slurm says at ``now``; returns the placements to pin
+    again, the jobs to unpin, and every job that had an active placement (the ones it ended
+    included: their jobs have ended, or are pinned in Slurm until unpinned, so none of them is
+    waiting to be placed)."""
     repin, unpin = [], []
-    now = store.now()
     placed_jobs = set()
     for placement in store.active_placements(session):
         job = jobs.get(placement.job_id)

@@ -113,12 +113,15 @@ def test_writers_above_read_committed_are_refused_and_told_what_to_do(clean_db, 
 
 def test_our_engines_write_under_read_committed_whatever_the_server_default():
     url = new_database()
+    engines: list[sa.Engine] = []
     try:
         db.upgrade(url)
-        with sa.create_engine(db.database_url(url), isolation_level="AUTOCOMMIT").connect() as conn:
+        admin = sa.create_engine(db.database_url(url), isolation_level="AUTOCOMMIT")
+        plain, ours = sa.create_engine(db.database_url(url)), db.make_engine(url)
+        engines += [admin, plain, ours]
+        with admin.connect() as conn:
             conn.execute(sa.text(f"ALTER DATABASE \"{db.database_url(url).database}\" "
                                  "SET default_transaction_isolation = 'repeatable read'"))
-        plain, ours = sa.create_engine(db.database_url(url)), db.make_engine(url)
         add_gpu(ours)
         with pytest.raises(sa.exc.InternalError, match="not repeatable read"):
             place(plain, 1, 30)  # the server's default is in force
@@ -129,9 +132,9 @@ def test_our_engines_write_under_read_committed_whatever_the_server_default():
             node_store.mark_running(conn, node_store.active_placement(conn, 2))
         with ours.connect() as conn:
             assert conn.scalar(sa.text("SELECT state FROM placements WHERE job_id = 2")) == "running"
-        plain.dispose()
-        ours.dispose()
     finally:
+        for engine in engines:
+            engine.dispose()
         db.drop_database(url)
 
 
