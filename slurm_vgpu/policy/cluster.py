@@ -210,9 +210,10 @@ class _Pairs:
             members.pop(bisect.bisect_left(members, (rank, pos)))
             if not members:
                 sig = self.signature.pop(cid)
-                del self.ids[sig], self.members[cid], self.gpu_of[cid]
+                g = self.gpu_sample[self.gpu_of.pop(cid)]  # a GPU of the class's part
+                del self.ids[sig], self.members[cid]
                 self.room.pop(cid, None)
-                user, grade = sig[1][5], (sig[1][1], sig[1][8])  # see _gpu_part
+                user, grade = g.user, (g.capacity, g.speed)
                 self.by_user[user].discard(cid)
                 self.grades[grade] -= 1
                 if not self.grades[grade]:
