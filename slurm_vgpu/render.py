@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import jinja2
 
 from .adapters.gpus import GpuRecord
+from .adapters.slurm import HOLD_DAYS
 from .resources import GRES_TEMPLATES
 
 
@@ -26,8 +27,9 @@ class NodeSpec:
 
     @property
     def gres(self) -> str:
-        """``vgpu:h100_0:100,vgpu:h100_1:100``: one count-only typed record of 100 per GPU."""
-        return ",".join(f"vgpu:{g.gres_type}:100" for g in self.gpus)
+        """``gpu:h100_0:1,vgpu:h100_0:100,...``: per GPU, a device-backed gpu record (so Slurm's
+        device cgroup fences it) and a count-only typed vgpu record of 100."""
+        return ",".join(f"gpu:{g.gres_type}:1,vgpu:{g.gres_type}:100" for g in self.gpus)
 
 
 _env = jinja2.Environment(
@@ -43,8 +45,11 @@ def render(template: str, **context) -> str:
     return _env.get_template(template).render(**context)
 
 
-def gres_conf(nodes: Iterable[NodeSpec]) -> str:
-    return render("gres.conf.j2", nodes=list(nodes))
+DEFAULT_DEVICE_DIR = "/dev"  # where the NVIDIA driver makes /dev/nvidia<minor>
+
+
+def gres_conf(nodes: Iterable[NodeSpec], device_dir: str = DEFAULT_DEVICE_DIR) -> str:
+    return render("gres.conf.j2", nodes=list(nodes), device_dir=device_dir)
 
 
 def job_submit_lua(nodes: Iterable[NodeSpec], operator_uids: Iterable[int] = (0,),
@@ -57,6 +62,7 @@ def job_submit_lua(nodes: Iterable[NodeSpec], operator_uids: Iterable[int] = (0,
         largest_memory_mib=max((g.memory_mib for g in gpus), default=0),
         operator_uids=sorted(set(operator_uids)),
         default_class=default_class,
+        hold_days=HOLD_DAYS,
     )
 
 
@@ -78,11 +84,12 @@ class SiteSettings:
     epilog: str = DEFAULT_EPILOG
     operator_uids: tuple[int, ...] = (0,)
     default_class: str = "throughput"
+    device_dir: str = DEFAULT_DEVICE_DIR
 
 
 # File name (relative to the output directory) -> what it is, for --help and the admin guide.
 SITE_FILES = {
-    "gres.conf": "the vgpu GRES records, one typed record of 100 per GPU",
+    "gres.conf": "per GPU, a device-backed gpu record (fencing) and a typed vgpu record of 100",
     "vgpu-slurm.conf": "slurm.conf additions: GresTypes, job_submit, plugstack, prolog/epilog, Gres= per node",
     "plugstack.conf.d/slurm-vgpu.conf": "the SPANK plugin's plugstack entry",
     "job_submit.lua": "records and holds vgpu jobs at submit",
@@ -94,7 +101,7 @@ def site_files(nodes: Iterable[NodeSpec], settings: SiteSettings = SiteSettings(
     left out when unknown, so the lines merge into the site's own NodeName lines)."""
     nodes = list(nodes)
     return {
-        "gres.conf": gres_conf(nodes),
+        "gres.conf": gres_conf(nodes, settings.device_dir),
         "vgpu-slurm.conf": render("slurm-vgpu.conf.j2", nodes=nodes, plugstack_conf=settings.plugstack_conf,
                                   prolog=settings.prolog, epilog=settings.epilog),
         "plugstack.conf.d/slurm-vgpu.conf": render("plugstack.conf.j2", spank_plugin=settings.spank_plugin,

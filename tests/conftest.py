@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,28 @@ def start_cluster(directory: Path, database_url: str, layout: Path | None = None
     return cluster
 
 
+@contextmanager
+def own_cluster(name: str, layout: str, port: int):
+    """A cluster of the given layout TOML, with its own directory, database and ports, for one
+    module's tests; stopped when the block ends."""
+    directory = cluster_dir(name)
+    (directory / "layout.toml").write_text(layout)
+    cluster = start_cluster(directory, new_database(), layout=directory / "layout.toml", port=port)
+    try:
+        yield cluster
+    finally:
+        stop_cluster(cluster)
+
+
+@contextmanager
+def engine_for(url: str):
+    engine = db.make_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
 def stop_cluster(cluster) -> None:
     from slurm_vgpu.devcluster import cluster as devcluster
 
@@ -97,9 +120,8 @@ def cluster():
 @pytest.fixture(scope="session")
 def cluster_engine(cluster):
     """The e2e cluster's own database (placements, events) for assertions."""
-    engine = db.make_engine(cluster.database_url)
-    yield engine
-    engine.dispose()
+    with engine_for(cluster.database_url) as engine:
+        yield engine
 
 
 def slurm(cluster, *args: str, user: str | None = None, check: bool = True) -> subprocess.CompletedProcess:

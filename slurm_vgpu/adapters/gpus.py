@@ -21,6 +21,13 @@ class GpuRecord:
     sm_count: int
     memory_mib: int
     compute_capability: str
+    # /dev/nvidia<minor>: the driver's minor number (nvmlDeviceGetMinorNumber), which NVML does not
+    # promise equals the index; files written before it was recorded give none, read as the index
+    minor: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.minor is None:
+            object.__setattr__(self, "minor", self.index)
 
     @property
     def gres_type(self) -> str:
@@ -123,6 +130,7 @@ class NvmlInventory:
                         sm_count=_sm_count(pynvml, handle),
                         memory_mib=pynvml.nvmlDeviceGetMemoryInfo(handle).total // (1024 * 1024),
                         compute_capability=f"{major}.{minor}",
+                        minor=pynvml.nvmlDeviceGetMinorNumber(handle),
                     )
                 )
             return records

@@ -10,10 +10,17 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .. import hostlist
+
 UNPLACED = "unplaced"
+# job_submit.lua holds a vgpu job by setting its begin time this far ahead (Slurm keeps it pending
+# with Reason=BeginTime while priority, user holds and dependencies work as for any job); the pin
+# sets StartTime=now, taking a pin back sets it this far ahead again.
+HOLD_DAYS = 365
 _FIELD = re.compile(r"([a-z_-]+)=(\"[^\"]*\"|\S+)")
 
 
@@ -32,6 +39,8 @@ class VgpuRequest:
     model: str | None = None
     gpu: str | None = None  # the GPU UUID once pinned
     wait: str | None = None  # why it waits, as last told to the user
+    begin: int | None = None  # the user's own --begin (epoch seconds), kept from submit
+    nodelist: str | None = None  # the user's own --nodelist (a hostlist), kept from submit
 
     def comment(self) -> str:
         parts = [f"vgpu-state={self.state}", f"share={self.share}", f"class={self.slo_class}"]
@@ -39,6 +48,10 @@ class VgpuRequest:
             parts.append(f"mem_mib={self.memory_mib}")
         if self.model:
             parts.append(f"model={self.model}")
+        if self.begin is not None:
+            parts.append(f"begin={self.begin}")
+        if self.nodelist:
+            parts.append(f"nodelist={self.nodelist}")
         if self.gpu:
             parts.append(f"gpu={self.gpu}")
         if self.wait:
@@ -59,7 +72,18 @@ def parse_request(admin_comment: str | None) -> VgpuRequest | None:
         model=values.get("model"),
         gpu=values.get("gpu"),
         wait=values.get("wait"),
+        begin=int(values["begin"]) if "begin" in values else None,
+        nodelist=values.get("nodelist"),
     )
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node as ``sinfo`` shows it: compact state (``idle``, ``mix``, ``drain``, ``down*``...) and
+    the partitions it belongs to."""
+
+    state: str
+    partitions: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -73,6 +97,34 @@ class Job:
     nodes: str
     tres_per_node: str
     request: VgpuRequest | None
+    dependency: str = ""  # Slurm's own: "" once met (or none), "afterok:7(unfulfilled)" while not
+    reason: str = ""  # Slurm's state_reason: BeginTime, Dependency, JobHeldUser, ...
+    partition: str = ""  # the partitions it may run in, comma-separated
+    excluded_nodes: str = ""  # --exclude, a hostlist
+
+    def allowed_nodes(self, nodes: Mapping[str, Node]) -> frozenset[str]:
+        """The nodes Slurm would run it on, by its partitions, --exclude and --nodelist (the
+        placement sets NodeList itself, so the user's own is kept in the AdminComment)."""
+        partitions = set(filter(None, self.partition.split(",")))
+        allowed = {name for name, node in nodes.items() if node.partitions & partitions} if partitions else set(nodes)
+        if self.excluded_nodes:
+            allowed -= set(hostlist.expand(self.excluded_nodes))
+        if self.request is not None and self.request.nodelist:
+            allowed &= set(hostlist.expand(self.request.nodelist))
+        return frozenset(allowed)
+
+    def waits_on_slurm(self, now_s: float) -> str | None:
+        """Why Slurm itself would not start this pending job yet, whatever its GPU: a user or
+        admin hold (priority 0), a dependency not met, the user's own --begin still ahead. None
+        when only its placement is missing. Such a job is not placed: a pin would hold a GPU
+        that no job uses (and starve others' requests)."""
+        if self.priority == 0:
+            return f"held ({self.reason or 'priority 0'}); release it with scontrol release {self.job_id}"
+        if self.dependency:
+            return f"waits for its dependency {self.dependency}"
+        if self.request is not None and self.request.begin is not None and self.request.begin > now_s:
+            return f"waits for its --begin time ({self.request.begin})"
+        return None
 
 
 class Slurm:
@@ -100,17 +152,17 @@ class Slurm:
         return [j for j in self.jobs() if j.request is not None]
 
     def pin(self, job_id: int, gres_type: str, share: int, node: str, request: VgpuRequest) -> None:
-        """Give a held job its typed per-GPU GRES and node, record it, then release it."""
+        """Give a waiting job its typed per-GPU GRES, its node and StartTime=now, in one update."""
         self._run(
             "scontrol", "update", f"JobId={job_id}", f"Gres=vgpu:{gres_type}:{share}",
-            f"NodeList={node}", f"AdminComment={request.comment()}",
+            f"NodeList={node}", "StartTime=now", f"AdminComment={request.comment()}",
         )
-        self._run("scontrol", "release", str(job_id))
 
     def hold(self, job_id: int, request: VgpuRequest) -> None:
-        """Put a pinned-but-not-started job back to unplaced (held, no vgpu GRES)."""
-        self._run("scontrol", "hold", str(job_id))
-        self._run("scontrol", "update", f"JobId={job_id}", "Gres=", "NodeList=", f"AdminComment={request.comment()}")
+        """Put a pinned-but-not-started job back to unplaced: no vgpu GRES, no node, its begin
+        time pushed ahead again (one update)."""
+        self._run("scontrol", "update", f"JobId={job_id}", "Gres=", "NodeList=", f"StartTime=now+{HOLD_DAYS}days",
+                  f"AdminComment={request.comment()}")
 
     def set_comment(self, job_id: int, request: VgpuRequest) -> None:
         self._run("scontrol", "update", f"JobId={job_id}", f"AdminComment={request.comment()}")
@@ -121,9 +173,11 @@ class Slurm:
         self._run("scancel", str(job_id))
 
     def requeue(self, job_id: int, request: VgpuRequest) -> None:
-        """Requeue a running job held and unplaced; the placement will find it a new GPU."""
+        """Requeue a running job unplaced; the placement will find it a new GPU. Held across the
+        update so it cannot start again on the old pin, then released to its begin-time hold."""
         self._run("scontrol", "requeuehold", str(job_id))
-        self._run("scontrol", "update", f"JobId={job_id}", "Gres=", "NodeList=", f"AdminComment={request.comment()}")
+        self.hold(job_id, request)
+        self._run("scontrol", "release", str(job_id))
 
     def send_back(self, job: Job, fallback: VgpuRequest, why: str) -> bool:
         """Hand a vgpu job back to the placement, held and unplaced, its AdminComment saying
@@ -135,6 +189,30 @@ class Slurm:
         request = replace(job.request or fallback, state=UNPLACED, gpu=None, wait=f"requeued: {why}")
         (self.hold if job.state == "PENDING" else self.requeue)(job.job_id, request)
         return True
+
+    def release(self, job_id: int) -> None:
+        self._run("scontrol", "release", str(job_id))
+
+    def node_reason(self, node: str) -> tuple[str, str]:
+        """(state, reason) of one node as ``sinfo`` prints them (``drain``, ``Prolog error``)."""
+        out = self._run("sinfo", "--noheader", "--Node", f"--nodes={node}", "--format=%t|%E").splitlines()
+        state, _, reason = (out[0] if out else "|").partition("|")
+        return state.strip(), reason.strip()
+
+    def resume(self, node: str) -> None:
+        self._run("scontrol", "update", f"NodeName={node}", "State=RESUME")
+
+    def nodes(self) -> dict[str, Node]:
+        """Every node with its state and partitions (``sinfo`` prints a node once per partition;
+        ``*`` marks the default partition)."""
+        states: dict[str, str] = {}
+        partitions: dict[str, set[str]] = {}
+        for line in self._run("sinfo", "--noheader", "--Node", "--format=%N %t %P").splitlines():
+            if line.strip():
+                name, state, partition = line.split()
+                states[name] = state
+                partitions.setdefault(name, set()).add(partition.rstrip("*"))
+        return {name: Node(states[name], frozenset(partitions[name])) for name in states}
 
     def annotate(self, job: Job, note: str) -> None:
         """Tell a running vgpu job's user what the node agent did to it: ``agent="<note>"`` after
@@ -163,6 +241,10 @@ def _job(doc: dict) -> Job:
         nodes=doc.get("nodes", "") or "",
         tres_per_node=doc.get("tres_per_node", "") or "",
         request=parse_request(doc.get("admin_comment")),
+        dependency=doc.get("dependency") or "",
+        reason=str(doc.get("state_reason") or ""),
+        partition=doc.get("partition") or "",
+        excluded_nodes=doc.get("excluded_nodes") or "",
     )
 
 

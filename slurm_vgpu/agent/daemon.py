@@ -23,13 +23,15 @@ from ..adapters.mps import MpsError
 from ..config import Config
 from ..db import store
 from ..db.engine import session_scope
-from . import faults, guard, quota, supervise
+from . import faults, guard, heal, quota, supervise
 from .freezer import Freezer
 from .inventory import register
 from .metrics import AgentMetrics, write_job_mapping
 from .observe import NodeView, gpu_states, look, node_slices
 
 log = logging.getLogger("slurm_vgpu.agent")
+
+IDLE_CHECK = 30.0  # seconds between looks for MPS servers whose user has no slice left
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Agent:
     view: NodeView | None = None
     busy: set[str] = field(default_factory=set)
     beat_at: float = float("-inf")
+    idle_check_at: float = float("-inf")
 
     @property
     def node(self) -> str:
@@ -82,6 +85,7 @@ class Agent:
             with session_scope(self.engine) as session:
                 states, slices = gpu_states(session, self.node), node_slices(session, self.node)
         self._supervise(present, slices)
+        self._heal(present)
         daemons = {g.uuid: supervise.daemon_running(self.config, g.uuid) for g in present}
         view = look(self.node, self.inventory, present, states, slices, daemons)
         self._enforce_quotas(view)
@@ -124,6 +128,20 @@ class Agent:
                 self.metrics.count("mps_restart", gpu.uuid)
                 self._event("mps-restarted", "MPS control daemon had died; restarted, caps set again", gpu.uuid)
 
+    def _heal(self, present) -> None:
+        """Finish what hooks could not (:mod:`.heal`): the database answered this round. MPS servers
+        are asked for their list only every IDLE_CHECK seconds (a command per GPU)."""
+        for job_id in heal.failed_prologs(self.config, self.slurm, self.node):
+            self._event("prolog-healed", "released after its prolog could not reach the database", None, job_id)
+        if time.monotonic() - self.idle_check_at < IDLE_CHECK:
+            return
+        self.idle_check_at = time.monotonic()
+        for job_id in heal.lost_jobs(self.config, self.node):
+            log.warning("job %d left nothing on %s; its slice is released", job_id, self.node)
+        for gpu in present:
+            for uid in heal.idle_servers(self.config, gpu.uuid):
+                self._event("mps-server-stopped", f"uid {uid}'s MPS server had no active slice left", gpu.uuid)
+
     def _enforce_quotas(self, view: NodeView) -> None:
         overuses = quota.over_cap(view)
         if not overuses:
@@ -147,7 +165,7 @@ class Agent:
             self._event("guard-released", "latency slice idle: co-tenants run freely", uuid)
         self.busy = busy
 
-    def _event(self, kind: str, message: str, gpu_uuid: str, job_id: int | None = None) -> None:
+    def _event(self, kind: str, message: str, gpu_uuid: str | None, job_id: int | None = None) -> None:
         with session_scope(self.engine) as session:
             store.log_event(session, kind, message, job_id=job_id, gpu_uuid=gpu_uuid, node=self.node)
 

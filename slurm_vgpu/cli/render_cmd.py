@@ -19,7 +19,7 @@ def nodes_from_db(runtime: Runtime) -> list[render.NodeSpec]:
     by_node: dict[str, list[GpuRecord]] = {}
     for g in gpus:
         by_node.setdefault(g.node, []).append(GpuRecord(
-            index=g.index, uuid=g.uuid, name=g.name, model=g.model, sm_count=g.sm_count,
+            index=g.index, minor=g.minor, uuid=g.uuid, name=g.name, model=g.model, sm_count=g.sm_count,
             memory_mib=g.memory_mib, compute_capability=g.compute_capability,
         ))
     return [_node(name, records) for name, records in by_node.items()]
@@ -55,10 +55,12 @@ def _node(name: str, gpus: list[GpuRecord]) -> render.NodeSpec:
 @click.option("--spank-args", default="", help="Arguments after the plugin path in the plugstack entry.")
 @click.option("--prolog", default=render.DEFAULT_PROLOG, show_default=True, help="Prolog= in slurm.conf.")
 @click.option("--epilog", default=render.DEFAULT_EPILOG, show_default=True, help="Epilog= in slurm.conf.")
+@click.option("--device-dir", default=render.DEFAULT_DEVICE_DIR, show_default=True,
+              help="Where the GPUs' device files are (gres.conf File=<dir>/nvidia<minor>).")
 @pass_runtime
 def render_command(runtime: Runtime, names: tuple[str, ...], from_db: bool, from_nvml: bool,
                    inventory_files: tuple[Path, ...], output_dir: Path | None, plugstack_conf: str,
-                   spank_plugin: str, spank_args: str, prolog: str, epilog: str) -> None:
+                   spank_plugin: str, spank_args: str, prolog: str, epilog: str, device_dir: str) -> None:
     """Render gres.conf, the slurm.conf additions (GresTypes, job_submit, plugstack, prolog and
     epilog, Gres= per node), the plugstack.conf.d entry and job_submit.lua. FILE picks some of them
     (default: all); several on stdout come each after a '==> FILE <==' line, as head(1) prints them."""
@@ -77,7 +79,7 @@ def render_command(runtime: Runtime, names: tuple[str, ...], from_db: bool, from
         raise click.ClickException("the inventory has no GPUs; nothing to render (is the node agent running?)")
     settings = render.SiteSettings(
         plugstack_conf=plugstack_conf, spank_plugin=spank_plugin, spank_args=spank_args, prolog=prolog,
-        epilog=epilog, operator_uids=runtime.config.operator_uids,
+        epilog=epilog, operator_uids=runtime.config.operator_uids, device_dir=device_dir,
     )
     files = render.site_files(nodes, settings)
     chosen = {name: files[name] for name in (names or files)}

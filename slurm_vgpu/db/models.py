@@ -50,6 +50,8 @@ class Gpu(Base):
     uuid: Mapped[str] = mapped_column(sa.Text, primary_key=True)
     node: Mapped[str] = mapped_column(sa.ForeignKey("nodes.name", ondelete="CASCADE"))
     index: Mapped[int] = mapped_column(sa.SmallInteger)
+    # /dev/nvidia<minor>: the driver's minor number, which NVML does not promise equals the index
+    minor: Mapped[int] = mapped_column(sa.SmallInteger, default=lambda ctx: ctx.get_current_parameters()["index"])
     name: Mapped[str] = mapped_column(sa.Text)
     model: Mapped[str] = mapped_column(sa.Text)
     gres_type: Mapped[str] = mapped_column(sa.Text)
@@ -80,6 +82,8 @@ class Placement(Base):
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
     job_id: Mapped[int] = mapped_column(sa.BigInteger)
+    # with job_id, names the job: a slurmctld that lost its state gives out job ids again
+    job_submit_time: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
     gpu_uuid: Mapped[str] = mapped_column(sa.ForeignKey("gpus.uuid"))
     uid: Mapped[int] = mapped_column(sa.Integer)
     share: Mapped[int] = mapped_column(sa.SmallInteger)  # vgpu units (% of SMs) on this GPU

@@ -13,6 +13,8 @@ from ..catalog import speed_of
 from ..policy.model import GpuState, Request, SloClass
 from .models import ACTIVE_STATES, Event, Gpu, Node, Placement
 
+PIN_REFUSED = "Slurm refused the pin"  # how a placement ended by a refused pin begins its reason
+
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
@@ -27,7 +29,7 @@ def register_node(session: Session, node: str, gpus: Sequence[GpuRecord], agent_
     )
     for gpu in gpus:
         values = dict(
-            node=node, index=gpu.index, name=gpu.name, model=gpu.model, gres_type=gpu.gres_type,
+            node=node, index=gpu.index, minor=gpu.minor, name=gpu.name, model=gpu.model, gres_type=gpu.gres_type,
             sm_count=gpu.sm_count, memory_mib=gpu.memory_mib,
             compute_capability=gpu.compute_capability, speed=speed_of(gpu.model),
         )
@@ -105,6 +107,37 @@ def recent_requests(session: Session, limit: int) -> list[Request]:
 
 def active_placements(session: Session) -> list[Placement]:
     return list(session.scalars(sa.select(Placement).where(Placement.state.in_(ACTIVE_STATES))))
+
+
+def refused_nodes(session: Session, submit_times: dict[int, int], since: datetime) -> dict[int, set[str]]:
+    """Job id -> the nodes that refused its pin since ``since`` (placements that ended ``failed``
+    because Slurm refused the pin), for the jobs of ``submit_times`` (job id -> submit time)."""
+    if not submit_times:
+        return {}
+    refused: dict[int, set[str]] = defaultdict(set)
+    for job_id, submitted, node in session.execute(
+        sa.select(Placement.job_id, Placement.job_submit_time, Gpu.node).join(Gpu, Gpu.uuid == Placement.gpu_uuid)
+        .where(Placement.state == "failed", Placement.reason.startswith(PIN_REFUSED),
+               Placement.job_id.in_(list(submit_times)), Placement.ended_at >= since)
+    ):
+        if submitted in (0, submit_times[job_id]):
+            refused[job_id].add(node)
+    return dict(refused)
+
+
+def gpu_by_type(session: Session, node: str, gres_type: str) -> Gpu | None:
+    return session.scalar(sa.select(Gpu).where(Gpu.node == node, Gpu.gres_type == gres_type))
+
+
+def insert_placement(session: Session, row: dict) -> bool:
+    """Write one placement under the capacity guard; False (nothing written) when it refuses."""
+    try:
+        with session.begin_nested():
+            session.add(Placement(**row))
+            session.flush()
+    except sa.exc.IntegrityError:
+        return False
+    return True
 
 
 def gpus_by_uuid(session: Session, uuids: Iterable[str]) -> dict[str, Gpu]:

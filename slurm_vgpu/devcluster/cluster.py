@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from ..adapters.gpus import SimulatedInventory
 from ..config import Config
 from ..render import NodeSpec
 from ..node.hooks import hook_script
+from ..node.slice import NVIDIA_MAJOR
 from ..resources import SPANK
 from .layout import DEFAULT_LAYOUT, load_layout
 
@@ -59,6 +61,11 @@ class Cluster:
     def vgpu_conf(self) -> Path:
         """The cluster's slurm-vgpu.conf, read by the placement daemon, agents, prolog and epilog."""
         return self.etc / "slurm-vgpu.conf"
+
+    @property
+    def device_dir(self) -> Path:
+        """The simulated GPUs' device files (gres.conf File=)."""
+        return self.dir / "dev"
 
     @property
     def state_file(self) -> Path:
@@ -123,7 +130,7 @@ def write_configs(cluster: Cluster, nodes: list[NodeSpec]) -> None:
     )
     files = {
         "slurm.conf": render.render("slurm.conf.j2", **context),
-        "gres.conf": render.gres_conf(nodes),
+        "gres.conf": render.gres_conf(nodes, str(cluster.device_dir)),
         "job_submit.lua": render.job_submit_lua(nodes),
         "cgroup.conf": render.render("cgroup.conf.j2", constrain_devices=True),
         "plugstack.conf": render.render(
@@ -140,6 +147,22 @@ def write_configs(cluster: Cluster, nodes: list[NodeSpec]) -> None:
         wrapper.chmod(0o755)
     for node in nodes:
         SimulatedInventory.write(cluster.inventory_file(node.name), node.name, list(node.gpus))
+    make_gpu_device_nodes(cluster.device_dir, sorted({g.minor for n in nodes for g in n.gpus}))
+
+
+
+def make_gpu_device_nodes(directory: Path, minors: list[int]) -> None:
+    """Character devices with NVIDIA's major, as the driver makes /dev/nvidia<minor>: gres.conf's
+    File= lines name them, so Slurm's device cgroup fences the simulated GPUs as it would real
+    ones. With no driver loaded, opening one fails ENXIO where the cgroup allows it and EPERM where
+    it denies it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o755)
+    for minor in minors:
+        path = directory / f"nvidia{minor}"
+        if not path.exists():
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(NVIDIA_MAJOR, minor))
+            path.chmod(0o666)
 
 
 def install_spank_plugin(cluster: Cluster) -> Path:

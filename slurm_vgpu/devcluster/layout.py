@@ -51,7 +51,8 @@ def load_layout(path: Path | str = DEFAULT_LAYOUT) -> list[NodeSpec]:
 
 
 def simulated_gpu(node: str, index: int, model: str) -> GpuRecord:
-    """A simulated GPU with a UUID that is stable for the same node and index."""
+    """A simulated GPU with a UUID that is stable for the same node and index. Its device minor
+    differs from its index, as it may on a real node, so a mix-up of the two fails a test."""
     spec = MODELS[model]
     gpu_uuid = uuid.uuid5(uuid.NAMESPACE_URL, f"slurm-vgpu-sim://{node}/{index}")
     return GpuRecord(
@@ -62,4 +63,5 @@ def simulated_gpu(node: str, index: int, model: str) -> GpuRecord:
         sm_count=spec.sm_count,
         memory_mib=spec.memory_mib,
         compute_capability=spec.compute_capability,
+        minor=2 * index + 1,
     )

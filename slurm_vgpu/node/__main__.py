@@ -1,9 +1,11 @@
 """``python -m slurm_vgpu.node prolog|epilog --config PATH``: what the prolog.d/epilog.d wrappers run.
 
-Exit status is what Slurm acts on: non-zero drains the node and requeues the job, so it is kept for
-a node that cannot do its part (MPS missing or broken, configuration unreadable). A job the
-placement does not know, or a database that cannot be reached, is logged and exits 0: draining every
-node because Postgres restarted would be worse, and such a vgpu job gets no slice (see docs/node.md).
+Exit status is what Slurm acts on: non-zero drains the node and requeues the job held. It is kept
+for a node that cannot do its part (MPS missing or broken, configuration unreadable) and for a
+prolog whose database does not answer: it cannot tell a vgpu job from a plain one then, and a vgpu
+job must never start without its slice. The agent heals the latter once the database answers
+(:mod:`.failed`). An epilog whose database does not answer exits 0: the job has ended, its slice
+file is gone, and the placement daemon releases the placement when it sees the job ended.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import psycopg
 
 from ..adapters.mps import MpsError
 from ..config import ConfigError, load
-from . import epilog, prolog
+from . import epilog, failed, prolog
 
 HOOKS = {"prolog": prolog.run, "epilog": epilog.run}
 log = logging.getLogger("slurm-vgpu")
@@ -40,9 +42,15 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s of job %s: %s", args.hook, os.environ["SLURM_JOB_ID"], exc)
         return 1
     except psycopg.Error as exc:
-        log.error("%s of job %s: placement database unusable, job left without a slice: %s",
-                  args.hook, os.environ["SLURM_JOB_ID"], str(exc).strip())
-        return 0
+        reason = "placement database unusable: " + (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        if args.hook == "epilog":
+            log.error("epilog of job %s: %s; the placement daemon releases its slice", os.environ["SLURM_JOB_ID"],
+                      reason)
+            return 0
+        failed.record(config, int(os.environ["SLURM_JOB_ID"]), reason)
+        log.error("prolog of job %s: %s; Slurm requeues the job held, the agent releases it once the "
+                  "database answers", os.environ["SLURM_JOB_ID"], reason)
+        return 1
 
 
 def _log_to_syslog(hook: str) -> None:

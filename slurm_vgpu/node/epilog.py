@@ -1,5 +1,10 @@
 """Epilog: release the job's placement, remove its slice file, and stop the user's MPS server on
-that GPU once their last job there has ended (or lower its caps to the jobs that remain)."""
+that GPU once their last job there has ended (or lower its caps to the jobs that remain).
+
+The placement released is the one the job's slice file names, not whatever placement holds the
+job's id: a slurmctld that lost its state gives ids out again, and the epilog of one job must not
+release another's slice. A job with no slice file here had no slice set up by this node's prolog;
+the placement daemon ends whatever placement it had once Slurm reports the job ended."""
 from __future__ import annotations
 
 import logging
@@ -16,10 +21,13 @@ log = logging.getLogger("slurm-vgpu.epilog")
 
 def run(config: Config, env: Mapping[str, str], node: str) -> int:
     job_id = int(env["SLURM_JOB_ID"])
+    placement_id = slices.placement_of(config.slice_dir, job_id)
     slices.remove(config.slice_dir, job_id)
+    if placement_id is None:
+        return 0
     with store.connect(config.database_url) as conn:
         placement = store.active_placement(conn, job_id)
-        if placement is None:
+        if placement is None or placement.id != placement_id:
             return 0
         store.mark_released(conn, placement)
         control = mps.control_for(config, placement.gpu_uuid)

@@ -2,8 +2,8 @@
 
 Reads the job's placement, makes sure the GPU's MPS control daemon runs, starts the job user's
 server and caps it, marks the placement running and writes the slice file. A job without a
-placement is left alone (plain jobs, or a vgpu job the placement lost: that one gets no slice and
-the SPANK plugin fails its tasks).
+placement is left alone: a plain job, which Slurm's device cgroup keeps off every GPU (gres.conf
+declares them all with File=), so it cannot reach one without a slice either.
 """
 from __future__ import annotations
 
@@ -18,15 +18,21 @@ from .locking import gpu_lock
 
 log = logging.getLogger("slurm-vgpu.prolog")
 
+# How long the prolog waits for Postgres before it fails the job's start (Slurm's PrologEpilogTimeout
+# and MessageTimeout must leave room for it).
+DATABASE_WAIT = 10.0
+
 
 def run(config: Config, env: Mapping[str, str], node: str) -> int:
     job_id, uid = int(env["SLURM_JOB_ID"]), int(env["SLURM_JOB_UID"])
-    with store.connect(config.database_url) as conn:
+    restarted = int(env.get("SLURM_JOB_RESTART_COUNT") or 0) > 0
+    slices.remove(config.slice_dir, job_id)  # never a file left by an earlier job of this id
+    with store.connect_retrying(config.database_url, DATABASE_WAIT) as conn:
         placement = store.active_placement(conn, job_id)
         if placement is None:
             log.info("job %d has no vgpu placement: nothing to set up", job_id)
             return 0
-        refusal = _refusal(placement, uid, node)
+        refusal = _refusal(placement, uid, node, restarted)
         if refusal:
             log.error("job %d: %s; it gets no slice", job_id, refusal)
             store.record_event(conn, "prolog-refused", refusal, job_id, placement.gpu_uuid, node)
@@ -36,10 +42,12 @@ def run(config: Config, env: Mapping[str, str], node: str) -> int:
             control.ensure_running()
             share, memory_mib = store.user_limits(conn, placement.gpu_uuid, uid, including=placement.id)
             control.set_limits(control.ensure_server(uid), share, memory_mib)
-            store.mark_running(conn, placement)
+            if not store.mark_running(conn, placement):
+                log.error("job %d: its placement ended while the prolog ran; it gets no slice", job_id)
+                return 0
         text = slices.render(
-            slices.Slice(job_id, placement.gpu_uuid, placement.gpu_index, placement.share,
-                         placement.memory_mib, control.pipe_dir, control.log_dir),
+            slices.Slice(job_id, placement.gpu_uuid, placement.gpu_minor, placement.share,
+                         placement.memory_mib, control.pipe_dir, control.log_dir, placement.id),
             store.node_gpu_minors(conn, node),
             slices.char_major("nvidia-uvm"),
         )
@@ -50,9 +58,13 @@ def run(config: Config, env: Mapping[str, str], node: str) -> int:
     return 0
 
 
-def _refusal(placement: store.JobPlacement, uid: int, node: str) -> str | None:
+def _refusal(placement: store.JobPlacement, uid: int, node: str, restarted: bool) -> str | None:
     if placement.node != node:
         return f"placed on {placement.node}'s GPU {placement.gpu_uuid} but started on {node}"
     if placement.uid != uid:
         return f"placement is for uid {placement.uid}, job runs as uid {uid}"
+    if placement.state == "running" and not restarted:
+        # A first start of a job whose placement already ran: an earlier job of the same id (a
+        # slurmctld that lost its state gives ids out again); the placement reconciles it away.
+        return "its placement already ran for an earlier job of this id"
     return None

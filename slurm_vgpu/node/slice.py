@@ -6,6 +6,7 @@ plugin refuses any other owner or mode and any key outside its allowlist.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,18 +18,20 @@ NVIDIACTL_MINOR = 255
 class Slice:
     job_id: int
     gpu_uuid: str
-    gpu_minor: int  # /dev/nvidia<minor>: the GPU's index on its node
+    gpu_minor: int  # /dev/nvidia<minor>: the driver's minor, not necessarily NVML's index
     share: int
     memory_mib: int | None
     pipe_dir: Path
     log_dir: Path
+    placement_id: int | None = None  # the placement it was set up from: what the epilog releases
 
 
 def render(slice_: Slice, node_minors: list[int], uvm_major: int | None) -> str:
     """Variables for the task, then device rules: allow the job's GPU (and the control devices),
     deny every other GPU of the node."""
+    of = f" (placement {slice_.placement_id})" if slice_.placement_id is not None else ""
     lines = [
-        f"# slurm-vgpu slice of job {slice_.job_id}; written by the prolog, applied by the SPANK plugin",
+        f"# slurm-vgpu slice of job {slice_.job_id}{of}; written by the prolog, applied by the SPANK plugin",
         f"CUDA_VISIBLE_DEVICES={slice_.gpu_uuid}",
         f"CUDA_MPS_PIPE_DIRECTORY={slice_.pipe_dir}",
         f"CUDA_MPS_LOG_DIRECTORY={slice_.log_dir}",
@@ -70,6 +73,20 @@ def write(directory: Path, job_id: int, text: str) -> Path:
     os.chmod(tmp, 0o644)
     tmp.replace(path)
     return path
+
+
+_HEADER = re.compile(r"^# slurm-vgpu slice of job \d+ \(placement (\d+)\)")
+
+
+def placement_of(directory: Path, job_id: int) -> int | None:
+    """The placement a job's slice file was set up from; None when the job has no slice file here
+    (its prolog gave it none: a plain job, or one whose placement belonged to another job)."""
+    try:
+        with open(directory / str(job_id)) as handle:
+            match = _HEADER.match(handle.readline())
+    except FileNotFoundError:
+        return None
+    return int(match.group(1)) if match else None
 
 
 def remove(directory: Path, job_id: int) -> None:

@@ -3,6 +3,7 @@ cost more than the whole prolog should take."""
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 import psycopg
@@ -23,8 +24,13 @@ class JobPlacement:
     memory_mib: int | None
     state: str
     gpu_uuid: str
-    gpu_index: int
+    gpu_minor: int
     node: str
+
+
+# A JobPlacement's columns, in order.
+_SELECT = ("SELECT p.id, p.job_id, p.uid, p.share, p.memory_mib, p.state, g.uuid, g.minor, g.node "
+           "FROM placements p JOIN gpus g ON g.uuid = p.gpu_uuid ")
 
 
 def connect(database_url: str, timeout: float = 3.0) -> psycopg.Connection:
@@ -33,25 +39,40 @@ def connect(database_url: str, timeout: float = 3.0) -> psycopg.Connection:
                            connect_timeout=max(1, int(timeout)), autocommit=True, options=CONNECT_OPTIONS)
 
 
+def connect_retrying(database_url: str, within: float) -> psycopg.Connection:
+    """:func:`connect`, tried again for up to ``within`` seconds (a Postgres restart or failover
+    takes a few); the last error is raised when it never answers."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return connect(database_url, timeout=min(3.0, max(1.0, deadline - time.monotonic())))
+        except psycopg.OperationalError:
+            if time.monotonic() + 0.5 >= deadline:
+                raise
+            time.sleep(0.5)
+
+
 def active_placement(conn: psycopg.Connection, job_id: int) -> JobPlacement | None:
     row = conn.execute(
-        "SELECT p.id, p.job_id, p.uid, p.share, p.memory_mib, p.state, g.uuid, g.index, g.node "
-        "FROM placements p JOIN gpus g ON g.uuid = p.gpu_uuid "
-        "WHERE p.job_id = %s AND p.state = ANY(%s)",
+        _SELECT + "WHERE p.job_id = %s AND p.state = ANY(%s)",
         (job_id, list(ACTIVE_STATES)),
     ).fetchone()
     return JobPlacement(*row) if row else None
 
 
-def mark_running(conn: psycopg.Connection, placement: JobPlacement) -> None:
-    conn.execute(
-        "UPDATE placements SET state = 'running', started_at = coalesce(started_at, now()) WHERE id = %s",
-        (placement.id,),
-    )
+def mark_running(conn: psycopg.Connection, placement: JobPlacement) -> bool:
+    """The placement is running now; False (and nothing changed) when it had ended meanwhile: an
+    ended placement is never brought back."""
+    return conn.execute(
+        "UPDATE placements SET state = 'running', started_at = coalesce(started_at, now()) "
+        "WHERE id = %s AND state = ANY(%s)",
+        (placement.id, list(ACTIVE_STATES)),
+    ).rowcount == 1
 
 
 def mark_released(conn: psycopg.Connection, placement: JobPlacement) -> None:
-    conn.execute("UPDATE placements SET state = 'released', ended_at = clock_timestamp() WHERE id = %s", (placement.id,))
+    conn.execute("UPDATE placements SET state = 'released', ended_at = clock_timestamp() "
+                 "WHERE id = %s AND state = ANY(%s)", (placement.id, list(ACTIVE_STATES)))
 
 
 def user_limits(conn: psycopg.Connection, gpu_uuid: str, uid: int,
@@ -69,8 +90,24 @@ def user_limits(conn: psycopg.Connection, gpu_uuid: str, uid: int,
     return share, None if uncapped else memory
 
 
+def running_on(conn: psycopg.Connection, node: str, for_at_least: float) -> list[JobPlacement]:
+    """The node's placements that have been running for at least ``for_at_least`` seconds."""
+    rows = conn.execute(
+        _SELECT + "WHERE g.node = %s AND p.state = 'running' "
+        "AND p.started_at < now() - make_interval(secs => %s)",
+        (node, for_at_least),
+    ).fetchall()
+    return [JobPlacement(*row) for row in rows]
+
+
+def active_uids(conn: psycopg.Connection, gpu_uuid: str) -> set[int]:
+    """The users with a slice placed, pinned or running on a GPU."""
+    return {r[0] for r in conn.execute("SELECT DISTINCT uid FROM placements WHERE gpu_uuid = %s AND state = ANY(%s)",
+                                       (gpu_uuid, list(ACTIVE_STATES)))}
+
+
 def node_gpu_minors(conn: psycopg.Connection, node: str) -> list[int]:
-    return [r[0] for r in conn.execute('SELECT "index" FROM gpus WHERE node = %s', (node,))]
+    return [r[0] for r in conn.execute("SELECT minor FROM gpus WHERE node = %s", (node,))]
 
 
 def record_event(conn: psycopg.Connection, kind: str, message: str, job_id: int | None = None,

@@ -9,20 +9,20 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from ..adapters.slurm import UNPLACED, Job, Slurm, SlurmError
+from ..adapters.slurm import UNPLACED, Job, Node, Slurm, SlurmError
 from ..config import Config
 from ..db import store
 from ..db.engine import session_scope
 from ..db.writer import PlacementWriter, placement_writer
 from ..db.models import Placement
-from ..policy import Blocked, Decision, PolicyConfig, Request, SloClass
+from ..policy import Blocked, Decision, GpuState, PolicyConfig, Request, SloClass
 from ..policy.placement import Placer
 
 log = logging.getLogger("slurm_vgpu.placement")
@@ -33,6 +33,10 @@ ENDED = {
     "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
     "BOOT_FAIL", "DEADLINE",
 }
+# sinfo's compact node states (``%t``) in which a node takes new jobs; any other (drain, drng,
+# down, fail, maint, ...) or a flag such as ``*`` (not responding) keeps slices off its GPUs.
+USABLE_NODE_STATES = {"idle", "mix", "alloc", "comp"}
+REFUSAL_MEMORY = timedelta(minutes=10)  # how long a node that refused a job's pin is left out for it
 
 
 @dataclass
@@ -43,6 +47,7 @@ class CycleReport:
     cancelled: dict[int, str] = field(default_factory=dict)
     released: list[int] = field(default_factory=list)
     unpinned: list[int] = field(default_factory=list)
+    requeue: dict[int, str] = field(default_factory=dict)  # running jobs to hand back, and why
 
 
 @dataclass(frozen=True)
@@ -111,8 +116,10 @@ class KeptPlacer:
         self.placer: Placer | None = None
         self.built_at = 0.0
 
-    def for_cycle(self, session, requests: list[Request]) -> Placer:
-        gpus = store.gpu_states(session, self.config.heartbeat_timeout)
+    def for_cycle(self, session, requests: list[Request], gpus: list[GpuState] | None = None) -> Placer:
+        """The placer for this cycle's ``requests``, synced to ``gpus`` (default: the inventory)."""
+        if gpus is None:
+            gpus = cycle_gpus(session, self.config, {})
         stale = time.monotonic() - self.built_at > self.config.workload_refresh
         if self.placer is None or stale or (requests and not self.placer.typical):
             self.placer = None  # the old one is freed before the new one is built
@@ -123,17 +130,46 @@ class KeptPlacer:
         return self.placer
 
 
-def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float) -> list[Request]:
-    """Held, unplaced vgpu jobs as policy requests, oldest first.
+def unusable_nodes(nodes: Mapping[str, Node]) -> dict[str, str]:
+    """Node -> why Slurm would start no job there (``sinfo``'s state), for the nodes it would not."""
+    return {name: f"Slurm reports node {name} {node.state}" for name, node in nodes.items()
+            if node.state not in USABLE_NODE_STATES}
 
-    Held jobs all have priority 0, so Slurm's priority cannot order them; submit order (FIFO) does,
-    and the policy's anti-starvation keeps a large request from waiting forever.
+
+def cycle_gpus(session, config: Config, unusable: Mapping[str, str]) -> list[GpuState]:
+    """Every GPU as the policy takes it this cycle: the inventory, with the GPUs of nodes Slurm
+    would start nothing on unavailable (a pin there would only wait out PinTimeout)."""
+    return [
+        replace(g, available=False, unavailable_reason=unusable[g.node]) if g.available and g.node in unusable else g
+        for g in store.gpu_states(session, config.heartbeat_timeout)
+    ]
+
+
+def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
+                     refused: Mapping[int, set[str]] = {}, nodes: Mapping[str, Node] | None = None,
+                     gpu_nodes: Iterable[str] = ()) -> list[Request]:
+    """Unplaced vgpu jobs that only their placement keeps from starting, as policy requests, in
+    Slurm's priority order (then oldest first).
+
+    A job Slurm itself would not start yet (held, its dependency unmet, its --begin ahead) is left
+    out: a pin would hold a GPU no job uses. A job may use the nodes of ``gpu_nodes`` that Slurm
+    would run it on (its partitions, --exclude, --nodelist, by ``nodes``) and that did not refuse
+    its pin lately (``refused``).
     """
     waiting = [
         j for j in jobs
         if j.state == "PENDING" and j.request.state == UNPLACED and j.job_id not in placed_jobs
+        and j.waits_on_slurm(now_s) is None
     ]
-    waiting.sort(key=lambda j: (j.submit_time, j.job_id))
+    waiting.sort(key=lambda j: (-j.priority, j.submit_time, j.job_id))
+    every = frozenset(gpu_nodes)
+
+    def allowed(job: Job) -> frozenset[str] | None:
+        left = every - refused.get(job.job_id, set())
+        if nodes is not None:
+            left &= job.allowed_nodes(nodes)
+        return None if left == every else left
+
     return [
         Request(
             job_id=str(j.job_id),
@@ -143,25 +179,28 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float) -> li
             memory_mib=j.request.memory_mib,
             models=frozenset({j.request.model}) if j.request.model else frozenset(),
             waited_s=max(0.0, now_s - j.submit_time),
+            nodes=allowed(j),
         )
         for j in waiting
     ]
 
 
-def placement_rows(decisions: Sequence[Decision], by_id: Mapping[str, Request]) -> list[dict]:
+def placement_rows(decisions: Sequence[Decision], by_id: Mapping[str, Request],
+                   submit_times: Mapping[int, int] = {}) -> list[dict]:
     """The placements rows of a cycle's decisions (state ``placed``: not yet pinned in Slurm), given
-    their requests by job id."""
-    return [_placement_row(d, by_id[d.job_id]) for d in decisions]
+    their requests by job id and their jobs' submit times (which, with the id, name a job)."""
+    return [_placement_row(d, by_id[d.job_id], submit_times) for d in decisions]
 
 
-def _placement_row(d: Decision, req: Request) -> dict:
-    return dict(job_id=int(d.job_id), gpu_uuid=d.gpu_uuids[0], uid=req.user, share=d.share,
-                requested_share=req.share, memory_mib=req.memory_mib, slo_class=req.slo_class.value,
-                state="placed")
+def _placement_row(d: Decision, req: Request, submit_times: Mapping[int, int]) -> dict:
+    return dict(job_id=int(d.job_id), job_submit_time=submit_times.get(int(d.job_id), 0), gpu_uuid=d.gpu_uuids[0],
+                uid=req.user, share=d.share, requested_share=req.share, memory_mib=req.memory_mib,
+                slo_class=req.slo_class.value, state="placed")
 
 
 def commit_as_decided(writer: PlacementWriter, outcomes: Iterator[Decision | Blocked],
-                      requests: Sequence[Request], most: int, blocked: list[Blocked]) -> Iterator[list[dict]]:
+                      requests: Sequence[Request], most: int, blocked: list[Blocked],
+                      submit_times: Mapping[int, int] = {}) -> Iterator[list[dict]]:
     """Write the decisions of ``outcomes`` (a placer's :meth:`~Placer.decide` of ``requests``) as
     they are made, and yield each write's placements rows, with their ``id``, once it has
     committed. Requests that wait are added to ``blocked``.
@@ -178,7 +217,7 @@ def commit_as_decided(writer: PlacementWriter, outcomes: Iterator[Decision | Blo
     decided: list[Decision] = []
 
     def send() -> None:
-        writer.send(placement_rows(decided, by_id))
+        writer.send(placement_rows(decided, by_id, submit_times))
         decided.clear()
 
     try:
@@ -213,19 +252,26 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
     kept = kept or KeptPlacer(config)
     report = CycleReport()
     jobs = {j.job_id: j for j in slurm.vgpu_jobs()}
+    nodes = slurm.nodes()
+    unusable = unusable_nodes(nodes)
     now = store.now()
     with session_scope(engine) as session:
-        repin, unpin, placed_jobs = _reconcile(session, jobs, now, config, report)
-        requests = waiting_requests(list(jobs.values()), placed_jobs, now.timestamp())
-        placer = kept.for_cycle(session, requests)
-    blocked: list[Blocked] = []
+        repin, unpin, placed_jobs, blocked_by = _reconcile(session, jobs, now, config, report)
+        _repair_running(session, jobs, placed_jobs, report)
+        gpus = cycle_gpus(session, config, unusable)
+        refused = store.refused_nodes(session, {j.job_id: j.submit_time for j in jobs.values()}, now - REFUSAL_MEMORY)
+        requests = waiting_requests(list(jobs.values()), placed_jobs, now.timestamp(), refused, nodes,
+                                    {g.node for g in gpus})
+        placer = kept.for_cycle(session, requests, gpus)
+    blocked: list[Blocked] = [Blocked(str(job_id), reason) for job_id, reason in blocked_by.items()]
+    submit_times = {j.job_id: j.submit_time for j in jobs.values()}
     with placement_writer(engine) as writer:
         new = [row for rows in commit_as_decided(writer, placer.decide(requests), requests, config.place_batch,
-                                                 blocked) for row in rows]
+                                                 blocked, submit_times) for row in rows]
     with session_scope(engine) as session:
-        gpus = store.gpus_by_uuid(session, {p["gpu_uuid"] for p in new} | {p.gpu_uuid for p in repin})
+        gpus_by_uuid = store.gpus_by_uuid(session, {p["gpu_uuid"] for p in new} | {p.gpu_uuid for p in repin})
         pins = [
-            Pin(job_id, placement_id, gpus[gpu].gres_type, gpus[gpu].node, share, gpu)
+            Pin(job_id, placement_id, gpus_by_uuid[gpu].gres_type, gpus_by_uuid[gpu].node, share, gpu)
             for job_id, placement_id, gpu, share in [
                 *((p["job_id"], p["id"], p["gpu_uuid"], p["share"]) for p in new),
                 *((p.job_id, p.id, p.gpu_uuid, p.share) for p in repin),
@@ -234,6 +280,11 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
         report.placed = [p["job_id"] for p in new]
     for job_id in unpin:
         _unpin(slurm, jobs[job_id], report)
+    for job_id, why in report.requeue.items():
+        try:
+            slurm.send_back(jobs[job_id], jobs[job_id].request, why)
+        except SlurmError as exc:
+            log.warning("job %d: could not requeue it (%s): %s", job_id, why, exc)
     for pin in pins:
         _pin(engine, slurm, jobs[pin.job_id], pin, report)
     for waiting in blocked:
@@ -244,20 +295,34 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
 
 def _reconcile(session, jobs: dict[int, Job], now: datetime, config: Config, report: CycleReport):
     """Bring placements in line with what Slurm says at ``now``; returns the placements to pin
-    again, the jobs to unpin, and every job that had an active placement (the ones it ended
+    again, the jobs to unpin, every job id that has an active placement (the ones it ended
     included: their jobs have ended, or are pinned in Slurm until unpinned, so none of them is
-    waiting to be placed)."""
+    waiting to be placed), and jobs that wait behind an earlier job's placement of their id.
+
+    A placement names its job by id and submit time: a job Slurm shows under the same id with
+    another submit time is another job (a slurmctld that lost its state gives ids out again). A
+    placement whose job Slurm no longer knows is released unless it runs: its processes may still
+    run on the node (Slurm lost the job, not the node), and the node's agent releases it once none
+    is left there (:func:`slurm_vgpu.agent.heal.lost_jobs`)."""
     repin, unpin = [], []
-    placed_jobs = set()
+    placed_jobs, blocked_by = set(), {}
     for placement in store.active_placements(session):
         job = jobs.get(placement.job_id)
         placed_jobs.add(placement.job_id)
+        if job is not None and placement.job_submit_time and job.submit_time != placement.job_submit_time:
+            if job.state == "PENDING" and job.request.state == UNPLACED:
+                blocked_by[job.job_id] = (f"an earlier job {job.job_id} still holds a GPU slice under this id; "
+                                          "it is placed once that one has ended")
+            job = None
+        if job is None and placement.state == "running":
+            continue
         if job is None or job.state in ENDED:
             store.end_placement(session, placement, "released", f"job {job.state.lower() if job else 'gone'}")
             report.released.append(placement.job_id)
-        elif job.state == "RUNNING" and placement.state != "running":
-            placement.state = "running"
-            placement.started_at = placement.started_at or now
+        elif job.state == "RUNNING" and placement.state == "placed":
+            # pinned, and the daemon stopped before it wrote so; only the prolog marks a placement
+            # running (Slurm says RUNNING while the prolog still runs)
+            placement.state, placement.pinned_at = "pinned", now
         elif job.state == "PENDING" and placement.state == "placed":
             repin.append(placement)
         elif job.state == "PENDING" and placement.state == "running":
@@ -274,19 +339,53 @@ def _reconcile(session, jobs: dict[int, Job], now: datetime, config: Config, rep
     for job in jobs.values():
         if job.state == "PENDING" and job.request.state == "pinned" and job.job_id not in placed_jobs:
             unpin.append(job.job_id)  # Slurm has a pin that Postgres no longer backs
-    return repin, unpin, placed_jobs
+    return repin, unpin, placed_jobs, blocked_by
+
+
+def _repair_running(session, jobs: dict[int, Job], placed_jobs: set[int], report: CycleReport) -> None:
+    """A vgpu job Slurm runs on a GPU with no placement behind it (a database restored from an
+    older copy, say): its placement is written again from what Slurm gave it, under the capacity
+    guard; when the guard refuses (the GPU was given to others meanwhile), the job is requeued."""
+    for job in jobs.values():
+        if job.state != "RUNNING" or job.request.state != "pinned" or job.job_id in placed_jobs:
+            continue
+        pinned = parse_pinned_gres(job.tres_per_node)
+        gpu = store.gpu_by_type(session, job.nodes, pinned[0]) if pinned else None
+        row = None if gpu is None else dict(
+            job_id=job.job_id, job_submit_time=job.submit_time, gpu_uuid=gpu.uuid, uid=job.user_id, share=pinned[1],
+            requested_share=job.request.share, memory_mib=job.request.memory_mib,
+            slo_class=job.request.slo_class, state="running", started_at=store.now())
+        if row is not None and store.insert_placement(session, row):
+            store.log_event(session, "placement-repaired", f"job {job.job_id} ran on {gpu.gres_type} of {job.nodes} "
+                            "with no placement; written again from Slurm", job_id=job.job_id, gpu_uuid=gpu.uuid)
+            placed_jobs.add(job.job_id)
+        else:
+            report.requeue[job.job_id] = "it ran on a GPU with no placement behind it, and the GPU has no room for it"
+
+
+def parse_pinned_gres(tres_per_node: str) -> tuple[str, int] | None:
+    """(gres type, share) of a pinned job's ``gres:vgpu:h100_0:30`` (``gres/vgpu:...`` from 23.11)."""
+    for item in tres_per_node.split(","):
+        parts = item.replace("gres/", "gres:", 1).split(":")
+        if len(parts) == 4 and parts[:2] == ["gres", "vgpu"] and parts[3].isdigit():
+            return parts[2], int(parts[3])
+    return None
 
 
 def _pin(engine: sa.Engine, slurm: Slurm, job: Job, pin: Pin, report: CycleReport) -> None:
+    """Pin the job in Slurm; a pin Slurm refuses ends the placement as failed with Slurm's words
+    (the node is then left out for that job a while: :data:`REFUSAL_MEMORY`), and the job is told."""
     request = replace(job.request, state="pinned", gpu=pin.gpu_uuid, wait=None)
     try:
         slurm.pin(pin.job_id, pin.gres_type, pin.share, pin.node, request)
     except SlurmError as exc:
-        log.warning("job %d: pinning to %s failed: %s", pin.job_id, pin.gres_type, exc)
+        why = f"{store.PIN_REFUSED} on {pin.node}: {str(exc).splitlines()[0]}"
+        log.warning("job %d: %s", pin.job_id, why)
         with session_scope(engine) as session:
             placement = session.get(Placement, pin.placement_id)
             if placement.state in ("placed", "pinned"):
-                store.end_placement(session, placement, "failed", f"Slurm refused the pin: {exc}")
+                store.end_placement(session, placement, "failed", why)
+        _tell_waiting(engine, slurm, job, why, False, report)
         return
     with session_scope(engine) as session:
         placement = session.get(Placement, pin.placement_id)

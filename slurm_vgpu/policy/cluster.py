@@ -83,6 +83,8 @@ class ClusterState:
 
     def choose(self, ask: Ask, rng: random.Random | None) -> tuple[int, tuple[int, ...]] | None:
         """(node rank, GPU positions) for the request, or None when no node can host it now."""
+        if ask.request.nodes is not None:
+            return self._choose_among(ask, rng)
         if rng is None and ask.request.gpus == 1 and not self.policy.every_option:
             if self._pairs is None:
                 self._pairs = _Pairs(self)
@@ -93,6 +95,15 @@ class ClusterState:
             self._shapes = _Shapes(self)
         return self._shapes.choose(ask, rng)
 
+    def _choose_among(self, ask: Ask, rng: random.Random | None) -> tuple[int, tuple[int, ...]] | None:
+        """A request restricted to some nodes: those nodes scored one by one (no grouping: classes
+        and shapes span nodes), the same choice :func:`.scoring.evaluate` over the whole cluster
+        would make were the other nodes absent."""
+        groups, choices = [], []
+        ranks = sorted(self.rank_of[n] for n in ask.request.nodes if n in self.rank_of)
+        _score_one_by_one(self, ranks, ask, groups, choices)
+        return _pick(groups, choices, rng)
+
     def update(self, rank: int, view: NodeView) -> None:
         """The node at ``rank`` is now ``view`` (a decision placed something on it)."""
         self.views[rank] = view
@@ -100,6 +111,23 @@ class ClusterState:
             self._pairs.replace(rank)
         if self._shapes is not None:
             self._shapes.replace(rank)
+
+
+def _score_one_by_one(state: ClusterState, ranks, ask: Ask, groups: list, choices: list) -> None:
+    """Score the nodes at ``ranks`` each on its own, adding a group of one per node that can host."""
+    for rank in ranks:
+        choice = evaluate(state.views[rank], ask, state.ctx)
+        if choice is not None:
+            groups.append((choice.score, [rank]))
+            choices.append(choice)
+
+
+def _pick(groups: list, choices: list, rng: random.Random | None) -> tuple[int, tuple[int, ...]] | None:
+    """(node rank, GPU positions) of the best group's choice; None when no node could host."""
+    if not groups:
+        return None
+    gi, rank = pick_node(groups, rng)
+    return rank, pick_option(choices[gi].options, rng)
 
 
 _MIXED = object()  # some fitting GPUs take a slice, others whole: the node path decides
@@ -387,15 +415,8 @@ class _Shapes:
                 if choice is not None:
                     groups.append((choice.score, free))
                     choices.append(choice)
-        for rank in sorted(state.held):  # reservations name GPUs: no shape stands for them
-            choice = evaluate(state.views[rank], ask, state.ctx)
-            if choice is not None:
-                groups.append((choice.score, [rank]))
-                choices.append(choice)
-        if not groups:
-            return None
-        gi, rank = pick_node(groups, rng)
-        return rank, pick_option(choices[gi].options, rng)
+        _score_one_by_one(state, sorted(state.held), ask, groups, choices)  # reserved GPUs: no shape stands for them
+        return _pick(groups, choices, rng)
 
     def replace(self, rank: int) -> None:
         old = self.shapes[rank]

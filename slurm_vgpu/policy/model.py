@@ -57,7 +57,8 @@ class Request:
     """A pending request. ``share`` is in the capacity units of the GPUs (or reference units).
 
     ``gpus > 1`` asks for that many whole GPUs on one node (trace replay only: a vgpu slice is
-    always ``gpus == 1``). ``models`` restricts the GPU model; empty means any.
+    always ``gpus == 1``). ``models`` restricts the GPU model; empty means any. ``nodes``
+    restricts the nodes (Slurm refused the job's pin elsewhere); None means any.
     """
 
     job_id: str
@@ -70,6 +71,7 @@ class Request:
     cpu_milli: int = 0
     node_memory_mib: int = 0
     waited_s: float = 0.0  # time since submission, for anti-starvation
+    nodes: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)

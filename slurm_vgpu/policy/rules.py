@@ -94,6 +94,12 @@ GPU_RULES: tuple[GpuRule, ...] = (
         never=True,
     ),
     GpuRule(
+        "node",
+        lambda g, a: a.request.nodes is None or g.node in a.request.nodes,
+        lambda a, left: ("Slurm refused its pin on every node with a fitting GPU" if not a.request.nodes else
+                         f"no fitting GPU on the nodes it may still use ({', '.join(sorted(a.request.nodes))})"),
+    ),
+    GpuRule(
         "memory-size",
         lambda g, a: a.request.memory_mib is None or a.request.memory_mib <= g.memory_mib,
         lambda a, left: (f"memory {_gib(a.request.memory_mib)} exceeds every {_label(a)}GPU "

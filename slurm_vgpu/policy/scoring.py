@@ -159,6 +159,8 @@ def policy_of(config: PolicyConfig) -> Policy:
 def evaluate(node: NodeView, ask: Ask, ctx: Context) -> NodeChoice | None:
     """Score one node for one request under ``ctx.config.policy``; None when it cannot host it."""
     req = ask.request
+    if req.nodes is not None and node.name not in req.nodes:
+        return None
     if req.gpus == 0:
         if not node_room(node, req):
             return None
@@ -183,4 +185,4 @@ def evaluate(node: NodeView, ask: Ask, ctx: Context) -> NodeChoice | None:
 def request_shape(req: Request) -> tuple:
     """Everything :func:`evaluate` reads of a request (not its id or wait)."""
     return (req.share, req.user, req.slo_class, req.memory_mib, req.models, req.gpus,
-            req.cpu_milli, req.node_memory_mib)
+            req.cpu_milli, req.node_memory_mib, req.nodes)

@@ -1,9 +1,7 @@
-"""Looking at the node side of a dev cluster: slice files, placements, the fake MPS daemons' state,
-and fake GPU device nodes."""
+"""Looking at the node side of a dev cluster: slice files, placements, the fake MPS daemons' state."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ def placement(cluster, job_id: int) -> dict:
     with connect(cluster.database_url) as conn:
         conn.row_factory = psycopg.rows.dict_row
         return conn.execute(
-            "SELECT p.*, g.index AS gpu_index, g.node FROM placements p JOIN gpus g ON g.uuid = p.gpu_uuid "
+            "SELECT p.*, g.index AS gpu_index, g.minor AS gpu_minor, g.node FROM placements p JOIN gpus g ON g.uuid = p.gpu_uuid "
             "WHERE p.job_id = %s ORDER BY p.id DESC LIMIT 1", (job_id,),
         ).fetchone()
 
@@ -40,7 +38,7 @@ def wait_started(cluster, job_ids, timeout: float = 60.0) -> None:
 def node_gpus(cluster, node: str) -> list[dict]:
     with connect(cluster.database_url) as conn:
         conn.row_factory = psycopg.rows.dict_row
-        return conn.execute('SELECT uuid, "index" FROM gpus WHERE node = %s ORDER BY "index"', (node,)).fetchall()
+        return conn.execute('SELECT uuid, "index", minor FROM gpus WHERE node = %s ORDER BY "index"', (node,)).fetchall()
 
 
 def mps_state(cluster, gpu_uuid: str) -> dict:
@@ -64,15 +62,3 @@ def job_output(cluster, job_id: int) -> str:
 
 def env_lines(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-
-
-def make_gpu_device_nodes(directory: Path, minors: list[int]) -> None:
-    """Character devices with NVIDIA's major (195), as /dev/nvidia<minor> would be; with no driver
-    loaded, opening one fails ENXIO where the cgroup allows it and EPERM where it denies it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    directory.chmod(0o755)
-    for minor in minors:
-        path = directory / f"nvidia{minor}"
-        if not path.exists():
-            os.mknod(path, 0o666 | 0o020000, os.makedev(195, minor))
-            path.chmod(0o666)

@@ -101,6 +101,7 @@ class Site:
         (self.etc / "cgroup.conf").write_text(render("cgroup.conf.j2", constrain_devices=True))
         for node in load_layout(self.dir / "layout.toml"):
             SimulatedInventory.write(self.dir / "inventory" / f"{node.name}.json", node.name, list(node.gpus))
+            devcluster.make_gpu_device_nodes(self.cluster.device_dir, [g.minor for g in node.gpus])
         # What the playbook pushes: a snapshot of the checkout, so edits made to the working tree
         # while the test runs cannot show up as changes between runs.
         for name in PUSHED:
@@ -130,6 +131,7 @@ class Site:
             "slurm_vgpu_systemd_dir": str(d / "systemd"),
             "slurm_vgpu_tmpfiles_dir": str(d / "tmpfiles.d"),
             "slurm_vgpu_gpu_inventory": str(d / "inventory" / "%n.json"),
+            "slurm_vgpu_gpu_device_dir": str(self.cluster.device_dir),
             "slurm_vgpu_mps_control": f"{prefix}/venv/bin/python -m slurm_vgpu.adapters.fake_mps",
             "slurm_vgpu_conf_extra": {"MetricsPort": PORT + 1001},  # not the default 9835 others use
             "slurm_vgpu_slurm_node_params": {"node1": f"NodeAddr=127.0.0.1 Port={PORT + 1} CPUs=4 RealMemory=8192"},
@@ -239,7 +241,7 @@ def test_first_run_installs_every_piece_where_slurm_and_the_daemons_find_it(site
     etc = site.etc
     assert f"Include {etc}/vgpu-slurm.conf" in (etc / "slurm.conf").read_text()
     assert (f"NodeName=node1 NodeAddr=127.0.0.1 Port={PORT + 1} CPUs=4 RealMemory=8192 "
-            "Gres=vgpu:a100_0:100,vgpu:a100_1:100 State=UNKNOWN") in (etc / "vgpu-slurm.conf").read_text()
+            "Gres=gpu:a100_0:1,vgpu:a100_0:100,gpu:a100_1:1,vgpu:a100_1:100 State=UNKNOWN") in (etc / "vgpu-slurm.conf").read_text()
     assert f"required {site.prefix}/lib/slurm_vgpu.so slice_dir={site.dir}/run/vgpu/jobs" in \
         (etc / "plugstack.conf.d" / "slurm-vgpu.conf").read_text()
     assert f"{site.prefix}/venv/bin/python -m slurm_vgpu.node prolog --config {etc}/slurm-vgpu.conf" in \

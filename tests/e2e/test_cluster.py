@@ -24,7 +24,8 @@ def test_a_vgpu_job_runs_to_completion_on_each_gpu_model(cluster, model, node):
 
 def test_every_node_registers_its_simulated_gpus(cluster):
     nodes = slurm(cluster, "scontrol", "show", "node", "node3").stdout
-    assert "Gres=" + ",".join(f"vgpu:t4_{i}:100" for i in range(8)) in nodes
+    gres = [f"gpu:t4_{i}:1" for i in range(8)] + [f"vgpu:t4_{i}:100" for i in range(8)]  # Slurm's order
+    assert "Gres=" + ",".join(gres) in nodes
 
 
 def test_dev_up_twice_keeps_the_running_cluster(cluster):

@@ -13,8 +13,8 @@ from slurm_vgpu.devcluster import cluster as devcluster
 
 from ..conftest import TEST_PORT, new_database, slurm, start_cluster
 from .jobs import ensure_user, submit, wait_for
-from .node_helpers import (env_lines, job_output, make_gpu_device_nodes, mps_state, node_config, node_gpus,
-                           output_option, placement, wait_started)
+from .node_helpers import (env_lines, job_output, mps_state, node_config, node_gpus, output_option, placement,
+                           wait_started)
 
 pytestmark = pytest.mark.e2e
 
@@ -113,22 +113,23 @@ def test_slice_file_is_root_owned_and_read_only_to_the_job_user(nodes):
 
 
 def test_a_vgpu_job_reaches_its_own_gpu_device_and_no_other(nodes):
-    devices = Path(nodes.dir) / "dev"
-    minors = [g["index"] for g in node_gpus(nodes, "pair")]
-    make_gpu_device_nodes(devices, minors)
+    devices = nodes.device_dir
+    minors = [g["minor"] for g in node_gpus(nodes, "pair")]
     probe = (f"for f in {devices}/nvidia*; do if (exec 3<$f) 2>/dev/null; then echo $f open; "
              f"else (exec 3<$f) 2>&1 | grep -q 'not permitted' && echo $f denied || echo $f allowed; fi; done")
     fenced = submit(nodes, output_option(nodes), "--gres=vgpu:a100:20", script=probe, user=USER)
     wait_for(nodes, [fenced])
-    own = placement(nodes, fenced)["gpu_index"]
+    own = placement(nodes, fenced)["gpu_minor"]
     seen = dict(line.split() for line in job_output(nodes, fenced).splitlines())
     assert seen == {str(devices / f"nvidia{m}"): "allowed" if m == own else "denied" for m in minors}
 
 
-def test_a_job_that_asked_for_a_slice_and_has_none_fails_with_a_reason(nodes):
-    # --vgpu-class without --gres=vgpu: job_submit.lua leaves it alone, so no placement exists.
-    job_id = submit(nodes, output_option(nodes), "--vgpu-class=latency", script="echo task-started", user=USER)
-    assert wait_for(nodes, [job_id])[job_id]["JobState"] == "FAILED"
+def test_a_step_that_asks_for_a_slice_its_job_has_not_fails_with_a_reason(nodes):
+    # sbatch refuses --vgpu-class without --gres=vgpu; an srun step inside a plain job can still
+    # name it, and its tasks must not start as if they had a slice.
+    job_id = submit(nodes, output_option(nodes), script="srun --vgpu-class=latency echo task-started",
+                    user=USER)
+    wait_for(nodes, [job_id])
     text = job_output(nodes, job_id)
     assert "task-started" not in text
     assert f"slurm-vgpu: job {job_id} has --vgpu-class/--vgpu-mem but no GPU slice on this node" in text
@@ -148,6 +149,8 @@ def test_a_job_that_asked_for_a_slice_and_has_none_fails_with_a_reason(nodes):
     (["--gres=vgpu:101"], "write --gres=vgpu:N with 1 <= N <= 100"),
     (["--gres=vgpu:h100:30"], "no GPU model 'h100' in this cluster; models: a100, t4"),
     (["--gres=vgpu:30", "--vgpu-mem=1T"], "fits no GPU here"),
+    (["--vgpu-class=latency"], "--vgpu-class and --vgpu-mem describe a GPU slice; add --gres=vgpu:N"),
+    (["--vgpu-mem=4G"], "--vgpu-class and --vgpu-mem describe a GPU slice; add --gres=vgpu:N"),
 ])
 def test_bad_requests_fail_at_submit_saying_what_to_write(nodes, options, message):
     result = slurm(nodes, "sbatch", *options, "--wrap", "true", user=USER, check=False)

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from slurm_vgpu.devcluster import cluster as devcluster
 from slurm_vgpu.placement.daemon import LEADER_LOCK
 
-from ..conftest import TEST_PORT, cluster_dir, new_database, slurm, start_cluster, stop_cluster
+from ..conftest import TEST_PORT, own_cluster, slurm
 from .jobs import ENDED, ensure_user, gres_used, job, submit, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -32,12 +32,8 @@ gpus = { a100 = 2 }
 @pytest.fixture(scope="module")
 def duo():
     """A one-node cluster with two GPUs, on its own ports and database."""
-    directory = cluster_dir("duo")
-    layout = directory / "layout.toml"
-    layout.write_text(TWO_GPU_LAYOUT)
-    cluster = start_cluster(directory, new_database(), layout=layout, port=TEST_PORT + 50)
-    yield cluster
-    stop_cluster(cluster)
+    with own_cluster("duo", TWO_GPU_LAYOUT, TEST_PORT + 50) as cluster:
+        yield cluster
 
 
 def test_slices_land_whole_and_a_slice_waits_for_one_gpu_with_room(duo):
@@ -57,17 +53,21 @@ def test_slices_land_whole_and_a_slice_waits_for_one_gpu_with_room(duo):
     assert types[fifty] in ("gres:vgpu:a100_0:50", "gres:vgpu:a100_1:50")
 
 
-def test_owner_cannot_release_an_unplaced_job(duo):
+def test_owner_cannot_start_an_unplaced_job(duo):
     ensure_user("vgpu-alice")
     blocker = submit(duo, "--gres=vgpu:a100:100", script="sleep 8")
     blocker2 = submit(duo, "--gres=vgpu:a100:100", script="sleep 8")
     wait_for(duo, [blocker, blocker2], states={"RUNNING"})
     held = submit(duo, "--gres=vgpu:20", script="true", user="vgpu-alice")
-    refused = slurm(duo, "scontrol", "release", str(held), user="vgpu-alice", check=False)
-    assert refused.returncode != 0 and "Access/permission denied" in refused.stderr
+    for attempt in (["StartTime=now"], ["EligibleTime=now"], ["NodeList=duo"], ["Gres=vgpu:a100_0:20"]):
+        refused = slurm(duo, "scontrol", "update", f"JobId={held}", *attempt, user="vgpu-alice", check=False)
+        assert refused.returncode != 0 and "Access/permission denied" in refused.stderr, attempt
+    # Releasing is the owner's right (the job is not held: it waits for its begin time), and it
+    # changes nothing: the job still has no GRES, so it could not run unfenced.
+    slurm(duo, "scontrol", "release", str(held), user="vgpu-alice", check=False)
     state = job(duo, held)
     assert state["JobState"] == "PENDING" and "vgpu-state=unplaced" in state["AdminComment"]
-    assert state.get("TresPerNode", "") in ("", "(null)")  # still no GRES: it could not run unfenced
+    assert state.get("TresPerNode", "") in ("", "(null)")
     done = wait_for(duo, [held, blocker, blocker2])
     assert done[held]["JobState"] == "COMPLETED"
 

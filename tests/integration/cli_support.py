@@ -36,7 +36,7 @@ def insert_inventory(engine: sa.Engine, heartbeat_age_s: dict[str, float] | None
             for index, model in enumerate(models):
                 gpu = simulated_gpu(node, index, model)
                 conn.execute(sa.insert(Gpu).values(
-                    uuid=gpu.uuid, node=node, index=index, name=gpu.name, model=model, gres_type=gpu.gres_type,
+                    uuid=gpu.uuid, node=node, index=index, minor=gpu.minor, name=gpu.name, model=model, gres_type=gpu.gres_type,
                     sm_count=gpu.sm_count, memory_mib=gpu.memory_mib, compute_capability=gpu.compute_capability,
                 ))
 
@@ -115,5 +115,5 @@ def fake_slurm(tmp_path, monkeypatch) -> FakeSlurm:
 def slurm_job(job_id: int, comment: str, *, state: str = "PENDING", uid: int = 0, user: str = "root",
               submit_time: int = 1_700_000_000) -> dict:
     """A job as squeue --json (22.05) shows it."""
-    return {"job_id": job_id, "user_id": uid, "user_name": user, "job_state": state, "priority": 0,
+    return {"job_id": job_id, "user_id": uid, "user_name": user, "job_state": state, "priority": 1,
             "submit_time": submit_time, "nodes": "", "tres_per_node": "", "admin_comment": comment}

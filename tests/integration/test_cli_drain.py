@@ -82,8 +82,10 @@ def test_drain_requeue_moves_slices_through_slurm_and_fails_their_placements(cli
     result = cli("drain", "gpu01:h100_0", "--reason", "ecc", "--requeue")
     assert result.exit_code == 0, result.output
     calls = fake_slurm.calls()
-    verbs = sorted((c[1], c[2]) for c in calls if c[1] in ("requeuehold", "hold"))
-    assert verbs == [("hold", "52"), ("requeuehold", "51")], "running jobs requeued, pending ones held"
+    requeued = [c[2] for c in calls if c[1] == "requeuehold"]
+    held_back = [c[2].removeprefix("JobId=") for c in calls if c[1] == "update" and "StartTime=now+365days" in c]
+    assert requeued == ["51"], "running jobs requeued"
+    assert sorted(held_back) == ["51", "52"], "both wait for a new placement, their begin time pushed ahead"
     comments = [a for c in calls for a in c if a.startswith("AdminComment=")]
     assert all("vgpu-state=unplaced" in a and "drained: ecc" in a for a in comments) and len(comments) == 2
     assert any("model=h100" in a for a in comments), "the job's own request rides along"

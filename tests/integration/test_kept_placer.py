@@ -172,3 +172,15 @@ def test_a_refused_batch_ends_the_cycle_and_keeps_the_batches_before_it(two_gpus
     _, result, ids = cycle(two_gpus, kept, requests[1:])
     assert [b.job_id for b in result.blocked] == ["2"] and set(ids) == {3}
     assert result.decisions[0].gpu_uuids == (first["gpu_uuid"],)
+
+
+def test_a_written_placement_names_its_job_by_id_and_submit_time(two_gpus):
+    requests = [Request("71", 30, user=5), Request("72", 30, user=5)]
+    placer = KeptPlacer(Config(heartbeat_timeout=3600))
+    with db.session_scope(two_gpus) as s:
+        decide = placer.for_cycle(s, requests).decide(requests)
+    with placement_writer(two_gpus) as writer:
+        list(commit_as_decided(writer, decide, requests, 8, [], {71: 1_796_000_001, 72: 1_796_000_002}))
+    with two_gpus.connect() as conn:
+        keys = dict(conn.execute(sa.text("SELECT job_id, job_submit_time FROM placements")).all())
+    assert keys == {71: 1_796_000_001, 72: 1_796_000_002}

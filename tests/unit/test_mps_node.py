@@ -66,3 +66,12 @@ def test_hook_wrapper_names_its_config():
     assert "exec /opt/venv/bin/python -m slurm_vgpu.node prolog --config /etc/slurm/slurm-vgpu.conf" in script
     with pytest.raises(ValueError, match="prolog or epilog"):
         hook_script("task-prolog", "python", Path("x"))
+
+
+def test_the_slice_file_names_the_placement_the_epilog_releases(tmp_path):
+    placed = slices.Slice(**{**SLICE.__dict__, "placement_id": 907})
+    slices.write(tmp_path, 42, slices.render(placed, node_minors=[1], uvm_major=None))
+    assert slices.placement_of(tmp_path, 42) == 907
+    assert slices.placement_of(tmp_path, 43) is None  # no slice file: the prolog set none up
+    slices.write(tmp_path, 44, slices.render(SLICE, node_minors=[1], uvm_major=None))
+    assert slices.placement_of(tmp_path, 44) is None  # a file that names no placement releases none

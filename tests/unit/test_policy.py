@@ -55,6 +55,17 @@ def test_model_constraint_is_case_insensitive():
     assert result.decisions[0].node == "n1"
 
 
+def test_a_request_restricted_to_some_nodes_lands_on_them_or_says_which_it_may_use():
+    gpus = [gpu("n0"), gpu("n1"), gpu("n2", model="T4")]
+    placed = place_slices(gpus, [req(nodes=frozenset({"n1"}))], PolicyConfig())
+    assert [d.node for d in placed.decisions] == ["n1"]
+    b = only_blocked(place_slices(gpus, [req(models=frozenset({"h100"}), nodes=frozenset({"n2"}))],
+                                  PolicyConfig()))
+    assert b.reason == "no fitting GPU on the nodes it may still use (n2)" and not b.never
+    b = only_blocked(place_slices(gpus, [req(nodes=frozenset())], PolicyConfig()))
+    assert b.reason == "Slurm refused its pin on every node with a fitting GPU"
+
+
 def test_memory_above_every_gpu_is_never_satisfiable():
     b = only_blocked(place_slices([gpu(memory_gib=80), gpu(index=1, memory_gib=40)],
                                   [req(memory_mib=90 * GIB)], PolicyConfig()))

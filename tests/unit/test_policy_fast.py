@@ -92,6 +92,7 @@ requests = st.lists(st.builds(
     gpus=st.sampled_from([1, 1, 1, 1, 0, 2]),
     cpu_milli=st.sampled_from([0, 0, 4000, 16000]),
     waited_s=st.sampled_from([0.0, 0.0, 0.0, 10_000.0]),
+    nodes=st.none() | st.none() | st.frozensets(st.sampled_from([f"n{n}" for n in range(8)]), max_size=3),
 ), max_size=14, unique_by=lambda r: r.job_id)
 
 configs = st.builds(PolicyConfig, policy=st.sampled_from(POLICIES), seed=st.integers(0, 3),

@@ -1,0 +1,139 @@
+"""The contract under attack, on a real Slurm: each test runs an attack as an unprivileged user and
+asserts the refusal or the safe outcome. No user reaches a GPU without a placement, moves or
+starts a waiting vgpu job, or holds GPUs with jobs Slurm would not start."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from ..conftest import slurm
+from .jobs import ensure_user, job, output, submit, submit_fails, wait_for
+
+pytestmark = pytest.mark.e2e
+
+ATTACKER = "vgpu-mallory"
+VICTIM = "vgpu-victor"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def users():
+    for user in (ATTACKER, VICTIM):
+        ensure_user(user)
+
+
+def probe(cluster) -> str:
+    """A job script that tries to open every simulated GPU device file and prints, per file,
+    ``<node> <minor> allowed|denied``. Without a driver, an open the cgroup allows fails ENXIO;
+    one it denies fails EPERM ("Operation not permitted")."""
+    return (f'for f in {cluster.device_dir}/nvidia*; do m=${{f##*nvidia}}; '
+            f'if (exec 3<$f) 2>&1 | grep -q "not permitted"; then s=denied; else s=allowed; fi; '
+            f'echo "$SLURMD_NODENAME $m $s"; done')
+
+
+def device_access(cluster, engine, job_id: int) -> dict[int, str]:
+    """Minor -> allowed|denied, for the GPUs of the node the job ran on."""
+    lines = [line.split() for line in output(cluster, job_id).splitlines() if len(line.split()) == 3]
+    assert lines, f"job {job_id} printed no probe: {output(cluster, job_id)!r}"
+    node = lines[0][0]
+    with engine.connect() as conn:
+        minors = set(conn.scalars(sa.text("SELECT minor FROM gpus WHERE node = :n"), {"n": node}))
+    return {int(minor): state for _, minor, state in lines if int(minor) in minors}
+
+
+def placements_of(engine, job_ids) -> list:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT job_id, state FROM placements WHERE job_id = ANY(:ids)"),
+                            {"ids": list(job_ids)}).all()
+
+
+def test_updating_a_held_plain_job_gives_it_no_gpu(cluster, cluster_engine):
+    probe_job = submit(cluster, "--hold", script=probe(cluster), user=ATTACKER)
+    for change in ("Gres=vgpu:h100_0:70", "Gres=vgpu:70", "Gres=gpu:h100_0:1", "TresPerNode=gres/vgpu:70"):
+        refused = slurm(cluster, "scontrol", "update", f"JobId={probe_job}", change, user=ATTACKER, check=False)
+        assert refused.returncode != 0 and "Access/permission denied" in refused.stderr, change
+    slurm(cluster, "scontrol", "release", str(probe_job), user=ATTACKER)
+    assert wait_for(cluster, [probe_job])[probe_job]["JobState"] == "COMPLETED"
+    access = device_access(cluster, cluster_engine, probe_job)
+    assert access and set(access.values()) == {"denied"}, access
+    assert placements_of(cluster_engine, [probe_job]) == []
+
+
+def test_a_waiting_vgpu_job_cannot_be_moved_or_started_by_its_owner(cluster, cluster_engine):
+    # --begin keeps it waiting without holding a GPU: the attempts below meet a job that waits.
+    waiting = submit(cluster, "--gres=vgpu:t4:10", "--begin=now+600", script="true", user=ATTACKER)
+    for change in ("StartTime=now", "NodeList=node3", "Gres=vgpu:t4_0:10", "ExcNodeList=node1",
+                   "Partition=gpu", "Features=x", "NumNodes=2"):
+        refused = slurm(cluster, "scontrol", "update", f"JobId={waiting}", change, user=ATTACKER, check=False)
+        assert refused.returncode != 0 and "Access/permission denied" in refused.stderr, change
+    state = job(cluster, waiting)
+    assert state["JobState"] == "PENDING" and "vgpu-state=unplaced" in state["AdminComment"]
+    assert state["TresPerNode"] in ("", "(null)")
+    assert placements_of(cluster_engine, [waiting]) == []
+    slurm(cluster, "scancel", str(waiting))
+
+
+def test_jobs_slurm_would_not_start_hold_no_gpu(cluster, cluster_engine):
+    later = [submit(cluster, "--gres=vgpu:a100:100", "--begin=now+3600", script="true", user=ATTACKER)
+             for _ in range(4)]
+    first = submit(cluster, script="sleep 4", user=ATTACKER)
+    after = submit(cluster, "--gres=vgpu:a100:100", f"--dependency=afterok:{first}", script="true", user=ATTACKER)
+    held = submit(cluster, "--hold", "--gres=vgpu:a100:100", script="true", user=ATTACKER)
+    try:
+        victim = submit(cluster, "--gres=vgpu:a100:20", script="true", user=VICTIM)
+        assert wait_for(cluster, [victim], timeout=60)[victim]["JobState"] == "COMPLETED"
+        assert placements_of(cluster_engine, [*later, held]) == []
+        # Once Slurm would start them, they are placed like any other.
+        assert wait_for(cluster, [after], timeout=90)[after]["JobState"] == "COMPLETED"
+        slurm(cluster, "scontrol", "release", str(held), user=ATTACKER)
+        assert wait_for(cluster, [held], timeout=60)[held]["JobState"] == "COMPLETED"
+    finally:
+        slurm(cluster, "scancel", *map(str, later), check=False)
+    assert placements_of(cluster_engine, later) == []
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--gres=vgpu:10", "--wrap", "true", ":"], "a heterogeneous job cannot hold a GPU slice"),
+    (["-N2", "--gres=vgpu:10"], "drop -N/--nodes"),
+    (["--exclusive", "--gres=vgpu:10"], "drop it, or ask --gres=vgpu:100"),
+    (["--gres=gpu:1"], "write --gres=vgpu:100 for all of one GPU"),
+    (["--gpus=1"], "write --gres=vgpu:100 for all of one GPU"),
+    (["--gpus-per-node=1"], "write --gres=vgpu:100 for all of one GPU"),
+    (["--gres=vgpu:10,vgpu:20"], "vgpu is requested twice"),
+    (["--vgpu-class=latency"], "add --gres=vgpu:N, or drop them"),
+])
+def test_shapes_a_slice_cannot_take_are_refused_at_submit(cluster, options, message):
+    said = submit_fails(cluster, *options, user=ATTACKER)
+    assert "slurm-vgpu: " in said and message in said, said
+
+
+def test_a_drained_node_gets_no_slice_until_it_is_resumed(cluster, cluster_engine):
+    slurm(cluster, "scontrol", "update", "NodeName=node3", "State=DRAIN", "Reason=attack-test")
+    try:
+        waiting = submit(cluster, "--gres=vgpu:t4:10", script="true", user=VICTIM)
+        deadline = time.monotonic() + 30
+        while "wait=" not in job(cluster, waiting)["AdminComment"]:
+            assert time.monotonic() < deadline, job(cluster, waiting)
+            time.sleep(0.5)
+        comment = job(cluster, waiting)["AdminComment"]
+        assert "node3 drain" in comment, comment
+        assert placements_of(cluster_engine, [waiting]) == []
+    finally:
+        slurm(cluster, "scontrol", "update", "NodeName=node3", "State=RESUME")
+    assert wait_for(cluster, [waiting], timeout=60)[waiting]["JobState"] == "COMPLETED"
+
+
+def test_partition_exclude_and_nodelist_are_where_the_slice_goes(cluster):
+    elsewhere = submit(cluster, "--exclude=node1", "--gres=vgpu:10", script="true", user=VICTIM)
+    there = submit(cluster, "--nodelist=node3", "--gres=vgpu:10", script="true", user=VICTIM)
+    nowhere = submit(cluster, "--exclude=node1", "--gres=vgpu:h100:10", script="true", user=VICTIM)
+    done = wait_for(cluster, [elsewhere, there], timeout=60)
+    assert done[elsewhere]["JobState"] == "COMPLETED" and done[elsewhere]["NodeList"] != "node1"
+    assert done[there]["JobState"] == "COMPLETED" and done[there]["NodeList"] == "node3"
+    deadline = time.monotonic() + 30
+    while "wait=" not in job(cluster, nowhere)["AdminComment"]:
+        assert time.monotonic() < deadline, job(cluster, nowhere)
+        time.sleep(0.5)
+    assert "node2, node3" in job(cluster, nowhere)["AdminComment"]
+    slurm(cluster, "scancel", str(nowhere))

@@ -1,0 +1,148 @@
+"""Faults on a real Slurm: a prolog whose database does not answer, and a slurmctld that lost its
+state and gives a job id out again. Neither may run a vgpu job without its slice, nor let two jobs
+share one; both heal without an admin."""
+from __future__ import annotations
+
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from slurm_vgpu.db import engine as db
+from slurm_vgpu.devcluster import cluster as devcluster
+
+from ..conftest import TEST_PORT, engine_for, own_cluster, slurm
+from .jobs import ensure_user, job, output, output_dir, submit, wait_for
+
+pytestmark = pytest.mark.e2e
+
+USER, OTHER = "vgpu-fault-a", "vgpu-fault-b"
+LAYOUT = """
+[[node]]
+name = "solo"
+cpus = 2
+gpus = { t4 = 2 }
+"""
+
+
+@pytest.fixture(scope="module")
+def faulty():
+    for user in (USER, OTHER):
+        ensure_user(user)
+    with own_cluster("faults", LAYOUT, TEST_PORT + 70) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def engine(faulty):
+    with engine_for(faulty.database_url) as engine:
+        yield engine
+
+
+def allow_connections(url: str, allowed: bool) -> None:
+    """Open or close the cluster's database to every client (placement daemon, agents, prologs),
+    as a Postgres outage would; closing also ends the connections it has."""
+    target = db.database_url(url)
+    admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'ALTER DATABASE "{target.database}" WITH ALLOW_CONNECTIONS {str(allowed).lower()}'))
+        if not allowed:
+            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+                         {"d": target.database})
+    admin.dispose()
+
+
+def node_state(cluster) -> tuple[str, str]:
+    out = slurm(cluster, "sinfo", "--noheader", "--Node", "--format=%t|%E").stdout.strip().splitlines()[0]
+    state, _, reason = out.partition("|")
+    return state, reason
+
+
+def wait_until(what, check, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.5)
+    return found
+
+
+def test_a_prolog_without_its_database_requeues_the_job_held_and_the_agent_heals_it(faulty):
+    hog = submit(faulty, "--cpus-per-task=2", script="sleep 300", user=USER)  # every CPU of the node
+    wait_for(faulty, [hog], states={"RUNNING"})
+    sliced = submit(faulty, "--gres=vgpu:30", script="env | grep ^CUDA_MPS_ACTIVE", user=USER)
+    wait_until("the pin", lambda: "vgpu-state=pinned" in job(faulty, sliced)["AdminComment"])
+    allow_connections(faulty.database_url, False)
+    try:
+        slurm(faulty, "scancel", str(hog))  # the pinned job starts now, with Postgres unreachable
+        wait_until("the failed prolog's drain", lambda: node_state(faulty) == ("drain", "Prolog error"), timeout=90)
+        state = job(faulty, sliced)
+        assert state["JobState"] == "PENDING", state
+        assert not (output_dir(faulty) / f"{sliced}.out").exists(), "the job ran without its slice"
+    finally:
+        allow_connections(faulty.database_url, True)
+    done = wait_for(faulty, [sliced], timeout=120)[sliced]
+    assert done["JobState"] == "COMPLETED"
+    assert output(faulty, sliced).strip() == "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30"
+    wait_until("the node's resume", lambda: node_state(faulty)[0] in ("idle", "mix"))
+
+
+def restart_ctld(cluster, state_from: Path | None = None) -> None:
+    """Stop slurmctld (it saves its state), optionally put an older copy of its state in place, and
+    start it again: a slurmctld that lost what it saved after that copy."""
+    pid = devcluster._read_state(cluster)["services"]["slurmctld"]["pid"]
+    devcluster._terminate(pid)
+    if state_from is not None:
+        spool = cluster.dir / "spool" / "ctld"
+        shutil.rmtree(spool)
+        shutil.copytree(state_from, spool)
+    devcluster.restart(cluster, "slurmctld")
+    devcluster._wait_ctld(cluster, 60)
+
+
+def test_a_job_id_given_out_again_never_shares_a_slice(faulty, engine):
+    backup = faulty.dir / "ctld-state-copy"
+    pid = devcluster._read_state(faulty)["services"]["slurmctld"]["pid"]
+    devcluster._terminate(pid)
+    shutil.copytree(faulty.dir / "spool" / "ctld", backup)
+    devcluster.restart(faulty, "slurmctld")
+    devcluster._wait_ctld(faulty, 60)
+
+    first = submit(faulty, "--gres=vgpu:t4:60", script="sleep 15", user=USER)
+    wait_for(faulty, [first], states={"RUNNING"})
+    restart_ctld(faulty, state_from=backup)  # slurmctld forgets the job; its node still runs it
+    # its own output file: the first job's, of the same id, belongs to another user
+    again = output_dir(faulty) / f"{first}-again.out"
+    second = submit(faulty, "--gres=vgpu:t4:60", f"--output={again}", script="env | grep ^CUDA_MPS_ACTIVE",
+                    user=OTHER)
+    assert second == first, "slurmctld gave the id out again"
+    assert wait_for(faulty, [second], timeout=180)[second]["JobState"] == "COMPLETED"
+    assert again.read_text().strip() == "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=60", "it ran with a slice of its own"
+
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT id, job_submit_time, gpu_uuid, uid, share, placed_at, coalesce(ended_at, now()) AS ended_at "
+            "FROM placements WHERE job_id = :j ORDER BY id"), {"j": first}).all()
+    assert len({r.job_submit_time for r in rows}) == 2, "the two jobs have placements of their own"
+    by_gpu = defaultdict(list)
+    for r in rows:
+        by_gpu[r.gpu_uuid] += [(r.placed_at, 1, r), (r.ended_at, 0, r)]
+    for events in by_gpu.values():
+        live = {}
+        for _, starting, r in sorted(events, key=lambda e: (e[0], e[1])):
+            if starting:
+                live[r.id] = r
+                assert sum(p.share for p in live.values()) <= 100
+                assert len({p.uid for p in live.values()}) == 1, "two users' jobs shared one GPU"
+            else:
+                live.pop(r.id, None)
+    wait_until("the first job's slice released", lambda: _all_ended(engine, first), timeout=120)
+
+
+def _all_ended(engine, job_id: int) -> bool:
+    with engine.connect() as conn:
+        return not conn.scalar(sa.text(
+            "SELECT count(*) FROM placements WHERE job_id = :j AND state IN ('placed', 'pinned', 'running')"),
+            {"j": job_id})

@@ -1,0 +1,69 @@
+"""How the placement reads Slurm's jobs and nodes: which waiting jobs it places, in what order, on
+which nodes, and what it takes from a pinned job's GRES. Jobs are built as ``squeue --json`` (22.05)
+shows them."""
+from __future__ import annotations
+
+from slurm_vgpu.adapters.slurm import Node, _job, parse_request
+from slurm_vgpu.placement.cycle import parse_pinned_gres, unusable_nodes, waiting_requests
+
+NOW = 1_800_000_000
+NODES = {"a1": Node("idle", frozenset({"gpu"})), "a2": Node("mix", frozenset({"gpu", "debug"})),
+         "b1": Node("drain", frozenset({"debug"})), "b2": Node("down*", frozenset({"gpu"}))}
+
+
+def squeue_job(job_id: int, comment: str = "vgpu-state=unplaced share=30 class=throughput", **fields) -> dict:
+    doc = {"job_id": job_id, "user_id": 1000, "user_name": "u", "job_state": "PENDING", "priority": 100,
+           "submit_time": NOW - 60, "nodes": "", "tres_per_node": "", "admin_comment": comment,
+           "dependency": "", "state_reason": "BeginTime", "partition": "gpu", "excluded_nodes": ""}
+    return _job({**doc, **fields})
+
+
+def test_a_job_slurm_itself_would_not_start_says_why_and_is_not_placed():
+    held = squeue_job(1, priority=0, state_reason="JobHeldUser")
+    waiting_on = squeue_job(2, dependency="afterok:9(unfulfilled)", state_reason="Dependency")
+    later = squeue_job(3, comment=f"vgpu-state=unplaced share=30 class=throughput begin={NOW + 600}")
+    ready = squeue_job(4, comment=f"vgpu-state=unplaced share=30 class=throughput begin={NOW - 1}")
+    assert "scontrol release 1" in held.waits_on_slurm(NOW)
+    assert "afterok:9(unfulfilled)" in waiting_on.waits_on_slurm(NOW)
+    assert str(NOW + 600) in later.waits_on_slurm(NOW)
+    assert ready.waits_on_slurm(NOW) is None
+    requests = waiting_requests([held, waiting_on, later, ready], set(), NOW)
+    assert [r.job_id for r in requests] == ["4"]
+
+
+def test_waiting_jobs_are_placed_in_slurms_priority_order_then_oldest_first():
+    jobs = [squeue_job(1, priority=10), squeue_job(2, priority=30), squeue_job(3, priority=30, submit_time=NOW - 99)]
+    assert [r.job_id for r in waiting_requests(jobs, set(), NOW)] == ["3", "2", "1"]
+
+
+def test_partition_exclude_and_the_users_nodelist_restrict_the_nodes():
+    plain = squeue_job(1)
+    assert plain.allowed_nodes(NODES) == {"a1", "a2", "b2"}
+    debug = squeue_job(2, partition="debug", excluded_nodes="b1")
+    assert debug.allowed_nodes(NODES) == {"a2"}
+    listed = squeue_job(3, comment="vgpu-state=unplaced share=30 class=throughput nodelist=a[1-2],b2",
+                        partition="gpu,debug", required_nodes="b9")  # Slurm's own field holds the pin
+    assert listed.allowed_nodes(NODES) == {"a1", "a2", "b2"}
+    requests = waiting_requests([plain, debug], set(), NOW, refused={1: {"a1"}}, nodes=NODES,
+                                gpu_nodes=["a1", "a2", "b2"])
+    assert [r.nodes for r in requests] == [frozenset({"a2", "b2"}), frozenset({"a2"})]
+    everywhere = waiting_requests([plain], set(), NOW, nodes=NODES, gpu_nodes=["a1", "a2", "b2"])
+    assert everywhere[0].nodes is None  # no restriction: the grouped fast path decides it
+
+
+def test_nodes_slurm_would_start_nothing_on_are_named_with_their_state():
+    assert unusable_nodes(NODES) == {"b1": "Slurm reports node b1 drain", "b2": "Slurm reports node b2 down*"}
+
+
+def test_the_pinned_gres_reads_in_each_releases_spelling():
+    assert parse_pinned_gres("gres:vgpu:h100_0:30") == ("h100_0", 30)
+    assert parse_pinned_gres("gres/gpu:1,gres/vgpu:t4_7:100") == ("t4_7", 100)
+    assert parse_pinned_gres("gres:vgpu:30") is None
+    assert parse_pinned_gres("") is None
+
+
+def test_the_admin_comment_keeps_the_users_begin_and_nodelist_across_a_pin():
+    request = parse_request("vgpu-state=unplaced share=30 class=latency mem_mib=8192 model=h100 begin=17 "
+                            "nodelist=n[1-2]")
+    assert (request.begin, request.nodelist, request.memory_mib, request.model) == (17, "n[1-2]", 8192, "h100")
+    assert parse_request(request.comment()) == request
