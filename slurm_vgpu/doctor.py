@@ -119,7 +119,7 @@ def check_spank_plugin(node: Node) -> Check:
         plugin = Path(node.settings.get("plugindir", "/usr/lib/slurm")) / plugin
     if not plugin.exists():
         return Check("spank", FAIL, f"SPANK plugin {plugin} is missing",
-                     "build and install it against this Slurm: make -C spank install")
+                     "build and install it against this Slurm: slurm-vgpu spank build --build-dir DIR --install PATH")
     built_for = spank_built_for(plugin)
     if built_for is None:
         return Check("spank", WARN, f"{plugin} exists but its Slurm version cannot be read (objdump missing?)",
@@ -129,7 +129,7 @@ def check_spank_plugin(node: Node) -> Check:
     if built_for.split(".")[:2] != node.slurmd_version.split(".")[:2]:
         return Check("spank", FAIL,
                       f"{plugin} was built for Slurm {built_for}, slurmd is {node.slurmd_version}: slurmd refuses it",
-                      "rebuild against this Slurm's headers: make -C spank clean install")
+                      "rebuild against this Slurm's headers: slurm-vgpu spank build --build-dir DIR --install PATH")
     return Check("spank", OK, f"{plugin} built for Slurm {built_for}")
 
 

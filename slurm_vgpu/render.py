@@ -1,4 +1,4 @@
-"""Renders the Slurm-side configuration from the jinja2 templates in ``gres/``.
+"""Renders the Slurm-side configuration from the jinja2 templates in ``slurm_templates/``.
 
 One place, so the dev cluster, ``slurm-vgpu render`` and Ansible produce the same files.
 """
@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import jinja2
 
 from .adapters.gpus import GpuRecord
 from .adapters.slurm import HOLD_DAYS
-from .resources import GRES_TEMPLATES
+from .resources import SLURM_TEMPLATES
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,18 @@ class NodeSpec:
         return ",".join(f"gpu:{g.gres_type}:1,vgpu:{g.gres_type}:100" for g in self.gpus)
 
 
-_env = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(GRES_TEMPLATES)),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+def environment(*first: Path) -> jinja2.Environment:
+    """The templates of ``first`` (directories), then the package's Slurm templates."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(d) for d in (*first, SLURM_TEMPLATES)]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+_env = environment()
 
 
 def render(template: str, **context) -> str:
@@ -68,7 +74,7 @@ def job_submit_lua(nodes: Iterable[NodeSpec], operator_uids: Iterable[int] = (0,
 
 # Where a site install puts our pieces; ``slurm-vgpu render`` and ``doctor`` take these as defaults.
 DEFAULT_PLUGSTACK_CONF = "/etc/slurm/plugstack.conf"
-DEFAULT_SPANK_PLUGIN = "/usr/local/lib/slurm/slurm_vgpu.so"  # where spank/Makefile installs it
+DEFAULT_SPANK_PLUGIN = "/usr/local/lib/slurm/slurm_vgpu.so"  # where `slurm-vgpu spank build --install` puts it
 DEFAULT_PROLOG = "/usr/local/libexec/slurm-vgpu/prolog"
 DEFAULT_EPILOG = "/usr/local/libexec/slurm-vgpu/epilog"
 
@@ -102,7 +108,7 @@ def site_files(nodes: Iterable[NodeSpec], settings: SiteSettings = SiteSettings(
     nodes = list(nodes)
     return {
         "gres.conf": gres_conf(nodes, settings.device_dir),
-        "vgpu-slurm.conf": render("slurm-vgpu.conf.j2", nodes=nodes, plugstack_conf=settings.plugstack_conf,
+        "vgpu-slurm.conf": render("vgpu-slurm.conf.j2", nodes=nodes, plugstack_conf=settings.plugstack_conf,
                                   prolog=settings.prolog, epilog=settings.epilog),
         "plugstack.conf.d/slurm-vgpu.conf": render("plugstack.conf.j2", spank_plugin=settings.spank_plugin,
                                                    spank_args=settings.spank_args),

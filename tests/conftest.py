@@ -67,8 +67,8 @@ def cluster_dir(name: str) -> Path:
 
 def start_cluster(directory: Path, database_url: str, layout: Path | None = None, port: int = TEST_PORT):
     """Bring up the whole system (Slurm, placement, agents) on a dev cluster for tests."""
-    from slurm_vgpu.devcluster import cluster as devcluster
-    from slurm_vgpu.devcluster.system import dev_cluster
+    from slurm_vgpu_dev import cluster as devcluster
+    from slurm_vgpu_dev.system import dev_cluster
 
     kwargs = {"layout": layout} if layout else {}
     cluster = dev_cluster(directory, port, database_url=database_url, **kwargs)
@@ -99,7 +99,7 @@ def engine_for(url: str):
 
 
 def stop_cluster(cluster) -> None:
-    from slurm_vgpu.devcluster import cluster as devcluster
+    from slurm_vgpu_dev import cluster as devcluster
 
     devcluster.down(cluster)
     db.drop_database(cluster.database_url)

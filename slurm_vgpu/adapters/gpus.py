@@ -63,7 +63,7 @@ class InventoryError(RuntimeError):
 class SimulatedInventory:
     """Reads a JSON inventory file: ``{"node": "...", "gpus": [GpuRecord fields..., "lost": true?]}``.
 
-    Processes are what fake CUDA clients (``python -m slurm_vgpu.agent.fake_cuda``) report: one JSON
+    Processes are what fake CUDA clients (``python -m slurm_vgpu_dev.fake_cuda``) report: one JSON
     file per process, ``<usage dir>/<gpu uuid>/<pid>`` = ``{"used_mib": N, "sm_util": 0..1}``, where
     the usage directory sits beside the inventory file (``node1.json`` -> ``node1.usage``).
     """

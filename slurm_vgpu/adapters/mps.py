@@ -1,7 +1,7 @@
 """MPS, through its control binary: one control daemon per GPU, each with its own pipe and log dirs.
 
 The same code drives NVIDIA's ``nvidia-cuda-mps-control`` and the fake one
-(``python -m slurm_vgpu.adapters.fake_mps``); ``Config.mps_control`` names which. Commands go to the
+(``python -m slurm_vgpu_dev.fake_mps``); ``Config.mps_control`` names which. Commands go to the
 binary's stdin in client mode, one command per run, so each reply is read on its own.
 
 Limits are set on the *server* (one per Unix user per GPU): a client's ``CUDA_MPS_*`` variables can

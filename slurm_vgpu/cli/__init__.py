@@ -1,4 +1,4 @@
-"""``slurm-vgpu``: the admin and developer command line.
+"""``slurm-vgpu``: the admin command line (the dev cluster has its own, ``slurm-vgpu-dev``).
 
 Exit codes, as in the docs: 0 success, 1 the operation failed (the system said no, a check found a
 problem), 2 bad usage or input (click's own convention).
@@ -9,9 +9,7 @@ from pathlib import Path
 
 import click
 
-from .agent import agent
 from .db import db
-from .dev import dev
 from .doctor import doctor
 from .drain import drain, resume
 from .explain import explain
@@ -19,9 +17,10 @@ from .fleet import fleet
 from .inventory import gpus, nodes
 from .placements import jobs, placements
 from .render_cmd import render_command
-from .placement import placement
 from .runtime import Runtime
+from .services import agent, placement
 from .simulate import simulate
+from .spank import spank
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,7 +34,6 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
     ctx.obj = Runtime(config_path)
 
 
-main.add_command(dev)
 main.add_command(db)
 main.add_command(placement)
 main.add_command(agent)
@@ -50,3 +48,4 @@ main.add_command(render_command)
 main.add_command(doctor)
 main.add_command(fleet)
 main.add_command(simulate)
+main.add_command(spank)

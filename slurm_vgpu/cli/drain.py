@@ -15,7 +15,7 @@ from ..adapters.slurm import UNPLACED, SlurmError, VgpuRequest
 from ..db import store
 from ..db.models import ACTIVE_STATES, Gpu, Placement
 from ..hostlist import HostlistError, expand
-from .records import gpu_records, placement_records
+from ..db.records import gpu_records, placement_records
 from .runtime import Runtime, pass_runtime, slurm_errors
 
 TARGET_HELP = ("GPU as UUID, NODE:INDEX or NODE:GRES_TYPE (node1:0, node1:h100_0), or whole nodes as a "

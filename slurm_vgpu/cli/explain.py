@@ -20,7 +20,7 @@ from ..policy.rules import GPU_RULES, Ask
 from ..policy.units import reference_speed
 from .output import Column, document, echo_json, echo_table, gib, json_option
 from .placements import job_record
-from .records import gpu_records, placement_records, user_name
+from ..db.records import gpu_records, placement_records, user_name
 from .runtime import Runtime, pass_runtime, slurm_errors
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from .output import Column, ago, emit, gib, json_option
-from .records import gpu_records, node_records
+from ..db.records import gpu_records, node_records
 from .runtime import Runtime, hostnames, pass_runtime
 
 node_option = click.option("--node", "-n", "node_list", metavar="HOSTLIST",

@@ -10,7 +10,7 @@ import click
 from ..db.models import PLACEMENT_STATES
 from .inventory import node_option
 from .output import Column, emit, gib, json_option
-from .records import placement_records
+from ..db.records import placement_records
 from .runtime import Runtime, hostnames, pass_runtime, slurm_errors
 
 PLACEMENT_COLUMNS = (

@@ -1,4 +1,4 @@
-"""``slurm-vgpu render``: the Slurm-side files from the GPU inventory, through the templates in gres/."""
+"""``slurm-vgpu render``: the Slurm-side files from the GPU inventory, through the package's Slurm templates."""
 from __future__ import annotations
 
 import json

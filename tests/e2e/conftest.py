@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from slurm_vgpu.devcluster import cluster as devcluster
+from slurm_vgpu_dev import cluster as devcluster
 
 from ..conftest import TEST_PORT, cluster_dir, have_slurm
 

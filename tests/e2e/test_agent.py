@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from slurm_vgpu.adapters.gpus import SimulatedInventory
 from slurm_vgpu.adapters.mps import PID_FILE, control_for
 from slurm_vgpu.db.engine import drop_database
-from slurm_vgpu.devcluster import cluster as devcluster
-from slurm_vgpu.devcluster.system import agent_metrics_port, dev_cluster
+from slurm_vgpu_dev import cluster as devcluster
+from slurm_vgpu_dev.system import agent_metrics_port, dev_cluster
 from slurm_vgpu.node.store import connect
 
 from ..conftest import TEST_PORT, new_database, slurm
@@ -84,7 +84,7 @@ def usage_dir(cluster, node: str) -> Path:
 def fake_client(cluster, node: str, mib: int, util: float) -> str:
     """A job script running a fake CUDA client that writes its PID to ``out/ready-<job>``."""
     ready = f"{cluster.dir}/out/ready-$SLURM_JOB_ID"
-    return (f"{sys.executable} -m slurm_vgpu.agent.fake_cuda --usage-dir {usage_dir(cluster, node)} "
+    return (f"{sys.executable} -m slurm_vgpu_dev.fake_cuda --usage-dir {usage_dir(cluster, node)} "
             f"--mib {mib} --util {util} --ready {ready}")
 
 

@@ -25,8 +25,8 @@ import pytest
 
 from slurm_vgpu.adapters.gpus import SimulatedInventory
 from slurm_vgpu.db import engine as db
-from slurm_vgpu.devcluster import cluster as devcluster
-from slurm_vgpu.devcluster.layout import load_layout
+from slurm_vgpu_dev import cluster as devcluster
+from slurm_vgpu_dev.layout import load_layout
 from slurm_vgpu.render import render
 
 from ..conftest import SERVER_URL, have_slurm, slurm
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.e2e
 ANSIBLE_DIR = Path(__file__).resolve().parents[2] / "ansible"
 PORT = int(os.environ.get("SLURM_VGPU_ANSIBLE_TEST_PORT", "20817"))
 LAYOUT = '[[node]]\nname = "node1"\ncpus = 4\ngpus = { a100 = 2 }\n'
-PUSHED = ("pyproject.toml", "README.md", "slurm_vgpu", "gres", "db", "spank", "systemd")
+PUSHED = ("pyproject.toml", "README.md", "slurm_vgpu", "systemd")
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 # What a site has before slurm-vgpu: no GresTypes, no plugstack, no prolog, no GPU node lines (the
@@ -132,7 +132,8 @@ class Site:
             "slurm_vgpu_tmpfiles_dir": str(d / "tmpfiles.d"),
             "slurm_vgpu_gpu_inventory": str(d / "inventory" / "%n.json"),
             "slurm_vgpu_gpu_device_dir": str(self.cluster.device_dir),
-            "slurm_vgpu_mps_control": f"{prefix}/venv/bin/python -m slurm_vgpu.adapters.fake_mps",
+            # the stand-in daemon is not part of what a site installs: it runs from this checkout
+            "slurm_vgpu_mps_control": f"{sys.executable} -m slurm_vgpu_dev.fake_mps",
             "slurm_vgpu_conf_extra": {"MetricsPort": PORT + 1001},  # not the default 9835 others use
             "slurm_vgpu_slurm_node_params": {"node1": f"NodeAddr=127.0.0.1 Port={PORT + 1} CPUs=4 RealMemory=8192"},
             "slurm_vgpu_db_host": "127.0.0.1",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from slurm_vgpu.devcluster import cluster as devcluster
+from slurm_vgpu_dev import cluster as devcluster
 
 from ..conftest import slurm
 from .jobs import job, output, submit, submit_fails, wait_for

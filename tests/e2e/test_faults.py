@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from slurm_vgpu.db import engine as db
-from slurm_vgpu.devcluster import cluster as devcluster
+from slurm_vgpu_dev import cluster as devcluster
 
 from ..conftest import TEST_PORT, engine_for, own_cluster, slurm
 from .jobs import ensure_user, job, output, output_dir, submit, wait_for

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from slurm_vgpu.db.engine import drop_database
-from slurm_vgpu.devcluster import cluster as devcluster
+from slurm_vgpu_dev import cluster as devcluster
 
 from ..conftest import TEST_PORT, new_database, slurm, start_cluster
 from .jobs import ensure_user, submit, wait_for

@@ -13,7 +13,7 @@ from collections import defaultdict
 import pytest
 import sqlalchemy as sa
 
-from slurm_vgpu.devcluster import cluster as devcluster
+from slurm_vgpu_dev import cluster as devcluster
 from slurm_vgpu.placement.daemon import LEADER_LOCK
 
 from ..conftest import TEST_PORT, own_cluster, slurm

@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 
 from slurm_vgpu.cli import main
 from slurm_vgpu.db.models import Gpu, Node, Placement
-from slurm_vgpu.devcluster.layout import simulated_gpu
+from slurm_vgpu_dev.layout import simulated_gpu
 
 # gpu01: 2 x H100, gpu02: A100 + T4 (the same GPUs as tests/golden/inventory).
 INVENTORY = {"gpu01": ["h100", "h100"], "gpu02": ["a100", "t4"]}

@@ -6,7 +6,7 @@ import sys
 from slurm_vgpu.adapters.mps import MpsControl
 from slurm_vgpu.agent.faults import fatal_line, logged_fault, set_aside
 
-FAKE = f"{sys.executable} -m slurm_vgpu.adapters.fake_mps"
+FAKE = f"{sys.executable} -m slurm_vgpu_dev.fake_mps"
 
 
 def test_fatal_lines_are_found_and_ordinary_ones_are_not():

@@ -8,7 +8,7 @@ import sys
 import time
 
 from slurm_vgpu.adapters.gpus import GpuProcess, SimulatedInventory
-from slurm_vgpu.devcluster.layout import simulated_gpu
+from slurm_vgpu_dev.layout import simulated_gpu
 
 
 def inventory(tmp_path, lost_index: int | None = None) -> SimulatedInventory:
@@ -31,7 +31,7 @@ def test_a_fake_cuda_client_is_a_process_of_its_gpu_until_it_exits(tmp_path):
     uuid = gpus.gpus()[0].uuid
     ready = tmp_path / "ready"
     client = subprocess.Popen(
-        [sys.executable, "-m", "slurm_vgpu.agent.fake_cuda", "--usage-dir", str(gpus.usage_dir),
+        [sys.executable, "-m", "slurm_vgpu_dev.fake_cuda", "--usage-dir", str(gpus.usage_dir),
          "--mib", "700", "--util", "0.4", "--ready", str(ready)],
         env={**os.environ, "CUDA_VISIBLE_DEVICES": uuid},
     )

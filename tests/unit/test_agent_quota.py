@@ -11,7 +11,7 @@ from slurm_vgpu.agent.quota import Overuse, over_cap, terminate
 from slurm_vgpu.policy import SloClass
 
 GPU = GpuRecord(0, "GPU-a", "NVIDIA A100", "a100", 108, 40960, "8.0")
-FAKE = f"{sys.executable} -m slurm_vgpu.adapters.fake_mps"
+FAKE = f"{sys.executable} -m slurm_vgpu_dev.fake_mps"
 
 
 def test_only_processes_over_their_own_jobs_cap_are_picked():

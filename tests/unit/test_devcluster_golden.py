@@ -1,7 +1,7 @@
 """The dev cluster's generated files (slurm.conf, gres.conf, cgroup.conf, plugstack.conf,
 job_submit.lua, slurm-vgpu.conf, prolog/epilog wrappers) for the default layout, against reviewed
 copies in tests/golden/devcluster/. Paths that differ per checkout are written as <DIR>, <PYTHON>
-and <SOURCE>. To accept an intended change: UPDATE_GOLDEN=1 pytest tests/unit/test_devcluster_golden.py
+and <PACKAGE>. To accept an intended change: UPDATE_GOLDEN=1 pytest tests/unit/test_devcluster_golden.py
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from slurm_vgpu.devcluster.cluster import Cluster, write_configs
-from slurm_vgpu.resources import ROOT
+from slurm_vgpu_dev.cluster import Cluster, write_configs
+from slurm_vgpu.resources import PACKAGE
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "devcluster"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -27,7 +27,7 @@ def generated(tmp_path_factory):
     for path in sorted(cluster.etc.rglob("*")):
         if path.is_file():
             text = path.read_text()
-            for value, token in ((str(directory), "<DIR>"), (sys.executable, "<PYTHON>"), (str(ROOT), "<SOURCE>")):
+            for value, token in ((str(directory), "<DIR>"), (sys.executable, "<PYTHON>"), (str(PACKAGE), "<PACKAGE>")):
                 text = text.replace(value, token)
             files[str(path.relative_to(cluster.etc))] = text
     return files

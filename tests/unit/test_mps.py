@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from slurm_vgpu.adapters import fake_mps
+from slurm_vgpu_dev import fake_mps
 from slurm_vgpu.adapters.mps import MpsControl, MpsError, MpsUnavailable, control_for, process_uid
 from slurm_vgpu.config import Config
 
-FAKE = f"{sys.executable} -m slurm_vgpu.adapters.fake_mps"
+FAKE = f"{sys.executable} -m slurm_vgpu_dev.fake_mps"
 UID = os.getuid()
 
 
@@ -34,7 +34,7 @@ def test_daemon_runs_once_per_pipe_directory_with_its_gpu(control):
     control.ensure_running()
     assert control.daemon_pid() == pid
     assert state(control)["visible_devices"] == "GPU-test"
-    again = subprocess.run([sys.executable, "-m", "slurm_vgpu.adapters.fake_mps", "-d"], env=control.env(),
+    again = subprocess.run([sys.executable, "-m", "slurm_vgpu_dev.fake_mps", "-d"], env=control.env(),
                            capture_output=True, text=True)
     assert again.returncode == 1 and "already running" in again.stderr
 

@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..db import engine
+from slurm_vgpu.db import engine
 from .cluster import Cluster, Service
 from .layout import DEFAULT_LAYOUT
 

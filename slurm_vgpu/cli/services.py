@@ -1,12 +1,36 @@
-"""``slurm-vgpu agent``: the per-node agent."""
+"""The long-running services: ``slurm-vgpu placement run`` (one leader per cluster, on the
+controller) and ``slurm-vgpu agent run`` (one per GPU node)."""
 from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 import click
 
 from .. import config as vgpu_config
+from .runtime import Runtime
+
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
+@click.group()
+def placement() -> None:
+    """Place waiting vgpu jobs on GPUs (run one per cluster, on the controller host)."""
+
+
+@placement.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="slurm-vgpu.conf (default: the global --config, SLURM_VGPU_CONF, /etc/slurm/slurm-vgpu.conf).")
+@click.option("--once", is_flag=True, help="Run one cycle and exit (cron-style, or for debugging).")
+@click.pass_obj
+def run_placement(runtime: Runtime, config_path: Path | None, once: bool) -> None:
+    """Run placement cycles until SIGTERM; only the leader (a Postgres advisory lock) places."""
+    from ..placement import daemon
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    config = (Runtime(config_path) if config_path else runtime).config
+    daemon.run(config, once=once)
 
 
 @click.group()
@@ -18,7 +42,7 @@ def agent() -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="slurm-vgpu.conf [env SLURM_VGPU_CONF].")
 @click.option("--metrics-port", type=int, help="Serve metrics on this port instead of MetricsPort "
               "(dev clusters: one agent per node on one machine); 0 turns metrics off.")
-def run_command(config_path: str | None, metrics_port: int | None) -> None:
+def run_agent(config_path: str | None, metrics_port: int | None) -> None:
     """Register this node's GPUs, then heartbeat, supervise MPS, enforce caps and serve metrics until stopped."""
     from ..adapters.gpus import InventoryError, inventory_from
     from ..adapters.slurm import Slurm
@@ -26,7 +50,7 @@ def run_command(config_path: str | None, metrics_port: int | None) -> None:
     from ..agent.freezer import Freezer
     from ..db.engine import make_engine
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         config = vgpu_config.load(config_path)
         if metrics_port is not None:

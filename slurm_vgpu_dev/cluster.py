@@ -19,15 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import config, render
-from ..adapters.gpus import SimulatedInventory
-from ..config import Config
-from ..render import NodeSpec
-from ..node.hooks import hook_script
-from ..node.slice import NVIDIA_MAJOR
-from ..resources import SPANK
+from slurm_vgpu import config, render
+from slurm_vgpu.adapters.gpus import SimulatedInventory
+from slurm_vgpu.config import Config
+from slurm_vgpu.render import NodeSpec
+from slurm_vgpu.node.hooks import hook_script
+from slurm_vgpu.node.slice import NVIDIA_MAJOR
+from slurm_vgpu.spank_build import PLUGIN, SpankBuildError, build_plugin
 from .layout import DEFAULT_LAYOUT, load_layout
 
+TEMPLATES = render.environment(Path(__file__).with_name("templates"))  # slurm.conf of a dev cluster
 DEFAULT_DIR = Path(os.environ.get("SLURM_VGPU_DEV_DIR", "/var/tmp/slurm-vgpu-dev"))
 DEFAULT_PORT = int(os.environ.get("SLURM_VGPU_DEV_PORT", "16817"))
 
@@ -113,7 +114,7 @@ def write_configs(cluster: Cluster, nodes: list[NodeSpec]) -> None:
     node_config = Config(
         database_url=cluster.database_url or Config.database_url,
         inventory=str(cluster.dir / "inventory" / "%n.json"),
-        mps_control=f"{sys.executable} -m slurm_vgpu.adapters.fake_mps",
+        mps_control=f"{sys.executable} -m slurm_vgpu_dev.fake_mps",
         run_dir=cluster.dir / "run" / "vgpu",
         slurm_conf=cluster.slurm_conf,
     )
@@ -129,7 +130,7 @@ def write_configs(cluster: Cluster, nodes: list[NodeSpec]) -> None:
         epilog=str(cluster.etc / "epilog.d" / "*"),
     )
     files = {
-        "slurm.conf": render.render("slurm.conf.j2", **context),
+        "slurm.conf": TEMPLATES.get_template("slurm.conf.j2").render(**context),
         "gres.conf": render.gres_conf(nodes, str(cluster.device_dir)),
         "job_submit.lua": render.job_submit_lua(nodes),
         "cgroup.conf": render.render("cgroup.conf.j2", constrain_devices=True),
@@ -166,16 +167,18 @@ def make_gpu_device_nodes(directory: Path, minors: list[int]) -> None:
 
 
 def install_spank_plugin(cluster: Cluster) -> Path:
-    """``make -C spank`` (incremental), then install the plugin into the cluster's own ``lib/``.
+    """Build the plugin in the cluster's ``build/spank`` (incremental), then install it into the
+    cluster's own ``lib/``.
 
     sbatch loads the plugin as the submitting user, and a checkout may sit in a directory only root
     can read (``mktemp -d`` makes 0700 ones), so the plugin must not be loaded from the checkout.
     The copy replaces the file atomically: daemons that have the old one mapped keep it.
     """
-    result = subprocess.run(["make", "-s", "-C", str(SPANK)], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise ClusterError(f"building the SPANK plugin failed (make -C {SPANK}):\n{result.stderr.strip()}")
-    built, installed = SPANK / "slurm_vgpu.so", cluster.dir / "lib" / "slurm_vgpu.so"
+    try:
+        built = build_plugin(cluster.dir / "build" / "spank")
+    except SpankBuildError as exc:
+        raise ClusterError(str(exc)) from exc
+    installed = cluster.dir / "lib" / PLUGIN
     installed.parent.mkdir(mode=0o755, exist_ok=True)
     if not installed.exists() or installed.read_bytes() != built.read_bytes():
         staging = installed.with_suffix(".so.new")

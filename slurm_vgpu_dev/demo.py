@@ -8,8 +8,8 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from ..adapters.slurm import Slurm
-from ..placement.cycle import ENDED
+from slurm_vgpu.adapters.slurm import Slurm
+from slurm_vgpu.placement.cycle import ENDED
 from .cluster import Cluster
 
 DEMO_JOBS = [
@@ -66,6 +66,6 @@ def run_demo(cluster: Cluster, console: Console, timeout: float = 120.0) -> bool
     console.print(table)
     completed = sum(j.state == "COMPLETED" for j in jobs.values())
     console.print(f"{completed} of {len(submitted)} vgpu jobs completed. The cluster stays up: "
-                  f'eval "$(slurm-vgpu dev env --dir {cluster.dir})" to use it, slurm-vgpu dev down to stop it.')
+                  f'eval "$(slurm-vgpu-dev env --dir {cluster.dir})" to use it, slurm-vgpu-dev down to stop it.')
     return completed == len(submitted)
 

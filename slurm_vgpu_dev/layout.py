@@ -5,9 +5,9 @@ import tomllib
 import uuid
 from pathlib import Path
 
-from ..adapters.gpus import GpuRecord
-from ..catalog import MODELS
-from ..render import NodeSpec
+from slurm_vgpu.adapters.gpus import GpuRecord
+from slurm_vgpu.catalog import MODELS
+from slurm_vgpu.render import NodeSpec
 
 DEFAULT_LAYOUT = Path(__file__).with_name("default-layout.toml")
 

@@ -1,7 +1,7 @@
 """A stand-in for a CUDA client on simulated GPUs: it reports GPU memory and SM use for its own PID,
 as NVML would, in the simulated inventory's usage directory, then sleeps until it is killed.
 
-Run inside a job: ``python -m slurm_vgpu.agent.fake_cuda --usage-dir DIR --mib 512 --util 0.8``.
+Run inside a job: ``python -m slurm_vgpu_dev.fake_cuda --usage-dir DIR --mib 512 --util 0.8``.
 The GPU is the job's ``CUDA_VISIBLE_DEVICES`` (a UUID, as the slice sets it). ``--ready FILE`` is
 written once the usage is reported, so tests know the agent can see it. Stdlib only.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m slurm_vgpu.agent.fake_cuda")
+    parser = argparse.ArgumentParser(prog="python -m slurm_vgpu_dev.fake_cuda")
     parser.add_argument("--usage-dir", type=Path, required=True, help="SimulatedInventory.usage_dir of the node")
     parser.add_argument("--mib", type=int, required=True, help="GPU memory to report, MiB")
     parser.add_argument("--util", type=float, default=0.0, help="SM use to report, 0..1 of the GPU")

@@ -1,4 +1,4 @@
-"""``slurm-vgpu dev``: a real Slurm cluster with simulated GPUs on this machine."""
+"""``slurm-vgpu-dev``: a real Slurm cluster with simulated GPUs on this machine (demo and tests)."""
 from __future__ import annotations
 
 import json
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..devcluster import cluster as devcluster
-from ..devcluster.layout import DEFAULT_LAYOUT, LayoutError
+from . import cluster as devcluster
+from .layout import DEFAULT_LAYOUT, LayoutError
 
 
 def _cluster_options(f):
@@ -20,17 +20,17 @@ def _cluster_options(f):
 
 
 def _make_cluster(directory: Path, port: int, layout: Path = DEFAULT_LAYOUT) -> devcluster.Cluster:
-    from ..devcluster.system import dev_cluster
+    from .system import dev_cluster
 
     return dev_cluster(directory.resolve(), port, layout)
 
 
-@click.group()
-def dev() -> None:
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
     """Run a local demo/test cluster: slurmctld and one slurmd per node, GPUs simulated."""
 
 
-@dev.command()
+@main.command()
 @_cluster_options
 @click.option("--layout", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_LAYOUT,
               help="TOML file of nodes and their GPU models (default: 4xH100, 4xA100, 8xT4 on 3 nodes).")
@@ -42,10 +42,10 @@ def up(directory: Path, port: int, layout: Path, timeout: float) -> None:
         devcluster.up(cluster, timeout)
     except (devcluster.ClusterError, LayoutError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"cluster up in {cluster.dir}; run: eval \"$(slurm-vgpu dev env --dir {cluster.dir})\"", err=True)
+    click.echo(f"cluster up in {cluster.dir}; run: eval \"$(slurm-vgpu-dev env --dir {cluster.dir})\"", err=True)
 
 
-@dev.command()
+@main.command()
 @_cluster_options
 def down(directory: Path, port: int) -> None:
     """Stop every process the cluster started, by PID."""
@@ -53,15 +53,15 @@ def down(directory: Path, port: int) -> None:
     click.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}", err=True)
 
 
-@dev.command()
+@main.command()
 @_cluster_options
 def env(directory: Path, port: int) -> None:
-    """Print the export lines a shell needs to use the cluster (eval "$(slurm-vgpu dev env)")."""
+    """Print the export lines a shell needs to use the cluster (eval "$(slurm-vgpu-dev env)")."""
     for key, value in _make_cluster(directory, port).env().items():
         click.echo(f"export {key}={value}")
 
 
-@dev.command()
+@main.command()
 @_cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(directory: Path, port: int, as_json: bool) -> None:
@@ -76,13 +76,13 @@ def status(directory: Path, port: int, as_json: bool) -> None:
         raise SystemExit(1)
 
 
-@dev.command()
+@main.command()
 @_cluster_options
 def demo(directory: Path, port: int) -> None:
     """Submit a few vgpu jobs (and two bad ones), wait, and show where each ran; exit 1 if any failed."""
     from rich.console import Console
 
-    from ..devcluster.demo import run_demo
+    from .demo import run_demo
 
     if not run_demo(_make_cluster(directory, port), Console(width=max(Console().width, 150))):
         raise SystemExit(1)
