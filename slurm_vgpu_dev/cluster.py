@@ -64,6 +64,11 @@ class Cluster:
         return self.etc / "slurm-vgpu.conf"
 
     @property
+    def munge_socket(self) -> Path:
+        """The socket of the cluster's own munged (slurm.conf ``AuthInfo=socket=``)."""
+        return self.dir / "munge" / "munge.socket.2"
+
+    @property
     def device_dir(self) -> Path:
         """The simulated GPUs' device files (gres.conf File=)."""
         return self.dir / "dev"
@@ -122,6 +127,7 @@ def write_configs(cluster: Cluster, nodes: list[NodeSpec]) -> None:
         cluster_name="vgpu-dev",
         dir=str(cluster.dir),
         ctld_port=cluster.port,
+        munge_socket=str(cluster.munge_socket),
         nodes=nodes,
         proctrack="proctrack/cgroup",
         task_plugin="task/cgroup",
@@ -224,14 +230,14 @@ def up(cluster: Cluster, timeout: float = 60.0) -> None:
 
 
 def start_services(cluster: Cluster, services: list[Service], timeout: float) -> None:
-    """Start munge (when it does not work), then ``services`` in order, and wait until every node
-    is idle; on failure stop whatever was started. Used by ``up`` and by tests that start Slurm
-    from configuration installed some other way (the Ansible rollout)."""
+    """Start the cluster's munged, then ``services`` in order, and wait until every node is idle;
+    on failure stop whatever was started. Used by ``up`` and by tests that start Slurm from
+    configuration installed some other way (the Ansible rollout), whose slurm.conf must name the
+    cluster's socket: ``AuthInfo=socket=<Cluster.munge_socket>``."""
     started: dict[str, dict] = {}
     try:
-        if not munge_works():
-            started["munged"] = _start_munge(cluster)
-            _write_state(cluster, started)
+        started["munged"] = _start_munge(cluster)
+        _write_state(cluster, started)
         for service in services:
             started[service.name] = _start(cluster, service)
             _write_state(cluster, started)
@@ -292,40 +298,33 @@ def wait_idle(cluster: Cluster, timeout: float) -> None:
     )
 
 
-def start_munge(cluster: Cluster) -> bool:
-    """Start munged under ``cluster``'s state when munge does not work, so that ``down(cluster)``
-    stops it; True when it did. For a holder of munge that outlives several clusters (a test run):
-    a cluster that starts munge itself stops it at ``down``, also under clusters started after it."""
-    if munge_works():
-        return False
-    (cluster.dir / "log").mkdir(parents=True, exist_ok=True)
-    _write_state(cluster, {"munged": _start_munge(cluster)})
-    return True
-
-
-def munge_works() -> bool:
-    encode = subprocess.run(["munge", "-n"], capture_output=True)
-    if encode.returncode != 0:
-        return False
-    return subprocess.run(["unmunge"], input=encode.stdout, capture_output=True).returncode == 0
-
-
 def _start_munge(cluster: Cluster) -> dict:
-    """Start munged as the munge user in the foreground mode we can stop by PID."""
+    """Start the cluster's own munged (the machine's key, a socket, PID, seed and log of the
+    cluster's), as the munge user in the foreground mode we can stop by PID. A munged shared with
+    other clusters or sessions would be stopped under them by whoever started it."""
     key = Path("/etc/munge/munge.key")
     if not key.exists():
         subprocess.run(["mungekey", "--create"], check=True)
         shutil.chown(key, "munge", "munge")
-    run_dir = Path("/run/munge")
-    run_dir.mkdir(exist_ok=True)
-    shutil.chown(run_dir, "munge", "munge")
-    entry = _start(cluster, Service("munged", ["/usr/sbin/munged", "-F"], user="munge"))
+    socket_dir = cluster.munge_socket.parent
+    socket_dir.mkdir(mode=0o755, exist_ok=True)
+    shutil.chown(socket_dir, "munge", "munge")
+    argv = ["/usr/sbin/munged", "-F", f"--socket={cluster.munge_socket}", f"--pid-file={socket_dir}/munged.pid",
+            f"--seed-file={socket_dir}/munged.seed", f"--log-file={socket_dir}/munged.log"]
+    entry = _start(cluster, Service("munged", argv, user="munge"))
     deadline = time.monotonic() + 10
-    while not munge_works():
+    while not munge_works(cluster.munge_socket):
         if time.monotonic() > deadline:
-            raise ClusterError(f"munged did not come up; see {cluster.dir}/log/munged.log")
+            raise ClusterError(f"munged did not come up; see {socket_dir}/munged.log")
         time.sleep(0.1)
     return entry
+
+
+def munge_works(socket: Path) -> bool:
+    encode = subprocess.run(["munge", "-n", "-S", str(socket)], capture_output=True)
+    if encode.returncode != 0:
+        return False
+    return subprocess.run(["unmunge", "-S", str(socket)], input=encode.stdout, capture_output=True).returncode == 0
 
 
 def _start(cluster: Cluster, service: Service) -> dict:

@@ -51,6 +51,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
+AuthInfo=socket={dir}/munge/munge.socket.2
 StateSaveLocation={dir}/spool/ctld
 SlurmctldPidFile={dir}/run/slurmctld.pid
 SlurmctldLogFile={dir}/log/slurmctld.log
