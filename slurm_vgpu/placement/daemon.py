@@ -60,6 +60,13 @@ class Leadership:
 
 def run(config: Config, once: bool = False) -> None:
     engine = make_engine(config.database_url, pool_size=2)
+    try:
+        _loop(engine, config, once)
+    finally:
+        engine.dispose()  # the leader lock goes with its connection
+
+
+def _loop(engine: sa.Engine, config: Config, once: bool) -> None:
     slurm = Slurm(config.slurm_conf)
     leadership = Leadership(engine)
     kept = KeptPlacer(config)
@@ -77,6 +84,8 @@ def run(config: Config, once: bool = False) -> None:
                              report.released, list(report.cancelled), report.unpinned)
             except (SlurmError, sa.exc.OperationalError) as exc:
                 log.warning("cycle failed, will retry: %s", str(exc).splitlines()[0])
+            except Exception:  # a dead daemon places nothing for anyone: log the bug and go on
+                log.exception("cycle failed unexpectedly, will retry")
         if once:
             return
         time.sleep(max(0.0, config.cycle_interval - (time.monotonic() - started)))
