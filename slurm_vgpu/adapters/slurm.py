@@ -17,6 +17,9 @@ from pathlib import Path
 from .. import hostlist
 
 UNPLACED = "unplaced"
+# States of a job that will not run again (unless requeued by someone).
+ENDED_STATES = frozenset({"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
+                          "BOOT_FAIL", "DEADLINE"})
 # job_submit.lua holds a vgpu job by setting its begin time this far ahead (Slurm keeps it pending
 # with Reason=BeginTime while priority, user holds and dependencies work as for any job); the pin
 # sets StartTime=now, taking a pin back sets it this far ahead again.
@@ -134,9 +137,10 @@ class Slurm:
         self.env = {**os.environ, **({"SLURM_CONF": str(slurm_conf)} if slurm_conf else {})}
         self.timeout = timeout
 
-    def _run(self, *argv: str) -> str:
+    def _run(self, *argv: str, env: dict[str, str] | None = None) -> str:
         try:
-            result = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=self.timeout)
+            result = subprocess.run(argv, env={**self.env, **(env or {})}, capture_output=True, text=True,
+                                    timeout=self.timeout)
         except subprocess.TimeoutExpired as exc:
             raise SlurmError(f"{' '.join(argv)} timed out after {self.timeout:.0f}s") from exc
         if result.returncode != 0:
@@ -190,6 +194,18 @@ class Slurm:
         (self.hold if job.state == "PENDING" else self.requeue)(job.job_id, request)
         return True
 
+    def held(self, job_id: int) -> bool | None:
+        """Whether the job waits held (priority 0); None when Slurm no longer knows it or it has
+        ended (``scontrol show job -o``, one job)."""
+        try:
+            line = self._run("scontrol", "show", "job", "-o", str(job_id))
+        except SlurmError:
+            return None
+        fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+        if fields.get("JobState") in ENDED_STATES:
+            return None
+        return fields.get("JobState") == "PENDING" and fields.get("Priority") == "0"
+
     def release(self, job_id: int) -> None:
         self._run("scontrol", "release", str(job_id))
 
@@ -198,6 +214,13 @@ class Slurm:
         out = self._run("sinfo", "--noheader", "--Node", f"--nodes={node}", "--format=%t|%E").splitlines()
         state, _, reason = (out[0] if out else "|").partition("|")
         return state.strip(), reason.strip()
+
+    def allocated_on(self, node: str) -> dict[int, int]:
+        """Job id -> submit time (epoch seconds) of the jobs Slurm has running, starting, ending or
+        suspended on ``node``."""
+        out = self._run("squeue", "--noheader", f"--nodelist={node}", "--states=RUNNING,CONFIGURING,COMPLETING,"
+                        "SUSPENDED", "--format=%A|%V", env={"SLURM_TIME_FORMAT": "%s"})
+        return {int(job): int(submitted) for job, submitted in (line.split("|") for line in out.split()) if submitted.isdigit()}
 
     def resume(self, node: str) -> None:
         self._run("scontrol", "update", f"NodeName={node}", "State=RESUME")

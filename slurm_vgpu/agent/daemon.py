@@ -136,7 +136,7 @@ class Agent:
         if time.monotonic() - self.idle_check_at < IDLE_CHECK:
             return
         self.idle_check_at = time.monotonic()
-        for job_id in heal.lost_jobs(self.config, self.node):
+        for job_id in heal.lost_jobs(self.config, self.slurm, self.node):
             log.warning("job %d left nothing on %s; its slice is released", job_id, self.node)
         for gpu in present:
             for uid in heal.idle_servers(self.config, gpu.uuid):

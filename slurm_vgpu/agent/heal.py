@@ -7,8 +7,8 @@
 - An epilog that could not reach the database: the job's slice file is gone, but its user's MPS
   server may still run with the job's caps. A server whose user has no active slice on the GPU is
   stopped.
-- A running placement whose job left nothing on the node (Slurm lost it, and no epilog released
-  it) is released.
+- A running placement whose job has no process left on the node (Slurm lost it, or its epilog
+  could not reach the database) is released, and its slice file removed.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ..adapters import mps
 from ..adapters.slurm import Slurm, SlurmError
 from ..config import Config
 from ..node import failed
+from ..node import slice as slices
 from ..node import store as node_store
 from ..node.locking import gpu_lock
 from . import procs
@@ -30,21 +31,29 @@ PROLOG_DRAIN = "Prolog error"  # the reason slurmctld gives a node whose prolog 
 
 def failed_prologs(config: Config, slurm: Slurm, node: str) -> list[int]:
     """Release the jobs of this node's failed prologs and resume the node Slurm drained for them;
-    returns the jobs handled. Called once the database answers again."""
-    failures = failed.pending(config)
-    if not failures:
-        return []
-    for job_id, reason in sorted(failures.items()):
-        try:
-            slurm.release(job_id)
-        except SlurmError as exc:  # ended or cancelled meanwhile: nothing to release
-            log.info("job %d: not released after its failed prolog (%s): %s", job_id, reason, exc)
-        failed.clear(config, job_id)
-    state, why = slurm.node_reason(node)
-    if state.startswith("drain") and why == PROLOG_DRAIN:
-        slurm.resume(node)
-        log.warning("resumed %s, drained when its prolog could not reach the database", node)
-    return sorted(failures)
+    returns the jobs handled. Called once the database answers again.
+
+    Slurm requeues a job held a moment after its prolog failed: a job not held yet keeps its record
+    for the next round (released too early, it would be held after the release and stay so)."""
+    handled = []
+    for job_id, reason in sorted(failed.pending(config, node).items()):
+        held = slurm.held(job_id)
+        if held is False:
+            continue  # not requeued held yet
+        if held:
+            try:
+                slurm.release(job_id)
+            except SlurmError as exc:
+                log.info("job %d: not released after its failed prolog (%s): %s", job_id, reason, exc)
+                continue
+        failed.clear(config, node, job_id)
+        handled.append(job_id)
+    if handled:
+        state, why = slurm.node_reason(node)
+        if state.startswith("drain") and why == PROLOG_DRAIN:
+            slurm.resume(node)
+            log.warning("resumed %s, drained when its prolog could not reach the database", node)
+    return handled
 
 
 def idle_servers(config: Config, gpu_uuid: str) -> list[int]:
@@ -69,22 +78,39 @@ def idle_servers(config: Config, gpu_uuid: str) -> list[int]:
 LOST_AFTER = 60  # seconds a running placement must have run before it can be taken for lost
 
 
-def lost_jobs(config: Config, node: str, proc: Path = Path("/proc")) -> list[int]:
-    """Release the running placements of this node whose job left nothing here: no slice file (the
-    epilog removes it) and no process in the job's cgroup. The placement daemon leaves such a
-    placement alone when Slurm no longer knows its job (its processes may still run here: Slurm
-    lost the job, not the node); once nothing of it is left, its GPU share is free again."""
+def lost_jobs(config: Config, slurm: Slurm, node: str, proc: Path = Path("/proc")) -> list[int]:
+    """Do the epilog's work for the running placements of this node whose job has no process left
+    here (none in the job's cgroup) and that Slurm does not run here either (an allocation may sit
+    without a process, e.g. salloc before its first step): release the placement and remove the
+    slice file that names it.
+
+    The placement daemon leaves a running placement alone when Slurm no longer knows its job (its
+    processes may still run here: Slurm lost the job, not the node). When such a job ends, slurmd
+    runs no epilog for it (slurmctld, which orders the epilog, does not know it), and an epilog
+    that could not reach the database released nothing; once nothing of the job is left, its GPU
+    share is free again."""
     with node_store.connect(config.database_url) as conn:
         running = node_store.running_on(conn, node, LOST_AFTER)
         if not running:
             return []
         alive = jobs_with_processes(node, proc)
-        lost = [p for p in running if p.job_id not in alive and not (config.slice_dir / str(p.job_id)).exists()]
+        quiet = [p for p in running if p.job_id not in alive]
+        if not quiet:
+            return []
+        allocated = slurm.allocated_on(node)  # job id -> submit time
+
+        def gone(p: node_store.JobPlacement) -> bool:  # unknown here, or another job of the same id
+            submitted = allocated.get(p.job_id)
+            return submitted is None or p.job_submit_time not in (0, submitted)
+
+        lost = [p for p in quiet if gone(p)]
         for placement in lost:
+            if slices.placement_of(config.slice_dir, placement.job_id) == placement.id:
+                slices.remove(config.slice_dir, placement.job_id)
             node_store.mark_released(conn, placement)
-            node_store.record_event(conn, "slice-released", "released by the agent: the job left no process and "
-                                    "no slice file on the node", placement.job_id, placement.gpu_uuid, node)
-    return [p.job_id for p in lost]
+            node_store.record_event(conn, "slice-released", "released by the agent: the job has no process left on "
+                                    "the node and no epilog released it", placement.job_id, placement.gpu_uuid, node)
+    return sorted(p.job_id for p in lost)
 
 
 def jobs_with_processes(node: str, proc: Path = Path("/proc")) -> set[int]:

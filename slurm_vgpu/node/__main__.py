@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             log.error("epilog of job %s: %s; the placement daemon releases its slice", os.environ["SLURM_JOB_ID"],
                       reason)
             return 0
-        failed.record(config, int(os.environ["SLURM_JOB_ID"]), reason)
+        failed.record(config, node, int(os.environ["SLURM_JOB_ID"]), reason)
         log.error("prolog of job %s: %s; Slurm requeues the job held, the agent releases it once the "
                   "database answers", os.environ["SLURM_JOB_ID"], reason)
         return 1

@@ -14,25 +14,27 @@ from pathlib import Path
 from ..config import Config
 
 
-def _directory(config: Config) -> Path:
-    return config.run_dir / "failed-prologs"
+def _directory(config: Config, node: str) -> Path:
+    """Per node: RunDir is node-local on a site, but several nodes of a dev cluster share it."""
+    return config.run_dir / "failed-prologs" / node
 
 
-def record(config: Config, job_id: int, reason: str) -> None:
-    directory = _directory(config)
+def record(config: Config, node: str, job_id: int, reason: str) -> None:
+    directory = _directory(config, node)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.parent.chmod(0o700)
     fd = os.open(directory / str(job_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(reason + "\n")
 
 
-def pending(config: Config) -> dict[int, str]:
-    """Job id -> why its prolog failed, for every failure not yet healed."""
-    directory = _directory(config)
+def pending(config: Config, node: str) -> dict[int, str]:
+    """Job id -> why its prolog failed on ``node``, for every failure not yet healed."""
+    directory = _directory(config, node)
     if not directory.is_dir():
         return {}
     return {int(p.name): p.read_text().strip() for p in directory.iterdir() if p.name.isdigit()}
 
 
-def clear(config: Config, job_id: int) -> None:
-    (_directory(config) / str(job_id)).unlink(missing_ok=True)
+def clear(config: Config, node: str, job_id: int) -> None:
+    (_directory(config, node) / str(job_id)).unlink(missing_ok=True)

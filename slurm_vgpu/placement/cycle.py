@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from ..adapters.slurm import UNPLACED, Job, Node, Slurm, SlurmError
+from ..adapters.slurm import ENDED_STATES, UNPLACED, Job, Node, Slurm, SlurmError
 from ..config import Config
 from ..db import store
 from ..db.engine import session_scope
@@ -29,10 +29,7 @@ log = logging.getLogger("slurm_vgpu.placement")
 
 WORKLOAD_WINDOW = 1000  # recent placements that make up the typical requests
 
-ENDED = {
-    "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
-    "BOOT_FAIL", "DEADLINE",
-}
+ENDED = ENDED_STATES
 # sinfo's compact node states (``%t``) in which a node takes new jobs; any other (drain, drng,
 # down, fail, maint, ...) or a flag such as ``*`` (not responding) keeps slices off its GPUs.
 USABLE_NODE_STATES = {"idle", "mix", "alloc", "comp"}

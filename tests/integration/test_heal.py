@@ -18,10 +18,19 @@ from .cli_support import insert_inventory, place
 
 @dataclass
 class RecordingSlurm:
-    """Answers ``node_reason`` with ``state``; records releases and resumes."""
+    """Answers ``node_reason`` with ``state`` and ``allocated_on`` with ``allocated``; records
+    releases and resumes."""
 
-    state: tuple[str, str]
+    state: tuple[str, str] = ("idle", "")
     calls: list[tuple[str, object]] = field(default_factory=list)
+    allocated: dict[int, int] = field(default_factory=dict)
+    holds: dict[int, bool | None] = field(default_factory=dict)  # job -> held? (absent: held)
+
+    def held(self, job_id: int) -> bool | None:
+        return self.holds.get(job_id, True)
+
+    def allocated_on(self, node: str) -> dict[int, int]:
+        return self.allocated
 
     def release(self, job_id: int) -> None:
         self.calls.append(("release", job_id))
@@ -39,19 +48,34 @@ def config(tmp_path: Path, database_url: str = "postgresql://unused") -> Config:
 
 def test_failed_prologs_are_released_and_the_prologs_drain_undone(tmp_path):
     conf = config(tmp_path)
-    failed.record(conf, 41, "placement database unusable: connection refused")
-    failed.record(conf, 42, "placement database unusable: connection refused")
-    slurm = RecordingSlurm(("drain", heal.PROLOG_DRAIN))
+    failed.record(conf, "gpu01", 41, "placement database unusable: connection refused")
+    failed.record(conf, "gpu01", 42, "placement database unusable: connection refused")
+    failed.record(conf, "gpu02", 43, "placement database unusable: connection refused")  # its own agent's
+    slurm = RecordingSlurm(state=("drain", heal.PROLOG_DRAIN))
     assert heal.failed_prologs(conf, slurm, "gpu01") == [41, 42]
     assert slurm.calls == [("release", 41), ("release", 42), ("resume", "gpu01")]
-    assert failed.pending(conf) == {}
+    assert failed.pending(conf, "gpu01") == {}
+    assert list(failed.pending(conf, "gpu02")) == [43]
     assert heal.failed_prologs(conf, slurm, "gpu01") == []  # healed once
+
+
+def test_a_job_not_yet_requeued_held_keeps_its_record_and_an_ended_one_is_dropped(tmp_path):
+    conf = config(tmp_path)
+    for job_id in (44, 45):
+        failed.record(conf, "gpu01", job_id, "placement database unusable: timeout")
+    slurm = RecordingSlurm(state=("drain", heal.PROLOG_DRAIN), holds={44: False, 45: None})
+    assert heal.failed_prologs(conf, slurm, "gpu01") == [45]
+    assert slurm.calls == [("resume", "gpu01")]  # 45 ended meanwhile: nothing to release
+    assert list(failed.pending(conf, "gpu01")) == [44]  # released once Slurm holds it, not before
+    slurm.holds[44] = True
+    assert heal.failed_prologs(conf, slurm, "gpu01") == [44]
+    assert ("release", 44) in slurm.calls
 
 
 def test_a_drain_for_another_reason_is_left_to_the_admin(tmp_path):
     conf = config(tmp_path)
-    failed.record(conf, 43, "placement database unusable: timeout")
-    slurm = RecordingSlurm(("drain", "bad DIMM"))
+    failed.record(conf, "gpu01", 43, "placement database unusable: timeout")
+    slurm = RecordingSlurm(state=("drain", "bad DIMM"))
     heal.failed_prologs(conf, slurm, "gpu01")
     assert slurm.calls == [("release", 43)]
 
@@ -63,21 +87,28 @@ def fake_proc(root: Path, cgroups: dict[int, str]) -> Path:
     return root
 
 
-def test_a_running_slice_whose_job_left_nothing_on_the_node_is_released(clean_db, database_url, tmp_path):
+def test_a_running_slice_whose_job_has_no_process_left_on_the_node_is_released(clean_db, database_url, tmp_path):
     insert_inventory(clean_db)
-    for job_id, index in ((51, 0), (52, 1), (53, 1)):
-        place(clean_db, job_id, "gpu01", index, state="running")
+    for job_id, index in ((51, 0), (52, 1), (53, 1), (54, 1), (55, 0)):
+        place(clean_db, job_id, "gpu01", index, share=20, state="running")
     with clean_db.begin() as conn:
-        conn.execute(sa.update(Placement).values(started_at=sa.func.now() - sa.text("interval '5 minutes'")))
+        conn.execute(sa.update(Placement).values(started_at=sa.func.now() - sa.text("interval '5 minutes'"),
+                                                 job_submit_time=Placement.job_id * 1000))
+        placement_52 = conn.scalar(sa.select(Placement.id).where(Placement.job_id == 52))
     conf = config(tmp_path, database_url)
     conf.slice_dir.mkdir(parents=True)
-    (conf.slice_dir / "52").write_text("# slice file of a job still set up here\n")
+    # job 52 ended with no epilog: its slice file is still there, naming its placement
+    (conf.slice_dir / "52").write_text(f"# slurm-vgpu slice of job 52 (placement {placement_52}); ...\n")
     proc = fake_proc(tmp_path / "proc", {700: "6:freezer:/slurm_gpu01/uid_0/job_53/step_batch\n",
                                          701: "6:freezer:/slurm_gpu02/uid_0/job_51/step_0\n"})  # another node
-    assert heal.lost_jobs(conf, "gpu01", proc) == [51]
+    # 54: an allocation with no process yet (salloc before its first step); 55: Slurm runs another
+    # job that was given 55's id again
+    slurm = RecordingSlurm(allocated={54: 54_000, 55: 1})
+    assert heal.lost_jobs(conf, slurm, "gpu01", proc) == [51, 52, 55]
     with clean_db.connect() as conn:
         states = dict(conn.execute(sa.select(Placement.job_id, Placement.state)).all())
-    assert states == {51: "released", 52: "running", 53: "running"}
+    assert states == {51: "released", 52: "released", 53: "running", 54: "running", 55: "released"}
+    assert not (conf.slice_dir / "52").exists()
 
 
 def test_a_slice_that_started_moments_ago_is_not_taken_for_lost(clean_db, database_url, tmp_path):
@@ -86,4 +117,4 @@ def test_a_slice_that_started_moments_ago_is_not_taken_for_lost(clean_db, databa
     with clean_db.begin() as conn:  # started now: its steps may not be up yet
         conn.execute(sa.update(Placement).values(started_at=sa.func.now()))
     conf = config(tmp_path, database_url)
-    assert heal.lost_jobs(conf, "gpu01", fake_proc(tmp_path / "proc", {})) == []
+    assert heal.lost_jobs(conf, RecordingSlurm(), "gpu01", fake_proc(tmp_path / "proc", {})) == []

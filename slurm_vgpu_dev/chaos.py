@@ -1,0 +1,308 @@
+"""Chaos on a dev cluster: vgpu jobs of several users and classes while the placement daemon, a node
+agent, slurmctld and the database go down and come back at random; then what held.
+
+What is checked, from three independent sources:
+- Slurm: sampled while the run lasts, no GPU's vgpu GRES over 100 and no GPU running jobs of two
+  users at once (``scontrol show node -d`` and ``squeue``);
+- the slice files the prologs wrote: sampled likewise, no GPU with slices of two users;
+- Postgres: every placement interval replayed at the end, no GPU over 100 or holding two users.
+And per job: it completed with its own slice (its output names its share), or ended with a reason
+(``vgpu-state=failed`` with a ``wait=`` in its AdminComment), or is one Slurm itself lost (submitted
+just before a SIGKILLed slurmctld saved it: reported apart, since no slurm-vgpu component saw it).
+
+"Postgres down" closes the cluster's own database to every client and ends its connections (the
+machine's server is shared with other clusters and cannot be stopped for one of them).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from slurm_vgpu.config import load
+from slurm_vgpu.db import engine as db
+
+from . import cluster as devcluster
+
+CLASSES = ("latency", "throughput", "best-effort")
+SHARES = (10, 20, 25, 30, 40, 50, 60, 75, 100)
+# Printed by every chaos job, so that its output says which slice it ran with.
+SCRIPT = 'echo "share=${CUDA_MPS_ACTIVE_THREAD_PERCENTAGE:-none} gpu=${CUDA_VISIBLE_DEVICES:-none}"; sleep {sleep}'
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
+         "PREEMPTED"}
+
+
+@dataclass
+class Report:
+    jobs: int = 0
+    completed_with_slice: int = 0
+    ended_with_reason: int = 0
+    ran_without_slice: list[int] = field(default_factory=list)
+    lost: list[int] = field(default_factory=list)  # slurm-vgpu had it, then nobody did
+    lost_by_slurmctld: list[int] = field(default_factory=list)  # Slurm forgot it before anything saw it
+    unfinished: list[int] = field(default_factory=list)
+    over_100: list[str] = field(default_factory=list)  # what each violation looked like
+    user_mixes: list[str] = field(default_factory=list)
+    samples: int = 0
+    faults: Counter = field(default_factory=Counter)
+
+    @property
+    def held(self) -> bool:
+        return not (self.ran_without_slice or self.lost or self.unfinished or self.over_100 or self.user_mixes)
+
+    def lines(self) -> list[str]:
+        return [
+            f"jobs {self.jobs}: {self.completed_with_slice} completed with their slice, "
+            f"{self.ended_with_reason} ended with a reason, {len(self.unfinished)} unfinished",
+            f"faults: {', '.join(f'{k} x{v}' for k, v in sorted(self.faults.items())) or 'none'}",
+            f"samples {self.samples}: {len(self.over_100)} over 100, {len(self.user_mixes)} user mixes "
+            "(Slurm, slice files, and the Postgres replay)",
+            f"ran without their slice: {len(self.ran_without_slice)} {self.ran_without_slice[:10]}",
+            f"lost: {len(self.lost)} {self.lost[:10]}; lost by slurmctld before any placement: "
+            f"{len(self.lost_by_slurmctld)} {self.lost_by_slurmctld[:10]}",
+        ]
+
+
+class Chaos:
+    """One run on a cluster that is up (its services recorded in its state file)."""
+
+    def __init__(self, cluster: devcluster.Cluster, users: list[str], seed: int = 0):
+        self.cluster = cluster
+        self.users = users
+        self.rng = random.Random(seed)
+        self.report = Report()
+        self.stop = threading.Event()
+        self.config = load(cluster.vgpu_conf)
+        self.engine = db.make_engine(cluster.database_url)
+        self.out = cluster.dir / "chaos"
+        self.out.mkdir(exist_ok=True)
+        self.out.chmod(0o1777)
+        self.submitted: dict[int, str] = {}  # job id -> options
+
+    # --- Slurm, as root or as a user ---------------------------------------------------------------
+
+    def slurm(self, *argv: str, user: str | None = None, check: bool = False) -> subprocess.CompletedProcess:
+        env = {**os.environ, **self.cluster.env()}
+        if user:
+            argv = ("runuser", "-u", user, "--", "env", f"SLURM_CONF={self.cluster.slurm_conf}", *argv)
+        return subprocess.run(argv, env=env, capture_output=True, text=True, check=check, cwd="/tmp", timeout=60)
+
+    def submit(self, count: int, spread_s: float) -> None:
+        for _ in range(count):
+            if self.stop.is_set():
+                return
+            share, klass = self.rng.choice(SHARES), self.rng.choice(CLASSES)
+            model = self.rng.choice(["", "", "h100:", "a100:", "t4:"])
+            options = [f"--gres=vgpu:{model}{share}", f"--vgpu-class={klass}"]
+            script = SCRIPT.replace("{sleep}", str(self.rng.choice([0, 1, 2, 3])))
+            result = self.slurm("sbatch", "--parsable", f"--output={self.out}/%j.out", *options, "--wrap", script,
+                                user=self.rng.choice(self.users))
+            if result.returncode == 0:
+                self.submitted[int(result.stdout.strip().split(";")[0])] = " ".join(options)
+            else:  # slurmctld down this moment: a user would try again
+                time.sleep(0.5)
+            time.sleep(self.rng.uniform(0, 2 * spread_s))
+
+    # --- faults ------------------------------------------------------------------------------------
+
+    def kill(self, service: str) -> None:
+        state = devcluster._read_state(self.cluster) or {"services": {}}
+        entry = state["services"].get(service)
+        if entry:
+            try:
+                os.kill(entry["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(self.rng.uniform(0.2, 2.0))
+        devcluster.restart(self.cluster, service)
+        if service == "slurmctld":
+            devcluster._wait_ctld(self.cluster, 60)
+
+    def database_outage(self) -> None:
+        allow_connections(self.cluster.database_url, False)
+        try:
+            time.sleep(self.rng.uniform(2, 6))
+        finally:
+            allow_connections(self.cluster.database_url, True)
+
+    def inject(self, every_s: float) -> None:
+        agents = [name for name in (devcluster._read_state(self.cluster) or {"services": {}})["services"]
+                  if name.startswith("agent-")]
+        faults = {"placement": lambda: self.kill("placement"), "slurmctld": lambda: self.kill("slurmctld"),
+                  "postgres": self.database_outage}
+        for agent in agents:
+            faults[agent] = lambda agent=agent: self.kill(agent)
+        while not self.stop.wait(self.rng.uniform(0.5, 1.5) * every_s):
+            name = self.rng.choice(sorted(faults))
+            faults[name]()
+            self.report.faults[name.split("-")[0]] += 1
+
+    # --- what holds while it runs ------------------------------------------------------------------
+
+    def sample(self) -> None:
+        text = self.slurm("scontrol", "show", "node", "-d").stdout
+        for block in text.split("\n\n"):
+            node = re.search(r"NodeName=(\S+)", block)
+            used = re.search(r"GresUsed=(\S+)", block)
+            if node and used:
+                for kind, count in re.findall(r"vgpu:(\w+):(\d+)", used.group(1)):
+                    if int(count) > 100:
+                        self.report.over_100.append(f"Slurm: {node.group(1)} {kind} {count}")
+        users = defaultdict(set)
+        running = self.slurm("squeue", "-h", "-t", "RUNNING,COMPLETING", "-o", "%N|%u|%b").stdout
+        for line in running.splitlines():
+            node, user, tres = line.split("|")
+            kind = re.search(r"vgpu:(\w+):\d+", tres)
+            if kind:
+                users[(node, kind.group(1))].add(user)
+        for gpu, who in users.items():
+            if len(who) > 1:
+                self.report.user_mixes.append(f"Slurm: {gpu} runs jobs of {sorted(who)}")
+        slices = defaultdict(set)
+        owners = self.job_users()  # a slice file is root's; its job's user is Slurm's to say
+        for path in self.config.slice_dir.glob("[0-9]*"):
+            try:
+                gpu = re.search(r"^CUDA_VISIBLE_DEVICES=(\S+)", path.read_text(), re.M)
+            except OSError:
+                continue
+            if gpu and int(path.name) in owners:
+                slices[gpu.group(1)].add(owners[int(path.name)])
+        for gpu, who in slices.items():
+            if len(who) > 1:
+                self.report.user_mixes.append(f"slice files: {gpu} has slices of {sorted(who)}")
+        self.report.samples += 1
+
+    def watch(self, every_s: float) -> None:
+        while not self.stop.wait(every_s):
+            try:
+                self.sample()
+            except (subprocess.TimeoutExpired, OSError):
+                continue
+
+    def job_users(self) -> dict[int, str]:
+        out = self.slurm("squeue", "-h", "-t", "RUNNING,COMPLETING", "-o", "%i|%u").stdout
+        return {int(i): u for i, u in (line.split("|") for line in out.splitlines() if "|" in line)}
+
+    # --- the run ------------------------------------------------------------------------------------
+
+    def run(self, jobs: int, submit_over_s: float, fault_every_s: float, timeout_s: float) -> Report:
+        threads = [threading.Thread(target=self.inject, args=(fault_every_s,), daemon=True),
+                   threading.Thread(target=self.watch, args=(0.5,), daemon=True)]
+        for thread in threads:
+            thread.start()
+        try:
+            self.submit(jobs, submit_over_s / max(jobs, 1))
+            self.wait_ended(timeout_s)
+        finally:
+            self.stop.set()
+            for thread in threads:
+                thread.join(timeout=120)
+            allow_connections(self.cluster.database_url, True)
+        self.judge()
+        self.engine.dispose()
+        return self.report
+
+    def slurm_jobs(self) -> dict[int, dict]:
+        result = self.slurm("squeue", "--json")
+        if result.returncode != 0:
+            return {}
+        return {j["job_id"]: j for j in json.loads(result.stdout)["jobs"] if j["job_id"] in self.submitted}
+
+    def wait_ended(self, timeout_s: float) -> None:
+        """Until every job Slurm knows has ended (faults go on meanwhile), or the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            known = self.slurm_jobs()
+            if known and all(_state(j) in ENDED for j in known.values()):
+                return
+            time.sleep(2)
+
+    def judge(self) -> None:
+        devcluster._wait_ctld(self.cluster, 60)
+        known = self.slurm_jobs()
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT id, job_id, gpu_uuid, uid, share, placed_at, coalesce(ended_at, now()) AS ended_at "
+                "FROM placements")).all()
+        placed = {r.job_id for r in rows}
+        self.report.jobs = len(self.submitted)
+        for job_id in sorted(self.submitted):
+            job = known.get(job_id)
+            out = self.out / f"{job_id}.out"
+            if job is None:
+                (self.report.lost if job_id in placed else self.report.lost_by_slurmctld).append(job_id)
+                continue
+            state, comment = _state(job), job.get("admin_comment") or ""
+            if state not in ENDED:
+                self.report.unfinished.append(job_id)
+            elif state == "COMPLETED":
+                printed = out.read_text() if out.exists() else ""
+                share = re.search(r"vgpu:(?:\w+:)?(\d+)", job.get("tres_per_node") or "")
+                if share and f"share={share.group(1)} " in printed:
+                    self.report.completed_with_slice += 1
+                else:
+                    self.report.ran_without_slice.append(job_id)
+            elif "wait=" in comment or "agent=" in comment or state in ("NODE_FAIL", "CANCELLED"):
+                self.report.ended_with_reason += 1
+            else:
+                self.report.unfinished.append(job_id)
+        self.report.over_100 += [f"Postgres: {v}" for v in replay(rows, "over")]
+        self.report.user_mixes += [f"Postgres: {v}" for v in replay(rows, "users")]
+
+
+def _state(job: dict) -> str:
+    state = job.get("job_state")
+    return (state[0] if state else "") if isinstance(state, list) else str(state)
+
+
+def replay(rows, check: str) -> list[str]:
+    """Every placement interval in time order: where a GPU held over 100 units (``over``) or two
+    users (``users``) at one instant. Rows have ``id, gpu_uuid, uid, share, placed_at, ended_at``."""
+    found = []
+    by_gpu = defaultdict(list)
+    for r in rows:
+        by_gpu[r.gpu_uuid] += [(r.placed_at, 1, r), (r.ended_at, 0, r)]
+    for gpu, events in by_gpu.items():
+        live = {}
+        for at, starting, r in sorted(events, key=lambda e: (e[0], e[1])):
+            if not starting:
+                live.pop(r.id, None)
+                continue
+            live[r.id] = r
+            if check == "over" and sum(p.share for p in live.values()) > 100:
+                found.append(f"{gpu} at {at}: {sum(p.share for p in live.values())} units")
+            if check == "users" and len({p.uid for p in live.values()}) > 1:
+                found.append(f"{gpu} at {at}: uids {sorted({p.uid for p in live.values()})}")
+    return found
+
+
+def allow_connections(url: str, allowed: bool) -> None:
+    """Open or close a database to every client; closing also ends the connections it has."""
+    target = db.database_url(url)
+    admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{target.database}" WITH ALLOW_CONNECTIONS {str(allowed).lower()}'))
+            if not allowed:
+                conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
+                             {"d": target.database})
+    finally:
+        admin.dispose()
+
+
+def ensure_users(count: int, prefix: str = "vgpu-chaos") -> list[str]:
+    """Local Unix users for the jobs (created once, kept)."""
+    names = [f"{prefix}{i}" for i in range(count)]
+    for name in names:
+        if subprocess.run(["id", "-u", name], capture_output=True).returncode != 0:
+            subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True)
+    return names
