@@ -2,16 +2,23 @@
 
 Slices and limits come from here and from Postgres, never from a user's environment. The path is
 ``/etc/slurm/slurm-vgpu.conf`` unless ``--config`` or ``SLURM_VGPU_CONF`` names another (the
-prolog/epilog wrappers name it explicitly, since Slurm gives them a scrubbed environment).
+prolog/epilog wrappers name it explicitly, since Slurm gives them a scrubbed environment). A key
+this module does not know is refused, as the SPANK plugin refuses an unknown argument: a misspelt
+key must not leave its default silently in force.
+
+``python -m slurm_vgpu.config FILE`` (``-`` for stdin) checks a file with nothing but the standard
+library: the Ansible role checks its extra keys with it before anything is installed.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import socket
-from dataclasses import dataclass, field, fields
+import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .policy import POLICIES
+from .policy import POLICIES, PolicyConfig
 
 DEFAULT_PATH = Path("/etc/slurm/slurm-vgpu.conf")
 
@@ -30,11 +37,12 @@ class Config:
     run_dir: Path = Path("/run/slurm-vgpu")  # per-GPU pipe/log dirs, slice files
     slurm_conf: Path | None = None  # passed to Slurm commands when set (dev clusters)
     node_name: str | None = None  # this node's Slurm name; default: the short hostname
-    multi_user: bool = False  # the site runs MPS multi-user mode on every GPU
-    policy: str = "ours"
-    latency_max_cotenants: int = 2
-    reference_model: str | None = None
-    starvation_wait: float = 600.0  # seconds before the oldest blocked request reserves a GPU
+    # the placement policy's settings: their defaults are the pure policy's own
+    multi_user: bool = PolicyConfig.multi_user  # the site runs MPS multi-user mode on every GPU
+    policy: str = PolicyConfig.policy
+    latency_max_cotenants: int = PolicyConfig.latency_max_cotenants
+    reference_model: str | None = PolicyConfig.reference_model
+    starvation_wait: float = PolicyConfig.starvation_wait_s  # seconds before the oldest blocked request reserves a GPU
     pin_timeout: float = 120.0  # seconds a pinned job may stay pending before it is placed again
     cycle_interval: float = 1.0  # seconds between placement cycles
     # most decisions the placement daemon lets wait for the write in flight (each write carries
@@ -58,7 +66,6 @@ class Config:
     guard_best_effort_run: float = 0.25  # fraction of each period a best-effort co-tenant runs
     guard_throughput_run: float = 1.0  # fraction of each period a throughput co-tenant runs
     operator_uids: tuple[int, ...] = (0,)
-    extra: dict[str, str] = field(default_factory=dict)  # keys of later components, kept verbatim
 
     @property
     def node(self) -> str:
@@ -81,13 +88,26 @@ class Config:
         return self.run_dir / "mps" / gpu_uuid
 
 
-_KEYS = {f.name.replace("_", ""): f for f in fields(Config) if f.name != "extra"}
+def key_name(field_name: str) -> str:
+    """A field's key as the file spells it: ``heartbeat_timeout`` -> ``HeartbeatTimeout``."""
+    return "".join(part.capitalize() for part in field_name.split("_"))
+
+
+_KEYS = {f.name.replace("_", ""): f for f in fields(Config)}  # lower-case key -> field
+KEYS = tuple(key_name(f.name) for f in fields(Config))  # every key, as the file spells it
+
+
+def unknown_key(key: str) -> str:
+    """Why ``key`` is refused, naming the known key nearest to it (or all of them, when none is near)."""
+    near = difflib.get_close_matches(key.lower(), list(_KEYS), n=1)
+    if near:
+        return f"unknown key {key!r}; did you mean {key_name(_KEYS[near[0]].name)!r}?"
+    return f"unknown key {key!r}; the keys are {', '.join(KEYS)}"
 
 
 def parse(text: str, source: str = "slurm-vgpu.conf") -> Config:
     """Keys are case-insensitive CamelCase as in slurm.conf (``DatabaseUrl=...``); ``#`` comments."""
     values: dict[str, object] = {}
-    extra: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -97,8 +117,7 @@ def parse(text: str, source: str = "slurm-vgpu.conf") -> Config:
             raise ConfigError(f"{source}:{number}: expected Key=Value, got {raw.strip()!r}")
         spec = _KEYS.get(key.strip().lower())
         if spec is None:
-            extra[key.strip()] = value.strip()
-            continue
+            raise ConfigError(f"{source}:{number}: {unknown_key(key.strip())}")
         values[spec.name] = _convert(spec, value.strip(), f"{source}:{number}: {key.strip()}")
         if spec.name == "place_batch" and values["place_batch"] < 1:
             raise ConfigError(f"{source}:{number}: PlaceBatch: {values['place_batch']} decisions per "
@@ -106,7 +125,7 @@ def parse(text: str, source: str = "slurm-vgpu.conf") -> Config:
         if spec.name == "policy" and values["policy"] not in POLICIES:
             raise ConfigError(f"{source}:{number}: Policy: {values['policy']!r} is not a policy; "
                               f"choose one of {', '.join(POLICIES)}")
-    return Config(**values, extra=extra)
+    return Config(**values)
 
 
 def load(path: Path | str | None = None) -> Config:
@@ -122,18 +141,14 @@ def load(path: Path | str | None = None) -> Config:
 def render(config: Config) -> str:
     lines = ["# slurm-vgpu.conf: generated by slurm-vgpu"]
     for spec in fields(Config):
-        if spec.name == "extra":
-            continue
         value = getattr(config, spec.name)
         if value is None:
             continue
-        name = "".join(part.capitalize() for part in spec.name.split("_"))
         if isinstance(value, bool):
             value = "yes" if value else "no"
         elif isinstance(value, tuple):
             value = ",".join(str(v) for v in value)
-        lines.append(f"{name}={value}")
-    lines += [f"{k}={v}" for k, v in config.extra.items()]
+        lines.append(f"{key_name(spec.name)}={value}")
     return "\n".join(lines) + "\n"
 
 
@@ -155,3 +170,24 @@ def _convert(spec, value: str, where: str):
         return value
     except ValueError as exc:
         raise ConfigError(f"{where}: {value!r} is not valid ({exc})") from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check a slurm-vgpu.conf (``-``: stdin): exit 2 with its first error on stderr, else 0."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m slurm_vgpu.config FILE|-", file=sys.stderr)
+        return 2
+    try:
+        if args[0] == "-":
+            parse(sys.stdin.read(), "<stdin>")
+        else:
+            parse(Path(args[0]).read_text(), args[0])
+    except (ConfigError, OSError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,11 +16,13 @@ from .observe import NodeView
 
 @dataclass(frozen=True)
 class GuardSettings:
-    enabled: bool = True
-    period_s: float = 1.0
-    busy_utilization: float = 0.1  # a latency slice at this SM use (0..1 of its GPU) or more is busy
-    best_effort_run: float = 0.25  # fraction of each period a best-effort co-tenant runs
-    throughput_run: float = 1.0  # 1: throughput co-tenants are never throttled
+    """The guard's bounds (slurm-vgpu.conf's SloGuard and Guard* keys, whose defaults these are)."""
+
+    enabled: bool = Config.slo_guard
+    period_s: float = Config.guard_period
+    busy_utilization: float = Config.guard_busy_utilization  # a latency slice at this SM use (0..1) is busy
+    best_effort_run: float = Config.guard_best_effort_run  # fraction of each period a best-effort co-tenant runs
+    throughput_run: float = Config.guard_throughput_run  # 1: throughput co-tenants are never throttled
 
     def run_fraction(self, slo_class: SloClass) -> float:
         return {SloClass.BEST_EFFORT: self.best_effort_run, SloClass.THROUGHPUT: self.throughput_run}.get(slo_class, 1.0)

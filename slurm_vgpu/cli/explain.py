@@ -39,6 +39,10 @@ WHY_NOT: dict[str, Callable[[dict, GpuState, Ask], str]] = {
                                     f"the job needs {gib(a.request.memory_mib)}"),
     "user": lambda g, s, a: (f"runs {_users(g)}'s MPS server; one Unix user per GPU "
                              "(MPS would queue a second user's work until the first one's ends)"),
+    "memory-cap": lambda g, s, a: (
+        "holds another user's capped slices; a slice without --vgpu-mem may use all of the GPU's memory"
+        if a.request.memory_mib is None else
+        "holds another user's slice without a memory cap, which may use all of the GPU's memory"),
     "latency": lambda g, s, a: (f"holds {g['slices']} slices ({', '.join(g['slo_classes'])}); a latency "
                                 f"slice allows at most {a.config.latency_max_cotenants} others beside it"),
 }

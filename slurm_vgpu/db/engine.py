@@ -6,30 +6,29 @@ from contextlib import contextmanager
 
 import sqlalchemy as sa
 from alembic import command
-from alembic.config import Config
+from alembic.config import Config as AlembicConfig
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import sessionmaker
 
+from ..config import Config
 from ..resources import MIGRATIONS
-from . import CONNECT_OPTIONS
-
-DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/slurm_vgpu"
+from . import CONNECT_OPTIONS, sqlalchemy_url
 
 
 class DatabaseError(RuntimeError):
     """The database cannot be reached or is not at the expected schema; the message says what to do."""
 
 
-def database_url(url: str | None = None) -> URL:
-    """The URL from the argument, else ``SLURM_VGPU_DATABASE_URL``, else the local default."""
-    parsed = make_url(url or os.environ.get("SLURM_VGPU_DATABASE_URL") or DEFAULT_URL)
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed
+def database_url(url: str | URL | None = None) -> URL:
+    """The URL from the argument, else ``SLURM_VGPU_DATABASE_URL``, else DatabaseUrl's default.
+    A URL object keeps its password (``str()`` of one would mask it)."""
+    if isinstance(url, URL):
+        url = url.render_as_string(hide_password=False)
+    return make_url(sqlalchemy_url(url or os.environ.get("SLURM_VGPU_DATABASE_URL") or Config.database_url))
 
 
 def make_engine(url: str | URL | None = None, **kwargs) -> sa.Engine:
-    return sa.create_engine(database_url(str(url) if url else None), pool_pre_ping=True,
+    return sa.create_engine(database_url(url), pool_pre_ping=True,
                             connect_args={"options": CONNECT_OPTIONS}, **kwargs)
 
 
@@ -42,7 +41,7 @@ def session_scope(engine: sa.Engine):
 
 def ensure_database(url: str | URL | None = None) -> URL:
     """Create the database named in the URL if it does not exist (connecting to ``postgres``)."""
-    target = database_url(str(url) if url else None)
+    target = database_url(url)
     admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
@@ -57,19 +56,18 @@ def ensure_database(url: str | URL | None = None) -> URL:
 
 
 def drop_database(url: str | URL) -> None:
-    target = database_url(str(url))
+    target = database_url(url)
     admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
     admin.dispose()
 
 
-def alembic_config(url: str | URL | None = None) -> Config:
-    config = Config()
+def alembic_config(url: str | URL | None = None) -> AlembicConfig:
+    config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option(
-        "sqlalchemy.url", database_url(str(url) if url else None).render_as_string(hide_password=False)
-    )
+    # an option is ConfigParser text, where % starts an interpolation: a URL-encoded password has some
+    config.set_main_option("sqlalchemy.url", database_url(url).render_as_string(hide_password=False).replace("%", "%%"))
     return config
 
 
@@ -77,7 +75,7 @@ def upgrade(url: str | URL | None = None, revision: str = "head") -> None:
     try:
         command.upgrade(alembic_config(url), revision)
     except sa.exc.OperationalError as exc:
-        raise unreachable(database_url(str(url) if url else None), exc) from exc
+        raise unreachable(database_url(url), exc) from exc
 
 
 def check(url: str | URL | None = None) -> None:

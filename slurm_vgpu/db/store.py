@@ -84,9 +84,11 @@ def gpu_states(session: Session, heartbeat_timeout: float) -> list[GpuState]:
                 memory_mib=memory_mib,
                 speed=speed,
                 used=sum(share for share, _, _, _ in slices),
-                memory_used_mib=sum(memory or 0 for _, memory, _, _ in slices),
+                memory_used_mib=sum(memory for _, memory, _, _ in slices if memory is not None),
                 user=slices[0][2] if slices and not multi_user else None,
                 classes=tuple(SloClass(cls) for _, _, _, cls in slices),
+                capped_users=frozenset(uid for _, memory, uid, _ in slices if memory is not None),
+                uncapped_users=frozenset(uid for _, memory, uid, _ in slices if memory is None),
                 available=why is None,
                 unavailable_reason=why,
             )

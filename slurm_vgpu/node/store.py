@@ -2,13 +2,12 @@
 cost more than the whole prolog should take."""
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 
 import psycopg
 
-from slurm_vgpu.db import CONNECT_OPTIONS
+from slurm_vgpu.db import CONNECT_OPTIONS, libpq_url
 
 # Placements that hold capacity: slurm_vgpu.db.models.ACTIVE_STATES, repeated so the prolog does not
 # import SQLAlchemy (0.4 s); tests/unit/test_mps_node.py checks that the two agree.
@@ -35,8 +34,8 @@ _SELECT = ("SELECT p.id, p.job_id, p.uid, p.share, p.memory_mib, p.state, g.uuid
 
 
 def connect(database_url: str, timeout: float = 3.0) -> psycopg.Connection:
-    """``postgresql+psycopg://...`` (SQLAlchemy's form, as in slurm-vgpu.conf) -> a libpq connection."""
-    return psycopg.connect(re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", database_url),
+    """A libpq connection to slurm-vgpu.conf's DatabaseUrl."""
+    return psycopg.connect(libpq_url(database_url),
                            connect_timeout=max(1, int(timeout)), autocommit=True, options=CONNECT_OPTIONS)
 
 

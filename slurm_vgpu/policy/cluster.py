@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Sequence
 
 from .model import GpuState
-from .rules import GPU_RULES, Ask, gpu_passes
+from .rules import SHAPE_RULES, USER_RULES, Ask, gpu_passes
 from .scoring import Context, NodeChoice, evaluate, policy_of, request_shape
 from .select import pick_node, pick_option
 from .view import NodeView, node_shape
@@ -39,7 +39,7 @@ Group = tuple[int, bool]  # (interned GPU part, node in use): all a policy's res
 def _gpu_part(g: GpuState) -> tuple:
     """Everything the rules and scorers read of the GPU a slice lands on."""
     return (g.free, g.capacity, g.model, g.memory_mib, g.memory_used_mib, g.user, g.classes,
-            g.available, g.speed)
+            g.available, g.speed, g.capped_users, g.uncapped_users)
 
 
 class ClusterState:
@@ -282,12 +282,17 @@ class _Pairs:
         return ranking
 
     def _fit(self, fits: dict[int, object], gid: int, ask: Ask):
-        """None when a GPU of this part fails a rule, else whether the request takes a slice of it."""
+        """None when a GPU of this part fails a rule, else whether the request takes a slice of it.
+        What holds for the request's shape is kept; the rules that depend on its user are asked anew."""
         fit = fits.get(gid, _UNSEEN)
+        gpu = self.gpu_sample[gid]
         if fit is _UNSEEN:
-            gpu = self.gpu_sample[gid]
             fit = fits[gid] = ((ask.units(gpu) < gpu.capacity)
-                               if all(r.passes(gpu, ask) for r in GPU_RULES) else None)
+                               if all(r.passes(gpu, ask) for r in SHAPE_RULES) else None)
+        if fit is not None:
+            for rule in USER_RULES:  # a loop, not all(): asked millions of times a cycle in multi-user mode
+                if not rule.passes(gpu, ask):
+                    return None
         return fit
 
     def _has_room(self, cid: int, req) -> bool:
@@ -297,8 +302,8 @@ class _Pairs:
     def choose(self, ask: Ask):
         state = self.state
         req = ask.request
-        # The user rule is met by looking only at free GPUs and the user's own (or every GPU, in
-        # multi-user mode), so what fits does not depend on the user.
+        # Outside multi-user mode a request looks only at free GPUs and its user's own; in it, at
+        # every GPU. What fits a shape is kept per shape (``_fit`` asks the per-user rules anew).
         fits = self.fits.setdefault((req.share, req.gpus, req.memory_mib, req.models, req.slo_class), {})
         users = [None, *(u for u in self.by_user if u is not None)] if state.ctx.config.multi_user \
             else [None, req.user]

@@ -37,10 +37,20 @@ class GpuState:
     classes: tuple[SloClass, ...] = ()  # SLO class of every slice already on the GPU
     available: bool = True  # False when drained, down, or its node's agent is silent
     unavailable_reason: str | None = None  # why not available, in words (names a silent node)
+    capped_users: frozenset[int] = frozenset()  # uids with a slice capped at some memory here
+    uncapped_users: frozenset[int] = frozenset()  # uids with a slice without a memory cap here
     free: int = field(init=False, repr=False, compare=False)  # capacity - used, read very often
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "free", self.capacity - self.used)
+
+    def caps_kept(self, user: int, memory_mib: int | None) -> bool:
+        """Whether a slice of ``user`` with this memory cap (None: none) leaves every cap here one
+        that can be kept. A slice without a cap may use all of the GPU's memory, so it never shares a
+        GPU with another user's capped slice; one user's slices share that user's MPS server. The
+        capacity guard holds the same rule (migration 0005)."""
+        others = self.capped_users if memory_mib is None else self.uncapped_users
+        return not others or others <= {user}
 
 
 @dataclass(frozen=True)

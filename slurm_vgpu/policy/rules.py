@@ -78,6 +78,7 @@ class GpuRule:
     reason: Callable[[Ask, Sequence[GpuState]], str]  # given the GPUs that were left before it
     never: bool = False
     capacity: bool = False  # waits for room only: an old request may reserve a GPU it fails
+    per_user: bool = False  # the verdict depends on who asks, not only on what is asked for
 
 
 def _latency_room(gpu: GpuState, ask: Ask) -> bool:
@@ -142,6 +143,19 @@ GPU_RULES: tuple[GpuRule, ...] = (
         "user",
         lambda g, a: a.config.multi_user or g.user is None or g.user == a.request.user,
         lambda a, left: f"every {_label(a)}GPU with room runs another user's MPS server",
+        per_user=True,
+    ),
+    GpuRule(
+        "memory-cap",
+        lambda g, a: g.caps_kept(a.request.user, a.request.memory_mib),
+        lambda a, left: (
+            "has no GPU memory cap, so it may use all of a GPU's memory, and every eligible GPU with room "
+            "holds another user's capped slices; give it a cap (--vgpu-mem=SIZE) to share one"
+            if a.request.memory_mib is None else
+            "every eligible GPU with room holds another user's slice without a memory cap, which may use "
+            "all of the GPU's memory"),
+        capacity=True,
+        per_user=True,
     ),
     GpuRule(
         "latency",
@@ -157,6 +171,10 @@ RESERVED_RULE = GpuRule(
     lambda a, left: (f"every fitting GPU is reserved for job {a.reserved[left[0].uuid]}, "
                      f"which has waited longest"),
 )
+
+
+SHAPE_RULES = tuple(r for r in GPU_RULES if not r.per_user)  # their verdict holds for any user's request
+USER_RULES = tuple(r for r in GPU_RULES if r.per_user)
 
 
 def gpu_passes(gpu: GpuState, ask: Ask) -> bool:

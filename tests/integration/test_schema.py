@@ -264,7 +264,7 @@ def test_batches_over_the_same_gpus_in_opposite_orders_neither_deadlock_nor_over
     assert active_shares(clean_db) == {gpu: 90 for gpu in gpus}  # six batches of 15 fit, no more
 
 
-def test_a_released_slice_cannot_come_back_onto_a_full_gpu(clean_db):
+def test_a_released_slice_comes_back_only_as_a_new_slice_that_fits(clean_db):
     add_gpu(clean_db)
     place(clean_db, 1, 60, uid=1000)
     set_state(clean_db, 1, "released")
@@ -273,3 +273,121 @@ def test_a_released_slice_cannot_come_back_onto_a_full_gpu(clean_db):
         set_state(clean_db, 1, "placed")
     place(clean_db, 3, 50, uid=1000)
     set_state(clean_db, 2, "running")  # a slice that stays active may change state on a full GPU
+    for job in (2, 3):
+        set_state(clean_db, job, "failed")
+    place(clean_db, 4, 30, uid=1001)
+    with pytest.raises(sa.exc.IntegrityError, match="GPU-1 runs the MPS server of uid 1001; uid 1000 cannot share it"):
+        set_state(clean_db, 1, "placed")
+    set_state(clean_db, 4, "released")
+    with clean_db.begin() as conn:
+        conn.execute(sa.text("UPDATE gpus SET state = 'draining'"))
+    with pytest.raises(sa.exc.IntegrityError, match="GPU-1 is draining: it takes no new slices"):
+        set_state(clean_db, 1, "placed")
+    with clean_db.begin() as conn:
+        conn.execute(sa.text("UPDATE gpus SET state = 'up'"))
+    set_state(clean_db, 1, "placed")  # it fits now: back it comes
+
+
+def agent_update(engine, sql):
+    """An UPDATE of the gpus table as the node agent's role runs it."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("SET LOCAL ROLE slurm_vgpu_agent"))
+        conn.execute(sa.text(sql))
+
+
+def test_a_gpus_memory_cannot_shrink_below_its_slices_caps(clean_db):
+    add_gpu(clean_db, memory_mib=40960)
+    place(clean_db, 1, 30, memory_mib=20000)
+    with pytest.raises(sa.exc.IntegrityError, match="GPU-1 has 20000 MiB of slices placed; its memory cannot "
+                                                    "shrink to 16384 MiB") as refusal:
+        agent_update(clean_db, "UPDATE gpus SET memory_mib = 16384")
+    assert refusal.value.orig.diag.message_hint == \
+        "drain the GPU (slurm-vgpu drain) and change it once its slices have ended"
+    agent_update(clean_db, "UPDATE gpus SET memory_mib = 20000")  # still room for every cap
+    set_state(clean_db, 1, "released")
+    agent_update(clean_db, "UPDATE gpus SET memory_mib = 8192")
+
+
+def test_an_agent_reporting_less_memory_than_placed_is_refused(clean_db):
+    from slurm_vgpu.adapters.gpus import GpuRecord
+    from slurm_vgpu.db import store
+
+    def register(memory_mib):
+        gpu = GpuRecord(index=0, uuid="GPU-a", name="NVIDIA A100-SXM4-40GB", model="a100", sm_count=108,
+                        memory_mib=memory_mib, compute_capability="8.0")
+        with db.session_scope(clean_db) as session:
+            session.execute(sa.text("SET LOCAL ROLE slurm_vgpu_agent"))
+            store.register_node(session, "node7", [gpu], "test")
+
+    register(40960)
+    place(clean_db, 1, 30, memory_mib=30000, gpu="GPU-a")
+    with pytest.raises(sa.exc.IntegrityError, match="its memory cannot shrink to 20480 MiB"):
+        register(20480)
+    with clean_db.connect() as conn:
+        assert conn.scalar(sa.text("SELECT memory_mib FROM gpus WHERE uuid = 'GPU-a'")) == 40960
+
+
+def test_a_gpu_stays_multi_user_while_two_users_slices_are_on_it(clean_db):
+    add_gpu(clean_db, multi_user=True)
+    place(clean_db, 1, 30, uid=1000)
+    place(clean_db, 2, 30, uid=1001)
+    with pytest.raises(sa.exc.IntegrityError,
+                       match="GPU-1 holds slices of uids 1000 and 1001; it cannot stop being multi_user"):
+        with clean_db.begin() as conn:
+            conn.execute(sa.text("UPDATE gpus SET multi_user = false"))
+    set_state(clean_db, 2, "released")
+    with clean_db.begin() as conn:
+        conn.execute(sa.text("UPDATE gpus SET multi_user = false"))  # one user left: fine
+
+
+def test_a_gpu_update_under_repeatable_read_is_refused_only_where_it_could_break_a_rule(clean_db):
+    add_gpu(clean_db)
+    place(clean_db, 1, 30, memory_mib=8000)
+    with clean_db.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+        conn.execute(sa.text("UPDATE gpus SET state_reason = 'noted'"))  # no rule at stake
+        with pytest.raises(sa.exc.InternalError, match="gpus are written under READ COMMITTED, not repeatable read"):
+            conn.execute(sa.text("UPDATE gpus SET memory_mib = 20000"))
+
+
+def test_a_slice_without_a_memory_cap_never_shares_a_gpu_with_another_users_capped_slice(clean_db):
+    """It may use all of the GPU's memory: the other user's cap could not be kept."""
+    add_gpu(clean_db, multi_user=True)
+    place(clean_db, 1, 10, uid=1000, memory_mib=8000)
+    with pytest.raises(sa.exc.IntegrityError,
+                       match="GPU-1 would hold a slice of uid 1001 without a memory cap, which may use all "
+                             "40960 MiB, beside a capped slice of uid 1000") as refusal:
+        place(clean_db, 2, 10, uid=1001)
+    assert refusal.value.orig.diag.message_hint == \
+        "slices of several users on one GPU each need a memory cap: submit with --vgpu-mem=SIZE"
+    place(clean_db, 3, 10, uid=1000)  # its own user's: one MPS server
+    with pytest.raises(sa.exc.IntegrityError, match="slice of uid 1000 without a memory cap, .* beside a "
+                                                    "capped slice of uid 1001"):
+        place(clean_db, 4, 10, uid=1001, memory_mib=8000)  # the other way round
+    set_state(clean_db, 3, "released")
+    place(clean_db, 4, 10, uid=1001, memory_mib=8000)
+    with pytest.raises(sa.exc.IntegrityError, match="slice of uid 1000 without a memory cap, .* beside a "
+                                                    "capped slice of uid 1001"):
+        set_state(clean_db, 3, "running")  # revived: a new arrival
+
+
+def test_slices_without_a_memory_cap_of_several_users_may_share_a_gpu(clean_db):
+    """None of them was promised memory."""
+    add_gpu(clean_db, multi_user=True)
+    place(clean_db, 1, 10, uid=1000)
+    place(clean_db, 2, 10, uid=1001)
+
+
+def test_the_live_guard_is_the_one_migration_0005_states_whole(clean_db, database_url):
+    """A reader finds the guard the database runs, function and triggers, in one file."""
+    from alembic.script import ScriptDirectory
+
+    stated = ScriptDirectory.from_config(db.alembic_config(database_url)).get_revision("0005").module.GUARD
+    with clean_db.connect() as conn:
+        source = conn.scalar(sa.text("SELECT prosrc FROM pg_proc WHERE proname = 'placements_guard_statement'"))
+        triggers = conn.execute(sa.text(
+            "SELECT tgrelid::regclass::text, tgname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+            "WHERE p.proname = 'placements_guard_statement' ORDER BY 1, 2")).all()
+    assert stated.split("AS $$", 1)[1].split("$$;", 1)[0] == source
+    assert triggers == [("gpus", "gpus_guard_update"), ("placements", "placements_guard_insert"),
+                        ("placements", "placements_guard_update")]
+    assert all(f"CREATE TRIGGER {name} AFTER" in stated for _, name in triggers)

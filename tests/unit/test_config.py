@@ -1,9 +1,15 @@
 """slurm-vgpu.conf: Slurm-style keys, and a bad value refused at load with its file, line and fix."""
 from __future__ import annotations
 
-import pytest
+import subprocess
+import sys
+from pathlib import Path
 
-from slurm_vgpu.config import ConfigError, parse, render
+import pytest
+from click.testing import CliRunner
+
+from slurm_vgpu.cli import main
+from slurm_vgpu.config import KEYS, Config, ConfigError, parse, render
 
 
 def test_placement_keys_round_trip_through_render():
@@ -28,3 +34,55 @@ def test_a_place_batch_below_one_is_refused():
     with pytest.raises(ConfigError, match="site.conf:1: PlaceBatch: 0 decisions per write is too few; "
                                           "give 1 or more"):
         parse("PlaceBatch=0\n", "site.conf")
+
+
+def test_an_unknown_key_is_refused_naming_the_file_line_and_nearest_key():
+    """As the SPANK plugin refuses an unknown argument: a misspelt key must not leave its default on."""
+    with pytest.raises(ConfigError, match=r"^slurm-vgpu.conf:3: unknown key 'SloGaurd'; did you mean 'SloGuard'\?$"):
+        parse("# site settings\nPolicy=ours\nSloGaurd=no\n")
+
+
+def test_a_key_near_no_other_is_refused_with_every_key():
+    with pytest.raises(ConfigError, match=r"site.conf:1: unknown key 'Frobnicate'; the keys are DatabaseUrl, .*"
+                                          r"GuardThroughputRun, OperatorUids$"):
+        parse("Frobnicate=1\n", "site.conf")
+
+
+def test_render_writes_every_key_it_can_read_back():
+    text = render(Config(node_name="gpu01", reference_model="a100", hpc_job_mapping_dir="/run/map/%n"))
+    assert {line.split("=", 1)[0] for line in text.splitlines()[1:]} == set(KEYS) - {"SlurmConf"}
+    assert parse(text) == Config(node_name="gpu01", reference_model="a100", hpc_job_mapping_dir="/run/map/%n")
+
+
+@pytest.fixture
+def misspelt(tmp_path) -> Path:
+    path = tmp_path / "slurm-vgpu.conf"
+    path.write_text("DatabaseUrl=postgresql://postgres@127.0.0.1:1/none\nHeartbeatTimeout=30\nSloGaurd=no\n")
+    return path
+
+
+@pytest.mark.parametrize("command", ["--config {} gpus", "--config {} doctor", "--config {} placement run --once",
+                                     "placement run --once --config {}", "agent run --config {}"])
+def test_every_command_refuses_a_file_with_an_unknown_key_as_bad_input(misspelt, command):
+    result = CliRunner().invoke(main, command.format(misspelt).split(), env={"SLURM_VGPU_DATABASE_URL": ""})
+    assert result.exit_code == 2
+    assert f"{misspelt}:3: unknown key 'SloGaurd'; did you mean 'SloGuard'?" in result.stderr
+
+
+def test_the_prolog_fails_on_a_file_with_an_unknown_key_and_says_why_in_slurmds_log(misspelt):
+    """slurmd logs a failed prolog's stderr; a non-zero exit drains the node instead of starting the job
+    on defaults the admin did not choose."""
+    result = subprocess.run([sys.executable, "-m", "slurm_vgpu.node", "prolog", "--config", str(misspelt)],
+                            env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "7", "SLURM_JOB_UID": "1000"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"prolog of job 7: {misspelt}:3: unknown key 'SloGaurd'; did you mean 'SloGuard'?" in result.stderr
+
+
+def test_the_standalone_check_exits_2_with_the_first_error(misspelt):
+    """What the Ansible role runs on the machine that runs the playbook, from the checkout."""
+    check = [sys.executable, "-m", "slurm_vgpu.config"]
+    bad = subprocess.run([*check, str(misspelt)], capture_output=True, text=True, timeout=60)
+    assert (bad.returncode, bad.stderr) == (2, f"{misspelt}:3: unknown key 'SloGaurd'; did you mean 'SloGuard'?\n")
+    good = subprocess.run([*check, "-"], input="PlaceBatch=4\n", capture_output=True, text=True, timeout=60)
+    assert (good.returncode, good.stderr) == (0, "")

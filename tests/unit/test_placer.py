@@ -26,10 +26,13 @@ def applied(gpus: list[GpuState], nodes: list[NodeState], result, reqs) -> tuple
         req = by_id[d.job_id]
         for uuid in d.gpu_uuids:
             g = gpus[where[uuid]]
+            capped = req.memory_mib is not None
             gpus[where[uuid]] = dataclasses.replace(
                 g, used=g.used + (g.capacity if req.gpus > 1 else d.share),
                 memory_used_mib=g.memory_used_mib + (req.memory_mib or 0),
-                user=req.user if g.user is None else g.user, classes=(*g.classes, req.slo_class))
+                user=req.user if g.user is None else g.user, classes=(*g.classes, req.slo_class),
+                capped_users=g.capped_users | {req.user} if capped else g.capped_users,
+                uncapped_users=g.uncapped_users if capped else g.uncapped_users | {req.user})
         nodes = [dataclasses.replace(n, cpu_milli_free=n.cpu_milli_free - req.cpu_milli,
                                      memory_mib_free=n.memory_mib_free - req.node_memory_mib)
                  if n.name == d.node and n.cpu_milli_free is not None else n for n in nodes]
@@ -43,7 +46,8 @@ def outside_changes(draw, gpus: list[GpuState], nodes: list[NodeState]):
     for i in draw(st.lists(st.integers(0, len(gpus) - 1), max_size=3)):
         kind = draw(st.sampled_from(["ended", "drained", "back"]))
         g = gpus[i]
-        gpus[i] = (dataclasses.replace(g, used=0, memory_used_mib=0, user=None, classes=()) if kind == "ended"
+        gpus[i] = (dataclasses.replace(g, used=0, memory_used_mib=0, user=None, classes=(), capped_users=frozenset(),
+                                       uncapped_users=frozenset()) if kind == "ended"
                    else dataclasses.replace(g, available=kind == "back"))
     if draw(st.integers(0, 9)) == 0 and len({g.node for g in gpus}) > 1:
         gone = gpus[-1].node

@@ -93,6 +93,50 @@ def test_one_unix_user_per_gpu_without_multi_user_mps():
     assert place_slices(gpus, [req(user=2000)], PolicyConfig(multi_user=True)).decisions
 
 
+MULTI_USER = PolicyConfig(multi_user=True)
+
+
+def test_a_slice_without_a_memory_cap_never_joins_another_users_capped_slices():
+    """It may use all of the GPU's memory, so the other user's cap could not be kept (the capacity
+    guard's rule too); the same user's slices share one MPS server and may mix."""
+    gpus = [gpu(used=10, memory_used_mib=4 * GIB, capped_users=frozenset({1}))]
+    b = only_blocked(place_slices(gpus, [req(user=2)], MULTI_USER))
+    assert b.reason == ("has no GPU memory cap, so it may use all of a GPU's memory, and every eligible GPU "
+                        "with room holds another user's capped slices; give it a cap (--vgpu-mem=SIZE) to "
+                        "share one") and not b.never
+    assert place_slices(gpus, [req(user=2, memory_mib=8 * GIB)], MULTI_USER).decisions
+    assert place_slices(gpus, [req(user=1)], MULTI_USER).decisions
+
+
+def test_a_capped_slice_never_joins_another_users_slice_without_a_cap():
+    gpus = [gpu(used=10, uncapped_users=frozenset({1}))]
+    b = only_blocked(place_slices(gpus, [req(user=2, memory_mib=8 * GIB)], MULTI_USER))
+    assert b.reason == ("every eligible GPU with room holds another user's slice without a memory cap, which "
+                        "may use all of the GPU's memory")
+    assert place_slices(gpus, [req(user=2)], MULTI_USER).decisions  # neither was promised memory
+    assert place_slices(gpus, [req(user=1, memory_mib=8 * GIB)], MULTI_USER).decisions
+
+
+def test_what_fits_one_user_is_not_taken_to_fit_another():
+    """Two GPUs alike: the first request's verdict on them must not stand for the second's user."""
+    held = gpu(index=0, used=10, uncapped_users=frozenset({1}))
+    gpus = [held, gpu(index=1, used=10, uncapped_users=frozenset({1})), gpu(index=2)]
+    mine, theirs = req("mine", memory_mib=4 * GIB, user=1), req("theirs", memory_mib=4 * GIB, user=2)
+    result = place_slices(gpus, [mine, theirs], MULTI_USER)
+    assert [d.gpu_uuids for d in result.decisions] == [("n0-0",), ("n0-2",)]
+
+
+def test_a_cycles_own_decisions_count_for_the_memory_rules():
+    config = PolicyConfig(multi_user=True, policy="first-fit")
+    gpus = [gpu(index=0, memory_gib=16), gpu(index=1, memory_gib=16)]
+    reqs = [req("a", 10, user=1, memory_mib=12 * GIB), req("b", 10, user=2, memory_mib=8 * GIB),
+            req("c", 10, user=3), req("d", 10, user=2, memory_mib=4 * GIB)]
+    result = place_slices(gpus, reqs, config)
+    assert [(d.job_id, d.gpu_uuids) for d in result.decisions] == [("a", ("n0-0",)), ("b", ("n0-1",)),
+                                                                   ("d", ("n0-0",))]
+    assert [b.job_id for b in result.blocked] == ["c"]  # both GPUs hold another user's capped slices
+
+
 def test_user_reason_names_the_requested_model():
     b = only_blocked(place_slices([gpu(used=10, user=1)], [req(user=2, models=frozenset({"H100"}))],
                                   PolicyConfig()))

@@ -65,16 +65,18 @@ def clusters(draw):
         st.sampled_from(MODELS), st.sampled_from([0, 0, 0, 30, 50, 70, 100]), st.sampled_from([1, 2]),
         st.sampled_from([(), (SloClass.THROUGHPUT,), (SloClass.LATENCY, SloClass.BEST_EFFORT)]),
         st.sampled_from([True, True, True, False]), st.sampled_from([1.0, 1.0, 2.0]),
-        st.sampled_from([0, 0, 30000])), min_size=1, max_size=4))
+        st.sampled_from([0, 0, 30000]), st.sampled_from([(), (), (1,), (2,)])), min_size=1, max_size=4))
     gpus, nodes = [], []
     for n in range(draw(st.integers(1, 7))):
         name = f"n{n}"
         for i in range(draw(st.integers(1, 4))):
-            model, used, user, classes, available, speed, mem_used = draw(st.sampled_from(palette))
+            model, used, user, classes, available, speed, mem_used, uncapped = draw(st.sampled_from(palette))
             gpus.append(GpuState(uuid=f"{name}-{i}", node=name, index=i, model=model, memory_mib=40960,
                                  speed=speed, used=used, memory_used_mib=mem_used if used else 0,
                                  user=user if used else None, classes=classes if used else (),
-                                 available=available))
+                                 available=available,
+                                 capped_users=frozenset({user} if used and mem_used else ()),
+                                 uncapped_users=frozenset(uncapped if used else ())))
         if draw(st.booleans()):
             nodes.append(NodeState(name, draw(st.sampled_from([0, 8000, 64000])),
                                    draw(st.sampled_from([0, 65536]))))

@@ -18,10 +18,14 @@ def clusters(draw):
         name = f"n{n}"
         for i in range(draw(st.integers(1, 4))):
             used = draw(st.integers(0, 100))
+            user = draw(st.sampled_from([1, 2])) if used else None
+            capped = used and draw(st.booleans())
             gpus.append(GpuState(
                 uuid=f"{name}-{i}", node=name, index=i, model=draw(st.sampled_from(MODELS)),
                 memory_mib=draw(st.sampled_from([16384, 40960, 81920])), used=used,
-                user=draw(st.sampled_from([1, 2])) if used else None,
+                memory_used_mib=4096 if capped else 0, user=user,
+                capped_users=frozenset({user} if capped else ()),
+                uncapped_users=frozenset({user} if used and not capped else ()),
                 classes=tuple(draw(st.lists(st.sampled_from(list(SloClass)), max_size=3))) if used else (),
                 available=draw(st.sampled_from([True, True, False])),
                 speed=draw(st.sampled_from([0.5, 1.0, 2.0])),
@@ -45,7 +49,7 @@ requests = st.lists(st.builds(
 ), max_size=10, unique_by=lambda r: r.job_id)
 
 configs = st.builds(PolicyConfig, policy=st.sampled_from(POLICIES), seed=st.integers(0, 3),
-                    latency_max_cotenants=st.integers(0, 3),
+                    multi_user=st.booleans(), latency_max_cotenants=st.integers(0, 3),
                     reference_model=st.none() | st.sampled_from(MODELS))
 
 
@@ -59,6 +63,8 @@ def test_placements_respect_every_hard_rule(cluster, reqs, config):
     used = {g.uuid: g.used for g in gpus}
     mem = {g.uuid: g.memory_used_mib for g in gpus}
     users = {g.uuid: {g.user} - {None} for g in gpus}
+    capped = {g.uuid: set(g.capped_users) for g in gpus}
+    uncapped = {g.uuid: set(g.uncapped_users) for g in gpus}
     order = {r.job_id: k for k, r in enumerate(reqs)}
     for d in result.decisions:
         r = by_job[d.job_id]
@@ -74,6 +80,9 @@ def test_placements_respect_every_hard_rule(cluster, reqs, config):
         users[uuid].add(r.user)
         assert used[uuid] <= g.capacity  # never over capacity
         assert r.memory_mib is None or mem[uuid] <= g.memory_mib
+        (capped if r.memory_mib else uncapped)[uuid].add(r.user)
+        # no slice without a memory cap beside another user's capped slice
+        assert not (capped[uuid] and uncapped[uuid]) or capped[uuid] | uncapped[uuid] == {r.user}
         if not config.multi_user:
             assert len(users[uuid] | ({g.user} - {None})) == 1  # never two users
     cpu = defaultdict(int)
