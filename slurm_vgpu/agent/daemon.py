@@ -13,17 +13,18 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import sqlalchemy as sa
 
-from ..adapters import mps
 from ..adapters.gpus import GpuInventory, InventoryError
 from ..adapters.slurm import Slurm, SlurmError
-from ..adapters.mps import MpsError
 from ..config import Config
 from ..db import store
 from ..db.engine import session_scope
-from . import faults, guard, heal, quota, supervise
+from ..mps import GpuMps, MpsError
+from ..node import store as node_store
+from . import faults, guard, heal, quota
 from .freezer import Freezer
 from .inventory import register
 from .metrics import AgentMetrics, write_job_mapping
@@ -86,7 +87,7 @@ class Agent:
                 states, slices = gpu_states(session, self.node), node_slices(session, self.node)
         self._supervise(present, slices)
         self._heal(present)
-        daemons = {g.uuid: supervise.daemon_running(self.config, g.uuid) for g in present}
+        daemons = {g.uuid: GpuMps.of(self.config, g.uuid).control.running() for g in present}
         view = look(self.node, self.inventory, present, states, slices, daemons)
         self._enforce_quotas(view)
         self._note_guard(view)
@@ -107,7 +108,7 @@ class Agent:
         """Act on a fatal fault in a GPU's MPS logs; the log is set aside once every slice moved."""
         acted = False
         for gpu in present:
-            found = faults.logged_fault(supervise.log_dir(self.config, gpu.uuid))
+            found = faults.logged_fault(GpuMps.of(self.config, gpu.uuid).control.log_dir)
             if found is None:
                 continue
             path, line = found
@@ -122,9 +123,13 @@ class Agent:
         return faults.fail_gpu(self.engine, self.slurm, self.node, uuid, reason)
 
     def _supervise(self, present, slices) -> None:
+        """Restart each dead MPS control daemon, its running slices' caps set again (:class:`GpuMps`)."""
+        connect = partial(node_store.connect, self.config.database_url)
         for gpu in present:
             uids = {s.uid for s in slices if s.gpu_uuid == gpu.uuid and s.state == "running"}
-            if supervise.restart_if_dead(self.config, gpu.uuid, uids):
+            mps = GpuMps.of(self.config, gpu.uuid)
+            if mps.restart_if_dead(uids, connect):
+                log.warning("MPS control daemon of %s had died; restarted (pid %s)", gpu.uuid, mps.control.daemon_pid())
                 self.metrics.count("mps_restart", gpu.uuid)
                 self._event("mps-restarted", "MPS control daemon had died; restarted, caps set again", gpu.uuid)
 
@@ -151,7 +156,7 @@ class Agent:
             reason = over.reason()
             if over.job_id in jobs:  # first: a job whose only process is killed ends at once
                 self.slurm.annotate(jobs[over.job_id], reason)
-            how = quota.terminate(mps.control_for(self.config, over.gpu_uuid), over.pid)
+            how = quota.terminate(GpuMps.of(self.config, over.gpu_uuid).control, over.pid)
             log.warning("job %d: %s (%s)", over.job_id, reason, how)
             self.metrics.count("memory_kill", over.gpu_uuid)
             self._event("memory-cap-exceeded", f"{reason} ({how})", over.gpu_uuid, over.job_id)

@@ -13,15 +13,15 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
-from ..adapters import mps
 from ..adapters.slurm import Slurm, SlurmError
 from ..config import Config
+from ..mps import GpuMps
 from ..node import failed
 from ..node import slice as slices
 from ..node import store as node_store
-from ..node.locking import gpu_lock
 from . import procs
 
 log = logging.getLogger("slurm_vgpu.agent")
@@ -57,22 +57,8 @@ def failed_prologs(config: Config, slurm: Slurm, node: str) -> list[int]:
 
 
 def idle_servers(config: Config, gpu_uuid: str) -> list[int]:
-    """Stop the MPS servers on a GPU whose users have no active slice there; returns their uids.
-    The slices are read under the GPU's lock, which a prolog holds from starting a server until
-    its placement runs, so a server just started for a new job is never taken for idle."""
-    control = mps.control_for(config, gpu_uuid)
-    if control.daemon_pid() is None:
-        return []
-    with gpu_lock(config, gpu_uuid):
-        servers = control.servers()
-        if not servers:
-            return []
-        with node_store.connect(config.database_url) as conn:
-            active = node_store.active_uids(conn, gpu_uuid)
-        idle = {uid: pid for uid, pid in servers.items() if uid not in active}
-        for pid in idle.values():
-            control.shutdown_server(pid)
-    return sorted(idle)
+    """Stop the MPS servers on a GPU whose users have no active slice there; returns their uids."""
+    return GpuMps.of(config, gpu_uuid).stop_idle(partial(node_store.connect, config.database_url))
 
 
 LOST_AFTER = 60  # seconds a running placement must have run before it can be taken for lost

@@ -13,7 +13,7 @@ import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..adapters.mps import MpsControl
+from ..mps import MpsControl
 from .observe import NodeView
 
 
@@ -41,7 +41,7 @@ def over_cap(view: NodeView) -> list[Overuse]:
 
 def terminate(control: MpsControl, pid: int) -> str:
     """End one process's use of the GPU; returns how (``terminate_client`` or ``SIGKILL``)."""
-    server = _server_of(control, pid) if control.daemon_pid() else None
+    server = _server_of(control, pid) if control.running() else None
     if server is not None:
         control.command(f"terminate_client {server} {pid}")
         return "terminate_client"

@@ -17,8 +17,8 @@ import sys
 
 import psycopg
 
-from ..adapters.mps import MpsError
 from ..config import ConfigError, load
+from ..mps import MpsError
 from . import epilog, failed, prolog
 
 HOOKS = {"prolog": prolog.run, "epilog": epilog.run}

@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from ..adapters import mps
 from ..config import Config
+from ..mps import GpuMps
 from . import slice as slices
 from . import store
-from .locking import gpu_lock
 
 log = logging.getLogger("slurm-vgpu.epilog")
 
@@ -30,14 +29,7 @@ def run(config: Config, env: Mapping[str, str], node: str) -> int:
         if placement is None or placement.id != placement_id:
             return 0
         store.mark_released(conn, placement)
-        control = mps.control_for(config, placement.gpu_uuid)
-        with gpu_lock(config, placement.gpu_uuid):
-            server = control.servers().get(placement.uid) if control.daemon_pid() else None
-            remaining = store.user_limits(conn, placement.gpu_uuid, placement.uid)
-            if server is not None and remaining is None:
-                control.shutdown_server(server)
-            elif server is not None:
-                control.set_limits(server, *remaining)
+        remaining = GpuMps.of(config, placement.gpu_uuid).job_ended(conn, placement.uid)
         message = f"released {placement.share}% of {placement.gpu_uuid}" + (
             "" if remaining else f"; uid {placement.uid}'s server stopped")
         store.record_event(conn, "slice-released", message, job_id, placement.gpu_uuid, node)

@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from ..adapters import mps
 from ..config import Config
+from ..mps import GpuMps
 from . import slice as slices
 from . import store
-from .locking import gpu_lock
 
 log = logging.getLogger("slurm-vgpu.prolog")
 
@@ -37,17 +36,14 @@ def run(config: Config, env: Mapping[str, str], node: str) -> int:
             log.error("job %d: %s; it gets no slice", job_id, refusal)
             store.record_event(conn, "prolog-refused", refusal, job_id, placement.gpu_uuid, node)
             return 0
-        control = mps.control_for(config, placement.gpu_uuid)
-        with gpu_lock(config, placement.gpu_uuid):
-            control.ensure_running()
-            share, memory_mib = store.user_limits(conn, placement.gpu_uuid, uid, including=placement.id)
-            control.set_limits(control.ensure_server(uid), share, memory_mib)
+        gpu = GpuMps.of(config, placement.gpu_uuid)
+        with gpu.serving(conn, uid, placement.id):
             if not store.mark_running(conn, placement):
                 log.error("job %d: its placement ended while the prolog ran; it gets no slice", job_id)
                 return 0
         text = slices.render(
             slices.Slice(job_id, placement.gpu_uuid, placement.gpu_minor, placement.share,
-                         placement.memory_mib, control.pipe_dir, control.log_dir, placement.id),
+                         placement.memory_mib, gpu.control.pipe_dir, gpu.control.log_dir, placement.id),
             store.node_gpu_minors(conn, node),
             slices.char_major("nvidia-uvm"),
         )

@@ -75,21 +75,6 @@ def mark_released(conn: psycopg.Connection, placement: JobPlacement) -> None:
                  "WHERE id = %s AND state = ANY(%s)", (placement.id, list(ACTIVE_STATES)))
 
 
-def user_limits(conn: psycopg.Connection, gpu_uuid: str, uid: int,
-                including: int | None = None) -> tuple[int, int | None] | None:
-    """The caps of ``uid``'s server on a GPU: its largest running slice and largest memory cap (no
-    cap when one of its slices has none), counting placement ``including`` as running; None when
-    it has no slice there. Caps apply to each client, so the largest slice bounds them all."""
-    share, memory, uncapped = conn.execute(
-        "SELECT max(share), max(memory_mib), bool_or(memory_mib IS NULL) FROM placements "
-        "WHERE gpu_uuid = %s AND uid = %s AND (state = 'running' OR id = %s)",
-        (gpu_uuid, uid, including),
-    ).fetchone()
-    if share is None:
-        return None
-    return share, None if uncapped else memory
-
-
 def running_on(conn: psycopg.Connection, node: str, for_at_least: float) -> list[JobPlacement]:
     """The node's placements that have been running for at least ``for_at_least`` seconds."""
     rows = conn.execute(
@@ -98,12 +83,6 @@ def running_on(conn: psycopg.Connection, node: str, for_at_least: float) -> list
         (node, for_at_least),
     ).fetchall()
     return [JobPlacement(*row) for row in rows]
-
-
-def active_uids(conn: psycopg.Connection, gpu_uuid: str) -> set[int]:
-    """The users with a slice placed, pinned or running on a GPU."""
-    return {r[0] for r in conn.execute("SELECT DISTINCT uid FROM placements WHERE gpu_uuid = %s AND state = ANY(%s)",
-                                       (gpu_uuid, list(ACTIVE_STATES)))}
 
 
 def node_gpu_minors(conn: psycopg.Connection, node: str) -> list[int]:

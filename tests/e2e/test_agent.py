@@ -18,8 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from slurm_vgpu.adapters.gpus import SimulatedInventory
-from slurm_vgpu.adapters.mps import PID_FILE, control_for
 from slurm_vgpu.db.engine import drop_database
+from slurm_vgpu.mps import GpuMps
 from slurm_vgpu_dev import cluster as devcluster
 from slurm_vgpu_dev.system import agent_metrics_port, dev_cluster
 from slurm_vgpu.node.store import connect
@@ -144,12 +144,12 @@ def test_a_killed_mps_control_daemon_is_restarted_with_the_running_slices_caps(a
     job_id = submit(agents, "--gres=vgpu:t4:40", script="sleep 300")
     wait_started(agents, [job_id])
     uuid = placement(agents, job_id)["gpu_uuid"]
-    pid_file = control_for(node_config(agents), uuid).pipe_dir / PID_FILE
+    pid_file = GpuMps.of(node_config(agents), uuid).control.pid_file
     killed = int(pid_file.read_text())
     os.kill(killed, signal.SIGKILL)
 
     def restarted() -> int | None:
-        pid = control_for(node_config(agents), uuid).daemon_pid()
+        pid = GpuMps.of(node_config(agents), uuid).control.daemon_pid()
         return pid if pid not in (None, killed) else None
 
     until("the control daemon to be restarted", restarted)
@@ -225,7 +225,7 @@ def test_an_mps_fault_drains_the_gpu_and_requeues_its_job_with_the_reason(agents
     job_id = submit(agents, "--gres=vgpu:a100:30", script="sleep 300")
     wait_started(agents, [job_id])
     uuid = placement(agents, job_id)["gpu_uuid"]
-    control_for(node_config(agents), uuid).command("simulate_fault")
+    GpuMps.of(node_config(agents), uuid).control.command("simulate_fault")
     waiting = until("the job to wait with the fault as its reason",
                     lambda: (j := job(agents, job_id))["JobState"] == "PENDING" and "MPS fatal fault" in j["AdminComment"] and j)
     assert "vgpu-state=unplaced" in waiting["AdminComment"]

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from slurm_vgpu.adapters.mps import control_for
+from slurm_vgpu.mps import GpuMps
 from slurm_vgpu.config import Config
 from slurm_vgpu.node import slice as slices
 
@@ -38,9 +38,9 @@ except RuntimeError as exc:
 @pytest.fixture
 def control(tmp_path, gpu):
     tmp_path.chmod(0o755)
-    daemon = control_for(Config(run_dir=tmp_path, mps_control="nvidia-cuda-mps-control"), gpu.uuid)
+    daemon = GpuMps.of(Config(run_dir=tmp_path, mps_control="nvidia-cuda-mps-control"), gpu.uuid).control
     yield daemon
-    for pid in daemon.servers().values() if daemon.daemon_pid() else ():
+    for pid in daemon.servers().values() if daemon.running() else ():
         daemon.shutdown_server(pid)
     daemon.quit()
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from slurm_vgpu.adapters.mps import MpsControl
+from slurm_vgpu.mps import MpsControl
 from slurm_vgpu.agent.faults import fatal_line, logged_fault, set_aside
 
 FAKE = f"{sys.executable} -m slurm_vgpu_dev.fake_mps"

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from slurm_vgpu.adapters.gpus import GpuRecord
-from slurm_vgpu.adapters.mps import MpsControl
+from slurm_vgpu.mps import MpsControl
 from slurm_vgpu.agent.observe import GpuView, NodeView, Process, Slice
 from slurm_vgpu.agent.quota import Overuse, over_cap, terminate
 from slurm_vgpu.policy import SloClass

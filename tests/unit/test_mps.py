@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from slurm_vgpu_dev import fake_mps
-from slurm_vgpu.adapters.mps import MpsControl, MpsError, MpsUnavailable, control_for, process_uid
+from slurm_vgpu.mps import GpuMps, MpsControl, MpsError, MpsUnavailable
+from slurm_vgpu.mps.control import process_uid
 from slurm_vgpu.config import Config
 
 FAKE = f"{sys.executable} -m slurm_vgpu_dev.fake_mps"
@@ -118,7 +119,7 @@ def test_a_missing_binary_means_the_node_cannot_run_mps(tmp_path):
 
 def test_each_gpu_has_its_own_directories_under_run_dir(tmp_path):
     config = Config(run_dir=tmp_path, mps_control=FAKE)
-    first, second = control_for(config, "GPU-a"), control_for(config, "GPU-b")
+    first, second = GpuMps.of(config, "GPU-a").control, GpuMps.of(config, "GPU-b").control
     assert first.pipe_dir == tmp_path / "mps" / "GPU-a" / "pipe"
     assert first.log_dir == tmp_path / "mps" / "GPU-a" / "log"
     assert first.env()["CUDA_VISIBLE_DEVICES"] == "GPU-a"

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,14 @@ def test_slice_file_is_root_owned_and_writable_by_root_only(tmp_path):
 
 def test_prolog_knows_the_same_active_states_as_the_schema():
     assert store.ACTIVE_STATES == ACTIVE_STATES
+
+
+def test_the_hooks_and_what_they_drive_of_mps_import_no_sqlalchemy():
+    """slurmd runs the prolog before every job's tasks: importing SQLAlchemy would cost more than it."""
+    code = ("import sys, slurm_vgpu.node.__main__; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'alembic'}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_hook_wrapper_names_its_config():

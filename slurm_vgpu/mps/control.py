@@ -5,7 +5,8 @@ The same code drives NVIDIA's ``nvidia-cuda-mps-control`` and the fake one
 binary's stdin in client mode, one command per run, so each reply is read on its own.
 
 Limits are set on the *server* (one per Unix user per GPU): a client's ``CUDA_MPS_*`` variables can
-only lower them, so the server's caps are what holds.
+only lower them, so the server's caps are what holds. Where a GPU's daemon and servers live and when
+they start, stop or get caps is :mod:`slurm_vgpu.mps.gpu`'s.
 """
 from __future__ import annotations
 
@@ -57,10 +58,20 @@ class MpsControl:
             )
         return [*argv, *args]
 
+    def running(self) -> bool:
+        """Whether the control daemon runs: every caller asks here, so how it is told (today the
+        PID file) can change in one place."""
+        return self.daemon_pid() is not None
+
+    @property
+    def pid_file(self) -> Path:
+        """Written by the daemon when it starts, removed when it quits."""
+        return self.pipe_dir / PID_FILE
+
     def daemon_pid(self) -> int | None:
         """The control daemon's PID when it runs (from its PID file, checked against /proc)."""
         try:
-            pid = int((self.pipe_dir / PID_FILE).read_text().strip())
+            pid = int(self.pid_file.read_text().strip())
             os.kill(pid, 0)
         except (FileNotFoundError, ValueError, ProcessLookupError):
             return None
@@ -68,7 +79,7 @@ class MpsControl:
 
     def ensure_running(self) -> None:
         """Start the daemon (``-d``) unless it runs; its directories are root-owned 0755."""
-        if self.daemon_pid() is not None:
+        if self.running():
             return
         for directory in (self.pipe_dir, self.log_dir):
             directory.mkdir(parents=True, exist_ok=True)
@@ -80,7 +91,7 @@ class MpsControl:
         if result.returncode != 0:
             raise MpsError(f"{self.binary} -d failed for {self.gpu_uuid}: {_output(result)}")
         deadline = time.monotonic() + self.timeout
-        while self.daemon_pid() is None:
+        while not self.running():
             if time.monotonic() > deadline:
                 raise MpsError(f"MPS control daemon for {self.gpu_uuid} wrote no PID file in {self.pipe_dir}")
             time.sleep(0.01)
@@ -126,7 +137,7 @@ class MpsControl:
         self._expect_set(f"shutdown_server {server_pid}")
 
     def quit(self) -> None:
-        if self.daemon_pid() is not None:
+        if self.running():
             self.command("quit")
 
     def _expect_set(self, line: str) -> None:
@@ -136,12 +147,6 @@ class MpsControl:
                 float(reply)
             except ValueError:
                 raise MpsError(f"MPS refused {line!r} on {self.gpu_uuid}: {reply}") from None
-
-
-def control_for(config, gpu_uuid: str) -> MpsControl:
-    """The control daemon of one GPU under ``Config.run_dir / "mps" / <uuid>``."""
-    base = config.gpu_dir(gpu_uuid)
-    return MpsControl(config.mps_control, gpu_uuid, base / "pipe", base / "log")
 
 
 def process_uid(pid: int) -> int | None:
