@@ -42,7 +42,17 @@ struct slice {
 	char deny[MAX_DEVICE_RULES][32];
 };
 
+struct device_rule {
+	char type;  /* 'c' or 'b' */
+	unsigned int major, minor;
+	char access[4];  /* of "rwm" */
+};
+
 int slice_read(const char *dir, unsigned int job_id, struct slice *slice);
+int device_rule_parse(const char *rule, struct device_rule *parsed);  /* 0 for "c 195:3 rw" */
 int slice_apply_devices(const struct slice *slice, const char *devices_root);
+
+/* cgroup2.c: the same rules as a BPF device program, for a task in the unified cgroup hierarchy. */
+int cgroup2_fence(const struct slice *slice, const char *cgroup);
 
 #endif
