@@ -1,12 +1,14 @@
 /* The GPU fence on cgroup v2. There is no devices.allow there: Slurm's cgroup/v2 plugin attaches a
- * BPF device program (BPF_F_ALLOW_OVERRIDE, one per cgroup) at the job and step_<s>/user levels, and
- * denies every GRES device file the job was not given, which for a vgpu job includes its own GPU.
- * Only the lowest program on a process's path decides, so each of those levels gets a program of
- * ours in place of Slurm's (attaching with the same flags replaces it, atomically): the slice's
- * DEVICE_DENY rules, then its DEVICE_ALLOW rules, then Slurm's own instructions, copied from its
- * program, so every other device is decided as Slurm decided it. Levels Slurm left alone inherit
- * from above, and a level already carrying our program (an earlier task or step of the job) is
- * left as it is. */
+ * BPF device program (one per cgroup) at the job level, and for a step's tasks at the step_<s>/user
+ * and task_<n> levels, denying every GRES device file the job was not given, which for a vgpu job
+ * includes its own GPU. Only the lowest program on a process's path decides, so each of those
+ * levels gets a program of ours in place of Slurm's (attaching with the same flags replaces it,
+ * atomically): the slice's DEVICE_DENY rules, then its DEVICE_ALLOW rules, then Slurm's own
+ * instructions, copied from its program, so every other device is decided as Slurm decided it.
+ * Levels Slurm left alone inherit from above, and a level already carrying our program (an earlier
+ * task or step of the job) is left as it is.
+ * slurmstepd moves a task into task_<n> and attaches that level's program after forking it, while
+ * the task runs task_init_privileged; task_post_fork comes after both, before the task may exec. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -286,21 +288,28 @@ static int fence_at(const struct slice *slice, const char *dir, size_t len, cons
 	return fence_level(slice, level);
 }
 
-int cgroup2_fence(const struct slice *slice, const char *cgroup)
+int cgroup2_fence(const struct slice *slice, pid_t task)
 {
-	char dir[PATH_MAX];
+	char devices[PATH_MAX], cgroup[PATH_MAX], dir[PATH_MAX];
 	const char *step = NULL;
 	size_t job, step_end;
 	int rc, fenced;
 
+	if (slice->nallow == 0 && slice->ndeny == 0)
+		return 0;
 	/* <job>/step_<s>/user/task_<n>, the job's directory being job_<id> or (26.05) its SLUID: the
-	 * step is the last step_ directory with a directory above it. */
+	 * step is the last step_ directory with a directory above it. A task in a v1 job cgroup, or in
+	 * none, is slice_apply_devices' (task_init_privileged). */
+	task_cgroups(task, devices, sizeof(devices), cgroup, sizeof(cgroup));
 	for (const char *c = strstr(cgroup, "/step_"); c; c = strstr(c + 1, "/step_"))
 		if (c != cgroup)
 			step = c;
-	if (step == NULL || unified_dir(cgroup, dir, sizeof(dir)) < 0) {
-		log_info("task is in no job cgroup (%s): GPU device rules not applied", cgroup);
+	if (strstr(devices, "/job_") != NULL || step == NULL)
 		return 0;
+	if (unified_dir(cgroup, dir, sizeof(dir)) < 0) {
+		log_error("task %d is in cgroup %s, which is not a cgroup2 directory here: GPU not fenced",
+			  (int)task, cgroup);
+		return -1;
 	}
 	/* dir ends as cgroup does: the same levels, as lengths of dir */
 	job = strlen(dir) - strlen(step);

@@ -108,14 +108,19 @@ int slice_read(const char *dir, unsigned int job_id, struct slice *slice)
 	return rc;
 }
 
-/* The cgroups this process is in, as /proc/self/cgroup names them: the v1 devices one and the
- * unified (v2) one; either is left empty when there is none. */
-static void own_cgroups(char *devices, size_t devices_len, char *unified, size_t unified_len)
+/* The cgroups a process (0: this one) is in, as /proc/<pid>/cgroup names them: the v1 devices one
+ * and the unified (v2) one; either is left empty when there is none. */
+void task_cgroups(pid_t pid, char *devices, size_t devices_len, char *unified, size_t unified_len)
 {
 	char line[4096];
-	FILE *file = fopen("/proc/self/cgroup", "re");
+	FILE *file;
 
 	devices[0] = unified[0] = '\0';
+	if (pid == 0)
+		snprintf(line, sizeof(line), "/proc/self/cgroup");
+	else
+		snprintf(line, sizeof(line), "/proc/%d/cgroup", (int)pid);
+	file = fopen(line, "re");
 	if (file == NULL)
 		return;
 	while (fgets(line, sizeof(line), file) != NULL) {
@@ -154,7 +159,7 @@ static int write_rule(const char *file_path, const char *rule)
 
 /* Allow the job's GPU and deny the node's other GPUs in this task's devices cgroup. An allow must
  * hold at every level from the job's cgroup down (a v1 child never gets more than its parent).
- * On cgroup v2 it is a device program instead (cgroup2.c). */
+ * A task in a cgroup v2 job cgroup is left to cgroup2_fence (from task_post_fork). */
 int slice_apply_devices(const struct slice *slice, const char *devices_root)
 {
 	char cgroup[VALUE_MAX], unified[4096], dir[2 * VALUE_MAX], file_path[2 * VALUE_MAX + 16];
@@ -162,10 +167,10 @@ int slice_apply_devices(const struct slice *slice, const char *devices_root)
 
 	if (slice->nallow == 0 && slice->ndeny == 0)
 		return 0;
-	own_cgroups(cgroup, sizeof(cgroup), unified, sizeof(unified));
+	task_cgroups(0, cgroup, sizeof(cgroup), unified, sizeof(unified));
 	job_level = strstr(cgroup, "/job_");
-	if (job_level == NULL && unified[0] != '\0')
-		return cgroup2_fence(slice, unified);  /* Slurm's cgroup/v2 (a v1 job cgroup wins on a hybrid host) */
+	if (job_level == NULL && strstr(unified, "/step_") != NULL)
+		return 0;
 	if (job_level == NULL) {
 		/* Never write rules outside the job's own cgroup (the root cgroup is the whole machine). */
 		log_info("task is in no job devices cgroup (ConstrainDevices=no?): GPU device rules not applied");

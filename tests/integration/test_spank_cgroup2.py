@@ -1,11 +1,12 @@
 """The SPANK plugin's GPU fence on cgroup v2, against the kernel, without Slurm.
 
 A job's cgroups are made the way Slurm's cgroup/v2 plugin lays them out (``<job>/step_0/user/task_N``
-under ``<node>_slurmstepd.scope``), with a device program like Slurm's attached at the job and
-step user levels: it denies every GPU (a vgpu job is given no gpu GRES) and one other GRES device.
-A harness around the plugin's own device code (slice.c, cgroup2.c) applies the slice file the
-prolog writes from inside a task cgroup, then fake device nodes are opened from processes in the
-job's cgroups: ENXIO (no driver behind the node) means allowed, EPERM denied.
+under ``<node>_slurmstepd.scope``), with device programs like Slurm's where Slurm 24.11 attaches them
+(seen in its CGROUP debug log): at the job level for a batch step; at the job, step ``user`` and
+each task's level for an srun step. Each denies every GPU (a vgpu job is given no gpu GRES) and one
+other GRES device. A harness around the plugin's own device code (slice.c, cgroup2.c) applies the
+slice file the prolog writes from inside a task cgroup, then fake device nodes are opened from
+processes in the job's cgroups: ENXIO (no driver behind the node) means allowed, EPERM denied.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ pytestmark = pytest.mark.skipif(
 
 # --- Slurm's side: a device program like the one cgroup/v2 attaches (src/plugins/cgroup/v2/ebpf.c) ---
 
-BPF_PROG_LOAD, BPF_PROG_ATTACH = 5, 8
+BPF_PROG_LOAD, BPF_PROG_ATTACH = 5, 8  # Slurm attaches with ALLOW_OVERRIDE above the task level, none at it
 BPF_PROG_TYPE_CGROUP_DEVICE, BPF_CGROUP_DEVICE, BPF_F_ALLOW_OVERRIDE = 15, 6, 1
 SYS_BPF = {"x86_64": 321, "aarch64": 280}[platform.machine()]
 libc = ctypes.CDLL(None, use_errno=True)
@@ -74,7 +75,7 @@ def bpf(cmd: int, attr: ctypes.Array) -> int:
     return result
 
 
-def attach_slurm_program(cgroup: Path, denied: list[tuple[int, int]]) -> None:
+def attach_slurm_program(cgroup: Path, denied: list[tuple[int, int]], flags: int = BPF_F_ALLOW_OVERRIDE) -> None:
     code = ctypes.create_string_buffer(slurm_program(denied))
     license_ = ctypes.create_string_buffer(b"GPL")
     attr = ctypes.create_string_buffer(128)
@@ -85,7 +86,7 @@ def attach_slurm_program(cgroup: Path, denied: list[tuple[int, int]]) -> None:
     directory = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
     try:
         attr = ctypes.create_string_buffer(128)
-        struct.pack_into("<IIII", attr, 0, directory, program, BPF_CGROUP_DEVICE, BPF_F_ALLOW_OVERRIDE)
+        struct.pack_into("<IIII", attr, 0, directory, program, BPF_CGROUP_DEVICE, flags)
         bpf(BPF_PROG_ATTACH, attr)
     finally:
         os.close(directory)
@@ -102,10 +103,14 @@ class Job:
         for path in (self.user / "task_0", self.user / "task_1", self.stepd):
             path.mkdir(parents=True)
 
-    def fence_like_slurm(self) -> None:
+    def fence_like_slurm(self, step: str) -> None:
+        """Slurm's programs for a batch step (the job level) or an srun step (also step and tasks)."""
         denied = [GPUS[f"nvidia{m}"] for m in range(4)] + [OTHERS["tun"]]
         attach_slurm_program(self.dir, denied)
-        attach_slurm_program(self.user, denied)
+        if step == "srun":
+            attach_slurm_program(self.user, denied)
+            for task in ("task_0", "task_1"):
+                attach_slurm_program(self.user / task, denied, flags=0)
 
 
 @pytest.fixture
@@ -155,24 +160,27 @@ OWN_GPU_ONLY = {"nvidia0": "EPERM", "nvidia1": "ENXIO", "nvidia2": "EPERM", "nvi
                 "nvidiactl": "ENXIO", "tun": "EPERM", "null": "OK"}
 
 
+@pytest.mark.parametrize("step", ["batch", "srun"])
 @pytest.mark.parametrize("job_dir", ["job_7", "s3H1M91R1V8700"], ids=["24.11 job_<id>", "26.05 SLUID"])
-def test_the_task_reaches_its_own_gpu_and_slurm_still_decides_the_rest(node, job_dir):
+def test_the_task_reaches_its_own_gpu_and_slurm_still_decides_the_rest(node, job_dir, step):
     job, other = Job(node["root"], job_dir), Job(node["root"], "job_8")
-    job.fence_like_slurm()
-    other.fence_like_slurm()
+    job.fence_like_slurm(step)
+    other.fence_like_slurm(step)
     before, _ = run_in(node, job.user / "task_0")
     assert before == ALL_GPUS_DENIED  # Slurm's fence alone: the vgpu job cannot open its GPU
 
     after, log = run_in(node, job.user / "task_0", apply=True)
     assert after == OWN_GPU_ONLY, log
     assert "not applied" not in log and "cannot be extended" not in log
-    # the job's other tasks and slurmstepd (job level) see the same; another job keeps Slurm's fence
-    assert run_in(node, job.user / "task_1")[0] == OWN_GPU_ONLY
+    # slurmstepd runs under the job level's program; another job keeps Slurm's fence
     assert run_in(node, job.stepd)[0] == OWN_GPU_ONLY
     assert run_in(node, other.user / "task_0")[0] == ALL_GPUS_DENIED
-    # a second task (or step) of the job finds the levels fenced already and changes nothing
+    # the step's other task: under the level above it until its own turn (srun: Slurm's program)
+    assert run_in(node, job.user / "task_1")[0] == (OWN_GPU_ONLY if step == "batch" else ALL_GPUS_DENIED)
+    # its turn finds the levels above fenced already, and leaves them as they are
     again, log = run_in(node, job.user / "task_1", apply=True)
     assert again == OWN_GPU_ONLY, log
+    assert run_in(node, job.user / "task_0")[0] == OWN_GPU_ONLY
 
 
 def test_without_slurms_fence_nothing_is_attached(node):

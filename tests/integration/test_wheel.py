@@ -26,8 +26,8 @@ GOLDEN = CHECKOUT / "tests" / "golden"
 WHEEL_SOURCES = ("pyproject.toml", "README.md", "slurm_vgpu", "slurm_vgpu_dev")
 # SPANK_PLUGIN() (slurm/spank.h) and the callbacks the plugin defines: all Slurm looks up in it
 PLUGIN_SYMBOLS = {"plugin_name", "plugin_type", "plugin_version", "spank_plugin_version", "slurm_spank_init",
-                  "slurm_spank_init_post_opt", "slurm_spank_task_init_privileged", "slurm_spank_task_init",
-                  "slurm_spank_exit"}
+                  "slurm_spank_init_post_opt", "slurm_spank_task_init_privileged", "slurm_spank_task_post_fork",
+                  "slurm_spank_task_init", "slurm_spank_exit"}
 
 
 @pytest.fixture(scope="module")
