@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterable
 from pathlib import Path
 
 from . import procs
@@ -77,7 +78,7 @@ class Freezer:
         """The v2 task levels of the job whose processes these are."""
         return self._unified_jobs(self.proc / str(pid) for pid in pids).get(job_id, set())
 
-    def _unified_jobs(self, processes) -> dict[int | None, set[Path]]:
+    def _unified_jobs(self, processes: Iterable[Path]) -> dict[int | None, set[Path]]:
         """The v2 task levels of the jobs of this node these processes are in, by job."""
         jobs: dict[int | None, set[Path]] = {}
         for process in processes:
