@@ -26,7 +26,7 @@ def build_plugin(build_dir: Path, slurm_include: str = "/usr/include", run: Sequ
     of another Slurm release, say)."""
     build_dir.mkdir(parents=True, exist_ok=True)
     for source in SPANK.iterdir():
-        if source.suffix in (".c", ".h") or source.name == "Makefile":
+        if source.suffix in (".c", ".h", ".map") or source.name == "Makefile":
             target = build_dir / source.name
             if not target.exists() or target.read_bytes() != source.read_bytes():
                 shutil.copyfile(source, target)

@@ -103,11 +103,7 @@ def jobs_with_processes(node: str, proc: Path = Path("/proc")) -> set[int]:
     """The jobs of this node that have a process in their cgroup."""
     jobs = set()
     for entry in proc.iterdir():
-        if entry.name.isdigit():
-            try:
-                job = procs.job_from_cgroup((entry / "cgroup").read_text(), node)
-            except OSError:
-                continue
-            if job is not None:
-                jobs.add(job)
+        cgroup = procs.job_cgroup_of(int(entry.name), node, proc) if entry.name.isdigit() else None
+        if cgroup is not None and cgroup.job_id is not None:
+            jobs.add(cgroup.job_id)
     return jobs

@@ -4,6 +4,7 @@
 #define SLURM_VGPU_COMMON_H
 
 #include <stddef.h>
+#include <sys/types.h>
 #include <slurm/spank.h>
 
 #define PLUGIN_NAME "slurm-vgpu"
@@ -42,7 +43,18 @@ struct slice {
 	char deny[MAX_DEVICE_RULES][32];
 };
 
+struct device_rule {
+	char type;  /* 'c' or 'b' */
+	unsigned int major, minor;
+	char access[4];  /* of "rwm" */
+};
+
 int slice_read(const char *dir, unsigned int job_id, struct slice *slice);
+int device_rule_parse(const char *rule, struct device_rule *parsed);  /* 0 for "c 195:3 rw" */
+void task_cgroups(pid_t pid, char *devices, size_t devices_len, char *unified, size_t unified_len);
 int slice_apply_devices(const struct slice *slice, const char *devices_root);
+
+/* cgroup2.c: the same rules as BPF device programs, for a task in a cgroup v2 job cgroup. */
+int cgroup2_fence(const struct slice *slice, pid_t task);
 
 #endif

@@ -4,7 +4,8 @@
  * command before it submits) and exported with spank_job_control_setenv, so job_submit.lua finds
  * them in spank_job_env and the prolog as SPANK_VGPU_* variables.
  * Remote (slurmstepd, each task): the slice file the prolog wrote decides the task's GPU devices
- * and its CUDA/MPS variables, replacing whatever the user set. */
+ * and its CUDA/MPS variables, replacing whatever the user set. The devices are fenced in
+ * task_init_privileged on cgroup v1 and in task_post_fork on v2 (cgroup2.c says why). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,6 +112,26 @@ int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av)
 		return -1;
 	}
 	return 0;
+}
+
+int slurm_spank_task_post_fork(spank_t sp, int ac, char **av)
+{
+	struct slice slice;
+	uint32_t job_id;
+	pid_t task;
+
+	(void)ac;
+	(void)av;
+	if (!spank_remote(sp))
+		return 0;
+	if (spank_get_item(sp, S_JOB_ID, &job_id) != ESPANK_SUCCESS ||
+	    spank_get_item(sp, S_TASK_PID, &task) != ESPANK_SUCCESS) {
+		log_error("cannot get the job id and task pid");
+		return -1;
+	}
+	if (slice_read(config.slice_dir, job_id, &slice) < 0)
+		return -1;
+	return slice.found ? cgroup2_fence(&slice, task) : 0;
 }
 
 int slurm_spank_task_init(spank_t sp, int ac, char **av)

@@ -26,20 +26,21 @@ static int var_allowed(const char *name)
 }
 
 /* "c 195:3 rw": type, major:minor, access; the only form the prolog writes. */
-static int device_rule_valid(const char *rule)
+int device_rule_parse(const char *rule, struct device_rule *parsed)
 {
-	unsigned int major, minor;
-	char type, access[4];
 	int end = 0;
 
-	if (sscanf(rule, "%c %u:%u %3[rwm]%n", &type, &major, &minor, access, &end) != 4)
-		return 0;
-	return (type == 'c' || type == 'b') && rule[end] == '\0';
+	if (sscanf(rule, "%c %u:%u %3[rwm]%n", &parsed->type, &parsed->major, &parsed->minor, parsed->access,
+		   &end) != 4)
+		return -1;
+	return (parsed->type == 'c' || parsed->type == 'b') && rule[end] == '\0' ? 0 : -1;
 }
 
 static int add_rule(char rules[][32], size_t *count, const char *value, const char *path)
 {
-	if (!device_rule_valid(value) || strlen(value) >= 32 || *count >= MAX_DEVICE_RULES) {
+	struct device_rule parsed;
+
+	if (device_rule_parse(value, &parsed) < 0 || strlen(value) >= 32 || *count >= MAX_DEVICE_RULES) {
 		log_error("%s: malformed device rule '%s'", path, value);
 		return -1;
 	}
@@ -107,31 +108,35 @@ int slice_read(const char *dir, unsigned int job_id, struct slice *slice)
 	return rc;
 }
 
-/* The devices cgroup (v1) this process is in, as a path under the devices mount. */
-static int own_devices_cgroup(char *buf, size_t len)
+/* The cgroups a process (0: this one) is in, as /proc/<pid>/cgroup names them: the v1 devices one
+ * and the unified (v2) one; either is left empty when there is none. */
+void task_cgroups(pid_t pid, char *devices, size_t devices_len, char *unified, size_t unified_len)
 {
-	char line[512];
-	FILE *file = fopen("/proc/self/cgroup", "re");
-	int rc = -1;
+	char line[4096];
+	FILE *file;
 
+	devices[0] = unified[0] = '\0';
+	if (pid == 0)
+		snprintf(line, sizeof(line), "/proc/self/cgroup");
+	else
+		snprintf(line, sizeof(line), "/proc/%d/cgroup", (int)pid);
+	file = fopen(line, "re");
 	if (file == NULL)
-		return -1;
+		return;
 	while (fgets(line, sizeof(line), file) != NULL) {
 		char *controllers = strchr(line, ':');
 		char *path = controllers ? strchr(controllers + 1, ':') : NULL;
 
 		if (path == NULL)
 			continue;
-		*path++ = '\0';
-		if (strcmp(controllers + 1, "devices") == 0) {
-			path[strcspn(path, "\n")] = '\0';
-			snprintf(buf, len, "%s", path);
-			rc = 0;
-			break;
-		}
+		*controllers = *path++ = '\0';  /* line: the hierarchy id, controllers + 1: its controllers */
+		path[strcspn(path, "\n")] = '\0';
+		if (strcmp(controllers + 1, "devices") == 0)
+			snprintf(devices, devices_len, "%s", path);
+		else if (strcmp(line, "0") == 0 && controllers[1] == '\0')
+			snprintf(unified, unified_len, "%s", path);
 	}
 	fclose(file);
-	return rc;
 }
 
 static int write_rule(const char *file_path, const char *rule)
@@ -153,15 +158,19 @@ static int write_rule(const char *file_path, const char *rule)
 }
 
 /* Allow the job's GPU and deny the node's other GPUs in this task's devices cgroup. An allow must
- * hold at every level from the job's cgroup down (a v1 child never gets more than its parent). */
+ * hold at every level from the job's cgroup down (a v1 child never gets more than its parent).
+ * A task in a cgroup v2 job cgroup is left to cgroup2_fence (from task_post_fork). */
 int slice_apply_devices(const struct slice *slice, const char *devices_root)
 {
-	char cgroup[VALUE_MAX], dir[2 * VALUE_MAX], file_path[2 * VALUE_MAX + 16];
+	char cgroup[VALUE_MAX], unified[4096], dir[2 * VALUE_MAX], file_path[2 * VALUE_MAX + 16];
 	char *job_level;
 
 	if (slice->nallow == 0 && slice->ndeny == 0)
 		return 0;
-	job_level = own_devices_cgroup(cgroup, sizeof(cgroup)) == 0 ? strstr(cgroup, "/job_") : NULL;
+	task_cgroups(0, cgroup, sizeof(cgroup), unified, sizeof(unified));
+	job_level = strstr(cgroup, "/job_");
+	if (job_level == NULL && strstr(unified, "/step_") != NULL)
+		return 0;
 	if (job_level == NULL) {
 		/* Never write rules outside the job's own cgroup (the root cgroup is the whole machine). */
 		log_info("task is in no job devices cgroup (ConstrainDevices=no?): GPU device rules not applied");

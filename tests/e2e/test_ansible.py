@@ -38,7 +38,7 @@ pytestmark = pytest.mark.e2e
 ANSIBLE_DIR = Path(__file__).resolve().parents[2] / "ansible"
 PORT = int(os.environ.get("SLURM_VGPU_ANSIBLE_TEST_PORT", "20817"))
 LAYOUT = '[[node]]\nname = "node1"\ncpus = 4\ngpus = { a100 = 2 }\n'
-PUSHED = ("pyproject.toml", "README.md", "slurm_vgpu", "systemd")
+PUSHED = ("pyproject.toml", "README.md", "slurm_vgpu", "slurm_vgpu_dev", "systemd")  # the wheel's sources, the units
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 # What a site has before slurm-vgpu: no GresTypes, no plugstack, no prolog, no GPU node lines (the
@@ -251,6 +251,17 @@ def test_first_run_installs_every_piece_where_slurm_and_the_daemons_find_it(site
     login = site.dir / "hosts" / "login1"
     assert (login / "lib" / "slurm_vgpu.so").exists()
     assert "slurm_vgpu.so" in (login / "etc" / "plugstack.conf.d" / "slurm-vgpu.conf").read_text()
+
+
+def test_every_host_runs_slurm_vgpu_installed_from_the_wheel_built_from_the_checkout(site):
+    for prefix in (site.prefix, site.dir / "hosts" / "login1"):
+        wheels = list((prefix / "share" / "dist").glob("slurm_vgpu-*.whl"))
+        assert len(wheels) == 1, wheels
+        located = subprocess.run([str(prefix / "venv" / "bin" / "python"), "-c",
+                                  "import slurm_vgpu.resources as r; print(r.SPANK)"],
+                                 capture_output=True, text=True, cwd=site.dir, env={"PATH": "/usr/bin:/bin"})
+        assert located.stdout.strip().startswith(f"{prefix}/venv/lib/"), located  # not the checkout, not editable
+        assert not (prefix / "src").exists()  # no source tree is pushed any more
 
 
 def test_each_component_connects_with_its_own_login_and_root_only_files(site):

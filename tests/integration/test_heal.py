@@ -80,17 +80,18 @@ def test_a_drain_for_another_reason_is_left_to_the_admin(tmp_path):
     assert slurm.calls == [("release", 43)]
 
 
-def fake_proc(root: Path, cgroups: dict[int, str]) -> Path:
+def fake_proc(root: Path, cgroups: dict[int, str], environs: dict[int, bytes] | None = None) -> Path:
     for pid, text in cgroups.items():
         (root / str(pid)).mkdir(parents=True)
         (root / str(pid) / "cgroup").write_text(text)
+        (root / str(pid) / "environ").write_bytes((environs or {}).get(pid, b""))
     return root
 
 
 def test_a_running_slice_whose_job_has_no_process_left_on_the_node_is_released(clean_db, database_url, tmp_path):
     insert_inventory(clean_db)
-    for job_id, index in ((51, 0), (52, 1), (53, 1), (54, 1), (55, 0)):
-        place(clean_db, job_id, "gpu01", index, share=20, state="running")
+    for job_id, index in ((51, 0), (52, 1), (53, 1), (54, 1), (55, 0), (56, 0)):
+        place(clean_db, job_id, "gpu01", index, share=15, state="running")
     with clean_db.begin() as conn:
         conn.execute(sa.update(Placement).values(started_at=sa.func.now() - sa.text("interval '5 minutes'"),
                                                  job_submit_time=Placement.job_id * 1000))
@@ -99,15 +100,19 @@ def test_a_running_slice_whose_job_has_no_process_left_on_the_node_is_released(c
     conf.slice_dir.mkdir(parents=True)
     # job 52 ended with no epilog: its slice file is still there, naming its placement
     (conf.slice_dir / "52").write_text(f"# slurm-vgpu slice of job 52 (placement {placement_52}); ...\n")
+    sluid = "s3H1M91R1V8700"  # Slurm 26.05 on cgroup v2: the job's directory is its SLUID
     proc = fake_proc(tmp_path / "proc", {700: "6:freezer:/slurm_gpu01/uid_0/job_53/step_batch\n",
-                                         701: "6:freezer:/slurm_gpu02/uid_0/job_51/step_0\n"})  # another node
+                                         701: "6:freezer:/slurm_gpu02/uid_0/job_51/step_0\n",  # another node
+                                         702: f"0::/system.slice/gpu01_slurmstepd.scope/{sluid}/step_0/user/task_0\n"},
+                     {702: f"SLURM_JOB_ID=56\0SLURM_JOB_SLUID={sluid}\0".encode()})
     # 54: an allocation with no process yet (salloc before its first step); 55: Slurm runs another
     # job that was given 55's id again
     slurm = RecordingSlurm(allocated={54: 54_000, 55: 1})
     assert heal.lost_jobs(conf, slurm, "gpu01", proc) == [51, 52, 55]
     with clean_db.connect() as conn:
         states = dict(conn.execute(sa.select(Placement.job_id, Placement.state)).all())
-    assert states == {51: "released", 52: "released", 53: "running", 54: "running", 55: "released"}
+    assert states == {51: "released", 52: "released", 53: "running", 54: "running", 55: "released",
+                      56: "running"}
     assert not (conf.slice_dir / "52").exists()
 
 

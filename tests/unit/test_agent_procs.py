@@ -1,31 +1,88 @@
-"""Mapping a GPU process to its Slurm job from /proc, as proctrack/cgroup names job cgroups."""
+"""Mapping a GPU process to its Slurm job from /proc, as Slurm's cgroups name it: cgroup v1
+(22.05's proctrack/cgroup) and v2 (24.11's job_<id>, 26.05's SLUID directories)."""
 from __future__ import annotations
 
 import os
 
-from slurm_vgpu.agent.procs import job_from_cgroup, job_from_environ, job_of
+from slurm_vgpu.agent.procs import JobCgroup, job_cgroup, job_cgroup_of, job_from_environ, job_of
 
 CGROUP = """12:pids:/slurm_node1/uid_1000/job_42/step_batch/task_0
 6:freezer:/slurm_node1/uid_1000/job_42/step_batch
 4:memory:/slurm_node1/uid_1000/job_42/step_batch/task_0
 1:name=systemd:/system.slice/slurmd.service
 """
+# What a task of a cgroup/v2 job reads, in the node's cgroup namespace (docs: Slurm 24.11 and 26.05)
+V2_2411 = "0::/system.slice/node1_slurmstepd.scope/job_3/step_batch/user/task_0\n"
+V2_2605 = "0::/system.slice/node1_slurmstepd.scope/s1M1M91R6F6200/step_batch/user/task_0\n"
+# ... and read from the host, whose kernel lists its v1 hierarchies first (a hybrid host)
+HOST = """9:name=systemd:/
+6:freezer:/
+5:devices:/
+4:memory:/process_api/f6507e3ecd15e9bfef42b42683938ab3
+0::/slurm-vgpu/svgpu-2605-recommended/slurmd-node1/system.slice/node1_slurmstepd.scope/s3H1M91R1X7Q00/step_batch/user/task_0
+"""
+
+
+def job_from_cgroup(text: str, node: str) -> int | None:
+    cgroup = job_cgroup(text, node)
+    return cgroup.job_id if cgroup else None
 
 
 def test_job_cgroup_of_this_node_names_the_job():
     assert job_from_cgroup(CGROUP, "node1") == 42
     assert job_from_cgroup("6:freezer:/slurm/uid_0/job_7/step_0\n", "node1") == 7  # plain build
+    assert job_cgroup(CGROUP, "node1") == JobCgroup("/slurm_node1/uid_1000/job_42", unified=False, job_id=42)
 
 
 def test_a_job_of_another_node_or_no_job_is_none():
     assert job_from_cgroup(CGROUP, "node2") is None
     assert job_from_cgroup("6:freezer:/\n1:name=systemd:/user.slice\n", "node1") is None
     assert job_from_cgroup("6:freezer:/slurm_node1/uid_0/job_7x\n", "node1") is None
+    assert job_cgroup(V2_2411, "node2") is None
+    assert job_cgroup("0::/system.slice/node1_slurmstepd.scope/slurmd\n", "node1") is None  # slurmd itself
+    assert job_cgroup("0::/slurm_node1/uid_0/job_7\n", "node1") is None  # v1's shape, not in a v1 hierarchy
+
+
+def test_a_v2_job_directory_is_the_job_id_or_a_sluid():
+    assert job_cgroup(V2_2411, "node1") == JobCgroup(
+        "/system.slice/node1_slurmstepd.scope/job_3", unified=True, job_id=3)
+    assert job_cgroup("0::/system.slice/node1_slurmstepd.scope/job_4/step_batch/slurm\n", "node1").job_id == 4
+    assert job_cgroup(V2_2605, "node1") == JobCgroup(
+        "/system.slice/node1_slurmstepd.scope/s1M1M91R6F6200", unified=True, job_id=None, sluid="s1M1M91R6F6200")
+    assert job_cgroup(HOST, "node1") == JobCgroup(
+        "/slurm-vgpu/svgpu-2605-recommended/slurmd-node1/system.slice/node1_slurmstepd.scope/s3H1M91R1X7Q00",
+        unified=True, job_id=None, sluid="s3H1M91R1X7Q00")
+    assert job_cgroup("0::/system.slice/slurmstepd.scope/job_5/step_0/user/task_1\n", "node1").job_id == 5  # plain build
 
 
 def test_environment_is_the_fallback():
     assert job_from_environ(b"PATH=/bin\0SLURM_JOB_ID=99\0HOME=/root\0") == 99
     assert job_from_environ(b"PATH=/bin\0SLURM_JOB_IDX=1\0") is None
+
+
+def test_a_sluid_is_mapped_by_an_environment_naming_the_same_sluid():
+    environ = b"SLURM_JOB_ID=1\0SLURM_JOB_SLUID=s1M1M91R6F6200\0"
+    assert job_from_environ(environ, sluid="s1M1M91R6F6200") == 1
+    assert job_from_environ(environ, sluid="s3H1M91R1X7Q00") is None  # another job's cgroup
+    assert job_from_environ(b"SLURM_JOB_ID=1\0", sluid="s1M1M91R6F6200") is None
+
+
+def fake_process(proc, pid: int, cgroup: str, environ: bytes = b"") -> None:
+    (proc / str(pid)).mkdir(parents=True)
+    (proc / str(pid) / "cgroup").write_text(cgroup)
+    (proc / str(pid) / "environ").write_bytes(environ)
+
+
+def test_a_process_maps_to_its_job_from_its_cgroup_then_its_environment(tmp_path):
+    fake_process(tmp_path, 10, V2_2605, b"SLURM_JOB_ID=1\0SLURM_JOB_SLUID=s1M1M91R6F6200\0")
+    fake_process(tmp_path, 11, V2_2605, b"SLURM_JOB_ID=9\0SLURM_JOB_SLUID=s9999999999999\0")  # forged
+    fake_process(tmp_path, 12, "0::/user.slice\n", b"SLURM_JOB_ID=12\0")  # no cgroup plugin
+    fake_process(tmp_path, 13, V2_2411, b"SLURM_JOB_ID=99\0")
+    assert job_of(10, "node1", proc=tmp_path) == 1
+    assert job_of(11, "node1", proc=tmp_path) is None
+    assert job_cgroup_of(11, "node1", proc=tmp_path).sluid == "s1M1M91R6F6200"
+    assert job_of(12, "node1", proc=tmp_path) == 12
+    assert job_of(13, "node1", proc=tmp_path) == 3  # the cgroup wins over the environment
 
 
 def test_a_gone_process_belongs_to_no_job(tmp_path):
