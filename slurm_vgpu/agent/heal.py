@@ -50,7 +50,7 @@ def failed_prologs(config: Config, slurm: Slurm, node: str) -> list[int]:
         handled.append(job_id)
     if handled:
         state, why = slurm.node_reason(node)
-        if state.startswith("drain") and why == PROLOG_DRAIN:
+        if state.rstrip("*~#!%$@^-") in ("drain", "drng") and why == PROLOG_DRAIN:  # drained, or draining
             slurm.resume(node)
             log.warning("resumed %s, drained when its prolog could not reach the database", node)
     return handled

@@ -72,6 +72,14 @@ def test_a_job_not_yet_requeued_held_keeps_its_record_and_an_ended_one_is_droppe
     assert ("release", 44) in slurm.calls
 
 
+def test_a_node_still_draining_for_the_prolog_is_resumed_too(tmp_path):
+    conf = config(tmp_path)
+    failed.record(conf, "gpu01", 46, "placement database unusable: timeout")
+    slurm = RecordingSlurm(state=("drng", heal.PROLOG_DRAIN))  # other jobs still run there
+    heal.failed_prologs(conf, slurm, "gpu01")
+    assert ("resume", "gpu01") in slurm.calls
+
+
 def test_a_drain_for_another_reason_is_left_to_the_admin(tmp_path):
     conf = config(tmp_path)
     failed.record(conf, "gpu01", 43, "placement database unusable: timeout")
