@@ -54,6 +54,7 @@ class Report:
     user_mixes: list[str] = field(default_factory=list)
     samples: int = 0
     faults: Counter = field(default_factory=Counter)
+    admin_resumes: int = 0  # nodes Slurm drained for a duplicate job id, resumed once the faults were over
 
     @property
     def held(self) -> bool:
@@ -63,7 +64,8 @@ class Report:
         return [
             f"jobs {self.jobs}: {self.completed_with_slice} completed with their slice, "
             f"{self.ended_with_reason} ended with a reason, {len(self.unfinished)} unfinished",
-            f"faults: {', '.join(f'{k} x{v}' for k, v in sorted(self.faults.items())) or 'none'}",
+            f"faults: {', '.join(f'{k} x{v}' for k, v in sorted(self.faults.items())) or 'none'}; then, as an "
+            f"admin would, {self.admin_resumes} node(s) resumed that Slurm drained for a duplicate job id",
             f"samples {self.samples}: {len(self.over_100)} over 100, {len(self.user_mixes)} user mixes "
             "(Slurm, slice files, and the Postgres replay)",
             f"ran without their slice: {len(self.ran_without_slice)} {self.ran_without_slice[:10]}",
@@ -80,7 +82,8 @@ class Chaos:
         self.users = users
         self.rng = random.Random(seed)
         self.report = Report()
-        self.stop = threading.Event()
+        self.stop = threading.Event()  # the run is over: stop watching
+        self.faults_over = threading.Event()
         self.config = load(cluster.vgpu_conf)
         self.engine = db.make_engine(cluster.database_url)
         self.out = cluster.dir / "chaos"
@@ -141,7 +144,7 @@ class Chaos:
                   "postgres": self.database_outage}
         for agent in agents:
             faults[agent] = lambda agent=agent: self.kill(agent)
-        while not self.stop.wait(self.rng.uniform(0.5, 1.5) * every_s):
+        while not self.faults_over.wait(self.rng.uniform(0.5, 1.5) * every_s):
             name = self.rng.choice(sorted(faults))
             faults[name]()
             self.report.faults[name.split("-")[0]] += 1
@@ -195,21 +198,41 @@ class Chaos:
     # --- the run ------------------------------------------------------------------------------------
 
     def run(self, jobs: int, submit_over_s: float, fault_every_s: float, timeout_s: float) -> Report:
-        threads = [threading.Thread(target=self.inject, args=(fault_every_s,), daemon=True),
-                   threading.Thread(target=self.watch, args=(0.5,), daemon=True)]
-        for thread in threads:
-            thread.start()
+        """Faults while the jobs are submitted; then, faults over, what an admin would do after a
+        slurmctld that lost its state (resume the nodes Slurm drained for a duplicate job id); then
+        wait for every job to end, still watching."""
+        faults = threading.Thread(target=self.inject, args=(fault_every_s,), daemon=True)
+        watcher = threading.Thread(target=self.watch, args=(0.5,), daemon=True)
+        faults.start()
+        watcher.start()
         try:
             self.submit(jobs, submit_over_s / max(jobs, 1))
+        finally:
+            self.faults_over.set()
+            faults.join(timeout=120)
+            allow_connections(self.cluster.database_url, True)
+        try:
+            devcluster._wait_ctld(self.cluster, 60)
+            self.resume_duplicate_drains()
             self.wait_ended(timeout_s)
         finally:
             self.stop.set()
-            for thread in threads:
-                thread.join(timeout=120)
-            allow_connections(self.cluster.database_url, True)
+            watcher.join(timeout=120)
         self.judge()
         self.engine.dispose()
         return self.report
+
+    def resume_duplicate_drains(self) -> None:
+        """A slurmctld killed before it saved an allocation starts that job a second time on its
+        node; the node's slurmd refuses ("Job N already running") and slurmctld drains the node with
+        "Duplicate jobid". That drain is Slurm's own, left to an admin: the run does the admin's
+        part once the faults are over, and counts it."""
+        out = self.slurm("sinfo", "--noheader", "--Node", "--format=%N|%t|%E").stdout
+        for line in out.splitlines():
+            node, state, reason = line.split("|", 2)
+            if state.rstrip("*~#!%$@^-") in ("drain", "drng") and reason.startswith("Duplicate jobid"):
+                self.slurm("scontrol", "update", f"NodeName={node}", "State=RESUME")
+                self.report.admin_resumes += 1
 
     def slurm_jobs(self) -> dict[int, dict]:
         result = self.slurm("squeue", "--json")

@@ -320,6 +320,10 @@ def _reconcile(session, jobs: dict[int, Job], now: datetime, config: Config, rep
             # pinned, and the daemon stopped before it wrote so; only the prolog marks a placement
             # running (Slurm says RUNNING while the prolog still runs)
             placement.state, placement.pinned_at = "pinned", now
+        elif job.state == "PENDING" and placement.state == "placed" and _pin_reached_slurm(job, placement):
+            # the daemon stopped between the pin and writing so; pinning again would race the
+            # job's start (Slurm refuses an update of a job that is no longer pending)
+            placement.state, placement.pinned_at = "pinned", now
         elif job.state == "PENDING" and placement.state == "placed":
             repin.append(placement)
         elif job.state == "PENDING" and placement.state == "running":
@@ -337,6 +341,14 @@ def _reconcile(session, jobs: dict[int, Job], now: datetime, config: Config, rep
         if job.state == "PENDING" and job.request.state == "pinned" and job.job_id not in placed_jobs:
             unpin.append(job.job_id)  # Slurm has a pin that Postgres no longer backs
     return repin, unpin, placed_jobs, blocked_by
+
+
+def _pin_reached_slurm(job: Job, placement: Placement) -> bool:
+    """Whether Slurm already holds this placement's pin (its GPU in the AdminComment, its share in
+    the typed GRES): both are set by the one update of :meth:`Slurm.pin`."""
+    pinned = parse_pinned_gres(job.tres_per_node)
+    return (job.request.state == "pinned" and job.request.gpu == placement.gpu_uuid
+            and pinned is not None and pinned[1] == placement.share)
 
 
 def _repair_running(session, jobs: dict[int, Job], placed_jobs: set[int], report: CycleReport) -> None:
