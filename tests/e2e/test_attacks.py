@@ -137,3 +137,27 @@ def test_partition_exclude_and_nodelist_are_where_the_slice_goes(cluster):
         time.sleep(0.5)
     assert "node2, node3" in job(cluster, nowhere)["AdminComment"]
     slurm(cluster, "scancel", str(nowhere))
+
+
+def test_another_users_job_cannot_reach_a_gpus_mps_pipes_or_logs(cluster):
+    """A client that reached another GPU's MPS pipes would make its control daemon retire the
+    owner's server and start one of its own with default (uncapped) limits: the pipe and log
+    directories of a GPU's MPS are open to the users with a slice on that GPU only."""
+    victim = submit(cluster, "--gres=vgpu:30", user=VICTIM, script=(
+        'echo "PIPE=$CUDA_MPS_PIPE_DIRECTORY LOG=$CUDA_MPS_LOG_DIRECTORY"; '
+        'ls "$CUDA_MPS_PIPE_DIRECTORY" >/dev/null && echo own-pipes-reachable; sleep 30'))
+    deadline, text = time.monotonic() + 90, ""
+    while "own-pipes-reachable" not in text and time.monotonic() < deadline:
+        time.sleep(0.5)
+        text = output(cluster, victim) if job(cluster, victim)["JobState"] != "PENDING" else ""
+    assert "own-pipes-reachable" in text, text
+    pipe, log = (word.split("=", 1)[1] for word in text.split() if word.startswith(("PIPE=", "LOG=")))
+    attacker = submit(cluster, "--gres=vgpu:20", user=ATTACKER, script=(
+        f'ls {pipe} 2>&1; cat {log}/control.log 2>&1 | head -1; '
+        f'CUDA_MPS_PIPE_DIRECTORY={pipe} CUDA_MPS_LOG_DIRECTORY={log} '
+        f'python3 -c "import socket; s = socket.socket(socket.AF_UNIX); s.connect(\'{pipe}/control\')" 2>&1 | tail -1'))
+    wait_for(cluster, [attacker])
+    said = output(cluster, attacker)
+    assert said.count("Permission denied") == 3, said
+    slurm(cluster, "scancel", str(victim))
+    wait_for(cluster, [victim])
