@@ -50,6 +50,7 @@ class Report:
     lost: list[int] = field(default_factory=list)  # slurm-vgpu had it, then nobody did
     lost_by_slurmctld: list[int] = field(default_factory=list)  # Slurm forgot it before anything saw it
     unfinished: list[int] = field(default_factory=list)
+    unfinished_why: list[str] = field(default_factory=list)  # state, Slurm's reason, the AdminComment's wait
     over_100: list[str] = field(default_factory=list)  # what each violation looked like
     user_mixes: list[str] = field(default_factory=list)
     samples: int = 0
@@ -71,6 +72,7 @@ class Report:
             f"ran without their slice: {len(self.ran_without_slice)} {self.ran_without_slice[:10]}",
             f"lost: {len(self.lost)} {self.lost[:10]}; lost by slurmctld before any placement: "
             f"{len(self.lost_by_slurmctld)} {self.lost_by_slurmctld[:10]}",
+            *(f"unfinished: {why}" for why in self.unfinished_why[:10]),
         ]
 
 
@@ -267,6 +269,8 @@ class Chaos:
             state, comment = _state(job), job.get("admin_comment") or ""
             if state not in ENDED:
                 self.report.unfinished.append(job_id)
+                self.report.unfinished_why.append(
+                    f"{job_id} {state} {job.get('state_reason', '')} {job.get('nodes') or ''} {comment}".strip())
             elif state == "COMPLETED":
                 printed = out.read_text() if out.exists() else ""
                 share = re.search(r"vgpu:(?:\w+:)?(\d+)", job.get("tres_per_node") or "")

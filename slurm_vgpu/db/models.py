@@ -116,3 +116,13 @@ class Event(Base):
     node: Mapped[str | None] = mapped_column(sa.Text)
     message: Mapped[str] = mapped_column(sa.Text)
     details: Mapped[dict | None] = mapped_column(JSONB)
+
+
+class NodeLogin(Base):
+    """Which node a database login of a GPU node acts for (``*``: every node); the row-level
+    policies of migration 0006 let it write that node's rows only."""
+
+    __tablename__ = "node_logins"
+
+    login: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    node: Mapped[str] = mapped_column(sa.Text)
