@@ -19,7 +19,8 @@ SLO_CLASSES = (LATENCY, THROUGHPUT, BEST_EFFORT)
 # The class of a job that names none; a site changes it with DefaultClass= in slurm-vgpu.conf.
 DEFAULT_CLASS = THROUGHPUT
 CLASS_NAMES = ", ".join(SLO_CLASSES[:-1]) + " or " + SLO_CLASSES[-1]  # for help texts
-CLASS_HINT = "write " + ", ".join(f"--vgpu-class={c}" for c in SLO_CLASSES[:-1]) + f" or --vgpu-class={SLO_CLASSES[-1]}"
+CLASS_HINT = ("write " + ", ".join(f"--vgpu-class={c}" for c in SLO_CLASSES[:-1])
+              + f" or --vgpu-class={SLO_CLASSES[-1]}")
 
 
 def class_error(value: str) -> str | None:
@@ -35,8 +36,9 @@ def class_error(value: str) -> str | None:
 SIZE_UNITS_KIB = {"K": 1, "M": 1024, "G": 1024 ** 2, "T": 1024 ** 3}
 SIZE_BARE_UNIT = "M"
 SIZE_MAX_DIGITS = 9  # so that C computes any size in 64 bits
-SIZE_HINT = ("write --vgpu-mem=SIZE as a whole number with an optional unit "
-             + ", ".join(list(SIZE_UNITS_KIB)[:-1]) + f" or {list(SIZE_UNITS_KIB)[-1]}, e.g. --vgpu-mem=8G or --vgpu-mem=512M")
+_UNITS = list(SIZE_UNITS_KIB)
+SIZE_HINT = (f"write --vgpu-mem=SIZE as a whole number with an optional unit {', '.join(_UNITS[:-1])} or {_UNITS[-1]}, "
+             "e.g. --vgpu-mem=8G or --vgpu-mem=512M")
 _SIZE = re.compile(rf"([0-9]{{1,{SIZE_MAX_DIGITS}}})([{''.join(SIZE_UNITS_KIB)}]?)I?B?", re.IGNORECASE)
 
 
@@ -52,9 +54,9 @@ def memory_mib(text: str) -> int:
     return mib
 
 
-def mps_size(memory_mib_: int) -> str:
+def mps_size(mib: int) -> str:
     """A memory cap as MPS takes it (``set_device_pinned_mem_limit``, the slice file's variable)."""
-    return f"{memory_mib_}M"
+    return f"{mib}M"
 
 
 # --- How the SPANK plugin hands the options to job_submit.lua (spank_job_control_setenv). ---
@@ -148,19 +150,18 @@ def parse_request(admin_comment: str | None) -> VgpuRequest | None:
     """``vgpu-state=unplaced share=30 class=latency mem_mib=8192 model=h100`` -> VgpuRequest; None
     when the comment holds no request: no or an unknown vgpu-state, a share that is not 1..100,
     no or an unknown class, a mem_mib or begin that is not a whole number."""
-    fields = comment_fields(admin_comment or "")
-    key = COMMENT_KEYS
-    share = _whole(fields.get(key["share"]), 1, SHARE_MAX)
-    memory = _whole(fields.get(key["memory_mib"]), 1)
-    begin = _whole(fields.get(key["begin"]), 0)
-    if (fields.get(key["state"]) not in REQUEST_STATES or share is None or fields.get(key["slo_class"]) not in SLO_CLASSES
-            or (memory is None and key["memory_mib"] in fields) or (begin is None and key["begin"] in fields)):
+    raw = comment_fields(admin_comment or "")
+    value = {name: raw.get(key) for name, key in COMMENT_KEYS.items()}  # None: not in the record
+    share = _whole(value["share"], 1, SHARE_MAX)
+    memory = _whole(value["memory_mib"], 1)
+    begin = _whole(value["begin"], 0)
+    if value["state"] not in REQUEST_STATES or share is None or value["slo_class"] not in SLO_CLASSES:
         return None
-    return VgpuRequest(
-        state=fields[key["state"]], share=share, slo_class=fields[key["slo_class"]], memory_mib=memory,
-        model=fields.get(key["model"]) or None, gpu=fields.get(key["gpu"]) or None,
-        wait=fields.get(key["wait"]) or None, begin=begin, nodelist=fields.get(key["nodelist"]) or None,
-    )
+    if (memory is None and value["memory_mib"] is not None) or (begin is None and value["begin"] is not None):
+        return None
+    return VgpuRequest(state=value["state"], share=share, slo_class=value["slo_class"], memory_mib=memory,
+                       model=value["model"] or None, gpu=value["gpu"] or None, wait=value["wait"] or None,
+                       begin=begin, nodelist=value["nodelist"] or None)
 
 
 # job_submit.lua holds a vgpu job by setting its begin time this far ahead (Slurm keeps it pending
@@ -190,7 +191,8 @@ _SLICE_PLACEMENT = re.compile(r"# slurm-vgpu slice of job [0-9]+ \(placement ([0
 
 def slice_header(job_id: int, placement_id: int | None) -> str:
     """The first line; it names the placement the epilog releases."""
-    return SLICE_HEADER.format(job_id=job_id, placement=f" (placement {placement_id})" if placement_id is not None else "")
+    placement = f" (placement {placement_id})" if placement_id is not None else ""
+    return SLICE_HEADER.format(job_id=job_id, placement=placement)
 
 
 def slice_placement(first_line: str) -> int | None:

@@ -26,7 +26,8 @@ def build_plugin(build_dir: Path, slurm_include: str = "/usr/include", run: Sequ
     their objects); returns the built plugin. ``run`` prefixes the make command (a root filesystem
     of another Slurm release, say)."""
     build_dir.mkdir(parents=True, exist_ok=True)
-    sources = {s.name: s.read_bytes() for s in SPANK.iterdir() if s.suffix in (".c", ".h", ".map") or s.name == "Makefile"}
+    sources = {s.name: s.read_bytes() for s in SPANK.iterdir()
+               if s.suffix in (".c", ".h", ".map") or s.name == "Makefile"}
     sources["contract.h"] = contract_header().encode()
     for name, text in sources.items():
         target = build_dir / name

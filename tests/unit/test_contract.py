@@ -163,7 +163,7 @@ def lua_results(tmp_path_factory):
     return submitted, modified
 
 
-@pytest.mark.parametrize("index, case", list(enumerate(submits())))
+@pytest.mark.parametrize("index, case", list(enumerate(submits())), ids=[repr(c) for c in submits()])
 def test_lua_submit_writes_the_comment_python_writes(lua_results, index, case):
     rc, comment, message = lua_results[0][index]
     outcome, expected = expected_submit(*case)
@@ -175,7 +175,8 @@ def test_lua_submit_writes_the_comment_python_writes(lua_results, index, case):
         assert expected in message and expected.startswith("write "), message
 
 
-@pytest.mark.parametrize("index, comment", list(enumerate([c for c, _ in COMMENTS] + [c for _, c in ROUND_TRIPS])))
+@pytest.mark.parametrize("index, comment", list(enumerate(c for c, _ in COMMENTS + [(c, f) for f, c in ROUND_TRIPS])),
+                         ids=[repr(c) for c, _ in COMMENTS + [(c, f) for f, c in ROUND_TRIPS]])
 def test_lua_modify_reads_the_comment_as_python_does(lua_results, index, comment):
     """A user may change where or when a job runs only when Python reads no request the placement
     still decides for (none at all, or one that ended)."""
