@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from slurm_vgpu.config import load
+from slurm_vgpu.contract import SLO_CLASSES
 from slurm_vgpu.db import engine as db
 
 from . import cluster as devcluster
 
-CLASSES = ("latency", "throughput", "best-effort")
 SHARES = (10, 20, 25, 30, 40, 50, 60, 75, 100)
 # Printed by every chaos job, so that its output says which slice it ran with.
 SCRIPT = 'echo "share=${CUDA_MPS_ACTIVE_THREAD_PERCENTAGE:-none} gpu=${CUDA_VISIBLE_DEVICES:-none}"; sleep {sleep}'
@@ -105,7 +105,7 @@ class Chaos:
         for _ in range(count):
             if self.stop.is_set():
                 return
-            share, klass = self.rng.choice(SHARES), self.rng.choice(CLASSES)
+            share, klass = self.rng.choice(SHARES), self.rng.choice(SLO_CLASSES)
             model = self.rng.choice(["", "", "h100:", "a100:", "t4:"])
             options = [f"--gres=vgpu:{model}{share}", f"--vgpu-class={klass}"]
             script = SCRIPT.replace("{sleep}", str(self.rng.choice([0, 1, 2, 3])))

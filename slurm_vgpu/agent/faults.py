@@ -16,7 +16,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from ..adapters.slurm import UNPLACED, Slurm, SlurmError, VgpuRequest
+from ..adapters.slurm import Slurm, SlurmError
+from ..contract import UNPLACED, VgpuRequest
 from ..db import store
 from ..db.engine import session_scope
 from ..db.models import ACTIVE_STATES, Gpu, Placement

@@ -9,12 +9,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from ..contract import ACTIVE_STATES, PLACEMENT_STATES, SLO_CLASSES
+
 GPU_STATES = ("up", "draining", "down")
-# placed: committed in Postgres; pinned: Slurm updated and released; running: prolog has set it up;
-# released/failed: over. The first three hold capacity.
-PLACEMENT_STATES = ("placed", "pinned", "running", "released", "failed")
-ACTIVE_STATES = ("placed", "pinned", "running")
-SLO_CLASSES = ("latency", "throughput", "best-effort")
 
 
 class Base(DeclarativeBase):

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..contract import mps_size
+
 PID_FILE = "nvidia-cuda-mps-control.pid"
 
 
@@ -147,7 +149,7 @@ class MpsControl:
         daemon sees only its own GPU, so the GPU is device 0)."""
         self._expect_set(f"set_active_thread_percentage {server_pid} {percentage}")
         if memory_mib is not None:
-            self._expect_set(f"set_device_pinned_mem_limit {server_pid} 0 {memory_mib}M")
+            self._expect_set(f"set_device_pinned_mem_limit {server_pid} 0 {mps_size(memory_mib)}")
 
     def shutdown_server(self, server_pid: int) -> None:
         self._expect_set(f"shutdown_server {server_pid}")
