@@ -86,6 +86,11 @@ local function parse_vgpu(rest)
     end
     if model ~= nil then
         model = string.lower(model)
+        local named = string.match(model, "^(.-)_%d+$")
+        if not MODELS[model] and named ~= nil and MODELS[named] then
+            return nil, nil, "vgpu:" .. model .. " names one GPU; the placement picks the GPU: write --gres=vgpu:" ..
+                named .. ":" .. count .. " for any " .. named
+        end
         if not MODELS[model] then
             return nil, nil, "no GPU model '" .. model .. "' in this cluster; models: " .. MODEL_LIST
         end
@@ -170,6 +175,33 @@ local function gpu_form_error(job_desc)
         if names_gres(job_desc[field], "gpu") then
             return "whole GPUs are handed out by slurm-vgpu as slices; write --gres=vgpu:100 for all of one GPU"
         end
+        for _, sharing in ipairs({ "mps", "shard" }) do
+            if names_gres(job_desc[field], sharing) then
+                return "GPUs are shared here as slurm-vgpu slices, not as gres/" .. sharing ..
+                    "; write --gres=vgpu:N for N% of one GPU"
+            end
+        end
+    end
+    return nil
+end
+
+-- Options that count or bind whole GPUs, which a slice is not; what to write instead.
+local function per_gpu_error(job_desc)
+    if names_gres(job_desc.cpus_per_tres, "gpu") or names_gres(job_desc.cpus_per_tres, "vgpu") then
+        return "--cpus-per-gpu counts whole GPUs; write --cpus-per-task=N (or -c N) for the slice's job"
+    end
+    if names_gres(job_desc.mem_per_tres, "gpu") or names_gres(job_desc.mem_per_tres, "vgpu") then
+        return "--mem-per-gpu counts whole GPUs; write --mem=SIZE for the job's host memory " ..
+            "(--vgpu-mem=SIZE caps its GPU memory)"
+    end
+    if is_set(job_desc.ntasks_per_tres, NO_VAL16) and job_desc.ntasks_per_tres > 0 then
+        return "--ntasks-per-gpu counts whole GPUs; write --ntasks=N: every task of the job shares its slice"
+    end
+    if job_desc.tres_bind ~= nil and string.find(job_desc.tres_bind, "gpu", 1, true) then
+        return "--gpu-bind binds tasks to whole GPUs; drop it: a slice is on one GPU, which every task sees"
+    end
+    if job_desc.tres_freq ~= nil and string.find(job_desc.tres_freq, "gpu", 1, true) then
+        return "--gpu-freq sets the clocks of a whole GPU, which other slices share; drop it"
     end
     return nil
 end
@@ -207,7 +239,7 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
         end
         return slurm.SUCCESS -- not a vgpu job: untouched
     end
-    err = shape_error(job_desc)
+    err = shape_error(job_desc) or per_gpu_error(job_desc)
     if err ~= nil then return refuse(err) end
     local model, share
     model, share, err = parse_vgpu(rest)
