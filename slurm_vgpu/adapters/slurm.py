@@ -50,6 +50,31 @@ class Job:
     reason: str = ""  # Slurm's state_reason: BeginTime, Dependency, JobHeldUser, ...
     partition: str = ""  # the partitions it may run in, comma-separated
     excluded_nodes: str = ""  # --exclude, a hostlist
+    # Job arrays (docs/slurm-behaviour.md): every task that Slurm has split off into its own record
+    # (by an update of that task, or by starting it) has its own job_id and array_task_id; the
+    # array's other pending tasks share one record, whose job_id is the array's and whose
+    # ``array_tasks`` lists them (``1-4``, ``1,3-4``); that record turns into the last task itself.
+    array_job_id: int = 0  # 0: not part of an array
+    array_task_id: int | None = None
+    array_tasks: str = ""  # the pending tasks not yet split off, without the ``%N`` throttle
+    array_max_tasks: int = 0  # the ``%N`` throttle: at most N tasks run at once (0: none)
+
+    @property
+    def ref(self) -> int | str:
+        """How Slurm's commands name this job alone: ``<array>_<task>`` for an array task, since
+        ``JobId=<array id>`` names every task of the array (the record that turned into the last
+        task keeps the array's id), else the job id."""
+        return self.job_id if self.array_task_id is None else f"{self.array_job_id}_{self.array_task_id}"
+
+    @property
+    def holds_array_tasks(self) -> bool:
+        """Whether this record stands for several pending tasks of an array (never placed as such:
+        each task is split off and placed as its own job)."""
+        return "," in self.array_tasks or "-" in self.array_tasks
+
+    def pending_tasks(self) -> list[int]:
+        """The task ids of ``array_tasks``: ``1-3,7,10-14:2`` -> 1, 2, 3, 7, 10, 12, 14."""
+        return array_task_ids(self.array_tasks)
 
     def allowed_nodes(self, nodes: Mapping[str, Node]) -> frozenset[str]:
         """The nodes Slurm would run it on, by its partitions, --exclude and --nodelist (the
@@ -101,28 +126,34 @@ class Slurm:
     def vgpu_jobs(self) -> list[Job]:
         return [j for j in self.jobs() if j.request is not None]
 
-    def pin(self, job_id: int, gres_type: str, share: int, node: str, request: VgpuRequest) -> None:
+    def pin(self, job_id: int | str, gres_type: str, share: int, node: str, request: VgpuRequest) -> None:
         """Give a waiting job its typed per-GPU GRES, its node and StartTime=now, in one update."""
         self._run(
             "scontrol", "update", f"JobId={job_id}", f"Gres=vgpu:{gres_type}:{share}",
             f"NodeList={node}", "StartTime=now", f"AdminComment={request.comment()}",
         )
 
-    def hold(self, job_id: int, request: VgpuRequest) -> None:
+    def hold(self, job_id: int | str, request: VgpuRequest) -> None:
         """Put a pinned-but-not-started job back to unplaced: no vgpu GRES, no node, its begin
         time pushed ahead again (one update)."""
         self._run("scontrol", "update", f"JobId={job_id}", "Gres=", "NodeList=", f"StartTime=now+{HOLD_DAYS}days",
                   f"AdminComment={request.comment()}")
 
-    def set_comment(self, job_id: int, request: VgpuRequest) -> None:
+    def split_task(self, array_job_id: int, task_id: int, request: VgpuRequest) -> None:
+        """Split one pending task of an array off into its own job record (a new job id, the array's
+        submit time, still waiting unplaced), so that it is placed and pinned on its own: an update
+        of ``JobId=<array>_<task>`` touches only that task."""
+        self._run("scontrol", "update", f"JobId={array_job_id}_{task_id}", f"AdminComment={request.comment()}")
+
+    def set_comment(self, job_id: int | str, request: VgpuRequest) -> None:
         self._run("scontrol", "update", f"JobId={job_id}", f"AdminComment={request.comment()}")
 
-    def cancel(self, job_id: int, request: VgpuRequest) -> None:
+    def cancel(self, job_id: int | str, request: VgpuRequest) -> None:
         """End a job that can never run; its admin_comment says why (``scontrol show job``)."""
         self.set_comment(job_id, request)
         self._run("scancel", str(job_id))
 
-    def requeue(self, job_id: int, request: VgpuRequest) -> None:
+    def requeue(self, job_id: int | str, request: VgpuRequest) -> None:
         """Requeue a running job unplaced; the placement will find it a new GPU. Held across the
         update so it cannot start again on the old pin, then released to its begin-time hold."""
         self._run("scontrol", "requeuehold", str(job_id))
@@ -137,7 +168,7 @@ class Slurm:
         if job.state not in ("PENDING", "RUNNING", "CONFIGURING", "SUSPENDED"):
             return False
         request = replace(job.request or fallback, state=UNPLACED, gpu=None, wait=f"requeued: {why}")
-        (self.hold if job.state == "PENDING" else self.requeue)(job.job_id, request)
+        (self.hold if job.state == "PENDING" else self.requeue)(job.ref, request)
         return True
 
     def held(self, job_id: int) -> bool | None:
@@ -187,7 +218,24 @@ class Slurm:
         """Tell a running vgpu job's user what the node agent did to it: ``agent="<note>"`` after
         its vgpu fields in AdminComment (``scontrol show job``, ``squeue -O AdminComment``)."""
         comment = (job.request.comment() + " " if job.request else "") + f"agent={quote(note)}"
-        self._run("scontrol", "update", f"JobId={job.job_id}", f"AdminComment={comment}")
+        self._run("scontrol", "update", f"JobId={job.ref}", f"AdminComment={comment}")
+
+
+def array_task_ids(text: str) -> list[int]:
+    """Task ids of an array's task string (``1-3,7,10-14:2``, a ``%N`` throttle ignored)."""
+    ids: list[int] = []
+    for item in filter(None, text.split("%", 1)[0].split(",")):
+        bounds, _, step = item.partition(":")
+        first, _, last = bounds.partition("-")
+        ids += range(int(first), int(last or first) + 1, int(step or 1))
+    return ids
+
+
+def _number(value, default: int | None = 0) -> int | None:
+    """A number as 22.05 writes it (plain), or as 23.11+ does (``{"set": .., "number": ..}``)."""
+    if isinstance(value, dict):
+        value = value.get("number") if value.get("set", True) else None
+    return default if value is None else int(value)
 
 
 def _job(doc: dict) -> Job:
@@ -214,6 +262,10 @@ def _job(doc: dict) -> Job:
         reason=str(doc.get("state_reason") or ""),
         partition=doc.get("partition") or "",
         excluded_nodes=doc.get("excluded_nodes") or "",
+        array_job_id=_number(doc.get("array_job_id")),
+        array_task_id=_number(doc.get("array_task_id"), None),
+        array_tasks=(doc.get("array_task_string") or "").split("%", 1)[0],
+        array_max_tasks=_number(doc.get("array_max_tasks")),
     )
 
 

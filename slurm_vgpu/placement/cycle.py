@@ -35,6 +35,9 @@ ENDED = ENDED_STATES
 # down, fail, maint, ...) or a flag such as ``*`` (not responding) keeps slices off its GPUs.
 USABLE_NODE_STATES = {"idle", "mix", "alloc", "comp"}
 REFUSAL_MEMORY = timedelta(minutes=10)  # how long a node that refused a job's pin is left out for it
+ARRAY_SPLIT = 32  # at most this many tasks of one array are split off per cycle
+# States in which a task counts against its array's %N throttle (Slurm's own count of running tasks).
+RUNNING_STATES = frozenset({"RUNNING", "CONFIGURING", "SUSPENDED"})
 
 
 @dataclass
@@ -45,6 +48,7 @@ class CycleReport:
     cancelled: dict[int, str] = field(default_factory=dict)
     released: list[int] = field(default_factory=list)
     unpinned: list[int] = field(default_factory=list)
+    split: list[str] = field(default_factory=list)  # array tasks split off to be placed, "<array>_<task>"
     requeue: dict[int, str] = field(default_factory=dict)  # running jobs to hand back, and why
 
 
@@ -150,16 +154,19 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
     Slurm's priority order (then oldest first).
 
     A job Slurm itself would not start yet (held, its dependency unmet, its --begin ahead) is left
-    out: a pin would hold a GPU no job uses. A job may use the nodes of ``gpu_nodes`` that Slurm
-    would run it on (its partitions, --exclude, --nodelist, by ``nodes``) and that did not refuse
-    its pin lately (``refused``).
+    out: a pin would hold a GPU no job uses. So is the record of an array's tasks not yet split
+    off (each task is placed as its own job: :func:`array_splits`), and a task beyond its array's
+    ``%N`` throttle (Slurm would keep it pending, pinned). A job may use the nodes of ``gpu_nodes``
+    that Slurm would run it on (its partitions, --exclude, --nodelist, by ``nodes``) and that did
+    not refuse its pin lately (``refused``).
     """
     waiting = [
         j for j in jobs
         if j.state == "PENDING" and j.request.state == UNPLACED and j.job_id not in placed_jobs
-        and j.waits_on_slurm(now_s) is None
+        and not j.holds_array_tasks and j.waits_on_slurm(now_s) is None
     ]
-    waiting.sort(key=lambda j: (-j.priority, j.submit_time, j.job_id))
+    waiting.sort(key=lambda j: (-j.priority, j.submit_time, j.array_task_id or 0, j.job_id))
+    waiting = _within_throttles(waiting, jobs, placed_jobs)
     every = frozenset(gpu_nodes)
 
     def allowed(job: Job) -> frozenset[str] | None:
@@ -181,6 +188,70 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
         )
         for j in waiting
     ]
+
+
+def _array_tasks(jobs: Iterable[Job]) -> dict[int, list[Job]]:
+    """Array id -> the tasks Slurm shows as their own records (running, pinned, split off)."""
+    tasks: dict[int, list[Job]] = {}
+    for j in jobs:
+        if j.array_job_id and not j.holds_array_tasks:
+            tasks.setdefault(j.array_job_id, []).append(j)
+    return tasks
+
+
+def _holds_a_slot(task: Job, placed_jobs: set[int]) -> bool:
+    """Whether a task counts against its array's throttle: it runs, or it is pinned or placed
+    (Slurm would start it as soon as its throttle lets it)."""
+    return task.state in RUNNING_STATES or (
+        task.state == "PENDING" and (task.request.state == PINNED or task.job_id in placed_jobs))
+
+
+def _within_throttles(waiting: list[Job], jobs: list[Job], placed_jobs: set[int]) -> list[Job]:
+    """``waiting`` less the tasks of arrays whose ``%N`` throttle is reached (by order)."""
+    if not any(j.array_max_tasks for j in waiting):
+        return waiting
+    tasks = _array_tasks(jobs)
+    room: dict[int, int] = {}
+    kept = []
+    for j in waiting:
+        if j.array_max_tasks:
+            if j.array_job_id not in room:
+                room[j.array_job_id] = j.array_max_tasks - sum(_holds_a_slot(t, placed_jobs)
+                                                               for t in tasks.get(j.array_job_id, []))
+            room[j.array_job_id] -= 1
+            if room[j.array_job_id] < 0:
+                continue
+        kept.append(j)
+    return kept
+
+
+def array_splits(jobs: list[Job], placed_jobs: set[int], now_s: float, most: int = ARRAY_SPLIT
+                 ) -> list[tuple[Job, int]]:
+    """The array tasks to split off into jobs of their own now, as (array record, task id): each
+    task is then placed, pinned and accounted as any job (its own job id, the array's submit
+    time). Tasks are split in order, at most ``most`` per array per cycle, only while none of the
+    array's split tasks still waits for a GPU (tasks of one array ask alike: when one waits, the
+    next would too), and never beyond the array's ``%N`` throttle; none while Slurm itself would
+    not start the array (held, a dependency, --begin)."""
+    tasks = _array_tasks(jobs)
+    splits = []
+    for record in jobs:
+        if not (record.holds_array_tasks and record.state == "PENDING" and record.request is not None
+                and record.request.state == UNPLACED and record.waits_on_slurm(now_s) is None):
+            continue
+        split_off = [t for t in tasks.get(record.array_job_id, []) if t.state not in ENDED]
+        if any(t.state == "PENDING" and t.request is not None and t.request.state == UNPLACED
+               and t.job_id not in placed_jobs for t in split_off):
+            continue
+        room = most
+        if record.array_max_tasks:
+            room = min(room, record.array_max_tasks - sum(_holds_a_slot(t, placed_jobs) for t in split_off))
+        pending = record.pending_tasks()
+        count = min(room, len(pending))
+        if count == len(pending):
+            count -= 1  # the last one becomes the record itself, a job like any other
+        splits += [(record, task) for task in pending[:max(count, 0)]]
+    return splits
 
 
 def placement_rows(decisions: Sequence[Decision], by_id: Mapping[str, Request],
@@ -288,6 +359,12 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
     for waiting in blocked:
         never = waiting.never and may_cancel
         _tell_waiting(engine, slurm, jobs[int(waiting.job_id)], waiting.reason, never, report)
+    for record, task in array_splits(list(jobs.values()), placed_jobs | set(report.placed), now.timestamp()):
+        try:
+            slurm.split_task(record.array_job_id, task, record.request)
+            report.split.append(f"{record.array_job_id}_{task}")
+        except SlurmError as exc:
+            log.warning("array %d: could not split off task %d to place it: %s", record.array_job_id, task, exc)
     return report
 
 
@@ -387,7 +464,7 @@ def _pin(engine: sa.Engine, slurm: Slurm, job: Job, pin: Pin, report: CycleRepor
     (the node is then left out for that job a while: :data:`REFUSAL_MEMORY`), and the job is told."""
     request = replace(job.request, state=PINNED, gpu=pin.gpu_uuid, wait=None)
     try:
-        slurm.pin(pin.job_id, pin.gres_type, pin.share, pin.node, request)
+        slurm.pin(job.ref, pin.gres_type, pin.share, pin.node, request)
     except SlurmError as exc:
         why = f"{store.PIN_REFUSED} on {pin.node}: {str(exc).splitlines()[0]}"
         log.warning("job %d: %s", pin.job_id, why)
@@ -408,7 +485,7 @@ def _pin(engine: sa.Engine, slurm: Slurm, job: Job, pin: Pin, report: CycleRepor
 
 def _unpin(slurm: Slurm, job: Job, report: CycleReport) -> None:
     try:
-        slurm.hold(job.job_id, replace(job.request, state=UNPLACED, gpu=None, wait="placing again"))
+        slurm.hold(job.ref, replace(job.request, state=UNPLACED, gpu=None, wait="placing again"))
         report.unpinned.append(job.job_id)
     except SlurmError as exc:
         log.warning("job %d: could not take its pin back: %s", job.job_id, exc)
@@ -418,12 +495,12 @@ def _tell_waiting(engine, slurm: Slurm, job: Job, reason: str, never: bool, repo
     """Say why a job waits (in its AdminComment), once per change; end it if it can never run."""
     try:
         if never:
-            slurm.cancel(job.job_id, replace(job.request, state=FAILED, wait=reason))
+            slurm.cancel(job.ref, replace(job.request, state=FAILED, wait=reason))
             report.cancelled[job.job_id] = reason
             with session_scope(engine) as session:
                 store.log_event(session, "cancelled", reason, job_id=job.job_id)
         elif job.request.wait != reason.replace('"', "'"):  # as it reads back from AdminComment
-            slurm.set_comment(job.job_id, replace(job.request, wait=reason))
+            slurm.set_comment(job.ref, replace(job.request, wait=reason))
             report.waiting[job.job_id] = reason
     except SlurmError as exc:
         log.warning("job %d: could not record why it waits: %s", job.job_id, exc)

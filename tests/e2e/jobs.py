@@ -42,7 +42,9 @@ def jobs(cluster) -> dict[int, dict[str, str]]:
         j["job_id"]: {
             "JobState": j["job_state"], "NodeList": j.get("nodes") or "", "Reason": j.get("state_reason", ""),
             "TresPerNode": j.get("tres_per_node") or "", "AdminComment": j.get("admin_comment") or "",
-            "UserName": j.get("user_name", ""),
+            "UserName": j.get("user_name", ""), "SubmitTime": j.get("submit_time", 0),
+            "ArrayJobId": j.get("array_job_id") or 0, "ArrayTaskId": j.get("array_task_id"),
+            "ArrayTasks": j.get("array_task_string") or "",
         }
         for j in doc["jobs"]
     }

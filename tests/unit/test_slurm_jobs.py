@@ -3,8 +3,8 @@ which nodes, and what it takes from a pinned job's GRES. Jobs are built as ``squ
 shows them."""
 from __future__ import annotations
 
-from slurm_vgpu.adapters.slurm import Node, _job, parse_request
-from slurm_vgpu.placement.cycle import parse_pinned_gres, unusable_nodes, waiting_requests
+from slurm_vgpu.adapters.slurm import Node, _job, array_task_ids, parse_request
+from slurm_vgpu.placement.cycle import array_splits, parse_pinned_gres, unusable_nodes, waiting_requests
 
 NOW = 1_800_000_000
 NODES = {"a1": Node("idle", frozenset({"gpu"})), "a2": Node("mix", frozenset({"gpu", "debug"})),
@@ -67,3 +67,54 @@ def test_the_admin_comment_keeps_the_users_begin_and_nodelist_across_a_pin():
                             "nodelist=n[1-2]")
     assert (request.begin, request.nodelist, request.memory_mib, request.model) == (17, "n[1-2]", 8192, "h100")
     assert parse_request(request.comment()) == request
+
+
+def array_task(job_id: int, task: int, array: int = 10, **fields):
+    """A task split off from its array: its own job id and record."""
+    return squeue_job(job_id, array_job_id=array, array_task_id=task, array_task_string="", **fields)
+
+
+def test_an_arrays_pending_tasks_are_split_off_in_order_and_placed_each_as_its_own_job():
+    record = squeue_job(10, array_job_id=10, array_task_string="1-4")  # as 22.05 shows a pending array
+    assert record.holds_array_tasks and record.pending_tasks() == [1, 2, 3, 4] and record.array_task_id is None
+    assert waiting_requests([record], set(), NOW) == []  # the record of several tasks is never placed
+    assert [(r.array_job_id, t) for r, t in array_splits([record], set(), NOW, most=2)] == [(10, 1), (10, 2)]
+    # the last task is never split: the record turns into that task itself
+    assert [t for _, t in array_splits([record], set(), NOW)] == [1, 2, 3]
+    split = [array_task(11, 1), array_task(12, 2)]
+    rest = squeue_job(10, array_job_id=10, array_task_string="3-4")
+    assert [r.job_id for r in waiting_requests([rest, *split], set(), NOW)] == ["11", "12"]
+    assert array_splits([rest, *split], set(), NOW) == []  # its split tasks still wait for a GPU
+    assert [t for _, t in array_splits([rest, *split], {11, 12}, NOW)] == [3]  # both placed: next
+
+
+def test_an_arrays_throttle_bounds_its_tasks_placed_and_split():
+    record = squeue_job(10, array_job_id=10, array_task_string="3-8%2", array_max_tasks=2)
+    assert record.pending_tasks() == [3, 4, 5, 6, 7, 8]
+    running = array_task(11, 1, array_max_tasks=2, job_state="RUNNING",
+                        admin_comment="vgpu-state=pinned share=30 class=throughput")
+    waiting = array_task(12, 2, array_max_tasks=2)
+    assert [r.job_id for r in waiting_requests([record, running, waiting], set(), NOW)] == ["12"]
+    assert array_splits([record, running], set(), NOW) == [(record, 3)]
+    assert array_splits([record, running, waiting], {12}, NOW) == []  # 2 of 2 run or are placed
+    second = array_task(13, 3, array_max_tasks=2)
+    assert [r.job_id for r in waiting_requests([record, running, waiting, second], set(), NOW)] == ["12"]
+
+
+def test_a_held_array_is_not_split():
+    held = squeue_job(10, array_job_id=10, array_task_string="1-4", priority=0, state_reason="JobHeldUser")
+    assert array_splits([held], set(), NOW) == []
+
+
+def test_array_task_strings_read_as_slurm_writes_them():
+    assert array_task_ids("1-3,7,10-14:2%4") == [1, 2, 3, 7, 10, 12, 14]
+    assert not squeue_job(10, array_job_id=10, array_task_id=4, array_task_string="").holds_array_tasks
+    record = _job({"job_id": 5, "array_job_id": {"set": True, "number": 5}, "array_task_id": {"set": False, "number": 0},
+                   "array_task_string": "1-2", "array_max_tasks": {"set": True, "number": 0}, "job_state": ["PENDING"]})
+    assert (record.array_job_id, record.array_task_id, record.array_max_tasks) == (5, None, 0)
+
+
+def test_slurms_commands_name_an_array_task_alone_by_array_and_task():
+    # JobId=<array id> names every task of the array, the record that became the last task included
+    assert array_task(10, 8).ref == "10_8" and array_task(11, 1).ref == "10_1"
+    assert squeue_job(3).ref == 3
