@@ -171,20 +171,34 @@ class Slurm:
         (self.hold if job.state == "PENDING" else self.requeue)(job.ref, request)
         return True
 
-    def held(self, job_id: int) -> bool | None:
-        """Whether the job waits held (priority 0); None when Slurm no longer knows it or it has
-        ended (``scontrol show job -o``, one job)."""
+    def _show(self, job_id: int) -> dict[str, str] | None:
+        """The ``scontrol show job -o`` record of this job id itself; None when Slurm no longer
+        knows it. Asked for an array's id, Slurm prints every task of the array, each under its
+        own JobId: the task whose id this is (an array's last task keeps the array's id) is picked."""
         try:
-            line = self._run("scontrol", "show", "job", "-o", str(job_id))
+            out = self._run("scontrol", "show", "job", "-o", str(job_id))
         except SlurmError:
             return None
-        fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
-        if fields.get("JobState") in ENDED_STATES:
+        for line in out.splitlines():
+            fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+            if fields.get("JobId") == str(job_id):
+                return fields
+        return None
+
+    def held(self, job_id: int) -> bool | None:
+        """Whether the job waits held (priority 0); None when Slurm no longer knows it or it has
+        ended."""
+        fields = self._show(job_id)
+        if fields is None or fields.get("JobState") in ENDED_STATES:
             return None
         return fields.get("JobState") == "PENDING" and fields.get("Priority") == "0"
 
     def release(self, job_id: int) -> None:
-        self._run("scontrol", "release", str(job_id))
+        """Release this job only: an array task by ``<array>_<task>``, since the array's id names
+        every task of it."""
+        fields = self._show(job_id) or {}
+        task, array = fields.get("ArrayTaskId", ""), fields.get("ArrayJobId", "")
+        self._run("scontrol", "release", f"{array}_{task}" if task.isdigit() and array.isdigit() else str(job_id))
 
     def node_reason(self, node: str) -> tuple[str, str]:
         """(state, reason) of one node as ``sinfo`` prints them (``drain``, ``Prolog error``)."""
