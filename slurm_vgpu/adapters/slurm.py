@@ -172,13 +172,16 @@ class Slurm:
         return True
 
     def _show(self, job_id: int) -> dict[str, str] | None:
-        """The ``scontrol show job -o`` record of this job id itself; None when Slurm no longer
-        knows it. Asked for an array's id, Slurm prints every task of the array, each under its
-        own JobId: the task whose id this is (an array's last task keeps the array's id) is picked."""
+        """The ``scontrol show job -o`` record of this job id itself; None when Slurm says it no
+        longer knows it (SlurmError when Slurm does not answer). Asked for an array's id, Slurm
+        prints every task of the array, each under its own JobId: the task whose id this is (an
+        array's last task keeps the array's id) is picked."""
         try:
             out = self._run("scontrol", "show", "job", "-o", str(job_id))
-        except SlurmError:
-            return None
+        except SlurmError as exc:
+            if "Invalid job id" in str(exc):
+                return None
+            raise
         for line in out.splitlines():
             fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
             if fields.get("JobId") == str(job_id):
@@ -187,7 +190,7 @@ class Slurm:
 
     def held(self, job_id: int) -> bool | None:
         """Whether the job waits held (priority 0); None when Slurm no longer knows it or it has
-        ended."""
+        ended; SlurmError when slurmctld does not answer (a restart), which is neither."""
         fields = self._show(job_id)
         if fields is None or fields.get("JobState") in ENDED_STATES:
             return None

@@ -31,29 +31,34 @@ PROLOG_DRAIN = "Prolog error"  # the reason slurmctld gives a node whose prolog 
 
 def failed_prologs(config: Config, slurm: Slurm, node: str) -> list[int]:
     """Release the jobs of this node's failed prologs and resume the node Slurm drained for them;
-    returns the jobs handled. Called once the database answers again.
+    returns the jobs released this round. Called once the database answers again.
 
     Slurm requeues a job held a moment after its prolog failed: a job not held yet keeps its record
-    for the next round (released too early, it would be held after the release and stay so)."""
-    handled = []
-    for job_id, reason in sorted(failed.pending(config, node).items()):
-        held = slurm.held(job_id)
-        if held is False:
-            continue  # not requeued held yet
-        if held:
-            try:
+    for the next round (released too early, it would be held after the release and stay so). A
+    released job's record says so, and is dropped once a later round sees the job not held (so a
+    hold that came after the release is released too) and the node resumed: a slurmctld that does
+    not answer (restarting) leaves the work for the next round, never undone."""
+    released, done = [], []
+    try:
+        for job_id, reason in sorted(failed.pending(config, node).items()):
+            held = slurm.held(job_id)
+            if held:
                 slurm.release(job_id)
-            except SlurmError as exc:
-                log.info("job %d: not released after its failed prolog (%s): %s", job_id, reason, exc)
-                continue
+                failed.mark_released(config, node, job_id)
+                released.append(job_id)
+            elif held is None or reason == failed.RELEASED:  # gone or ended, or released and still so
+                done.append(job_id)
+        if released or done:
+            state, why = slurm.node_reason(node)
+            if state.rstrip("*~#!%$@^-") in ("drain", "drng") and why == PROLOG_DRAIN:  # drained, or draining
+                slurm.resume(node)
+                log.warning("resumed %s, drained when its prolog could not reach the database", node)
+    except SlurmError as exc:
+        log.info("failed prologs on %s: Slurm did not answer, next round: %s", node, exc)
+        return released
+    for job_id in done:
         failed.clear(config, node, job_id)
-        handled.append(job_id)
-    if handled:
-        state, why = slurm.node_reason(node)
-        if state.rstrip("*~#!%$@^-") in ("drain", "drng") and why == PROLOG_DRAIN:  # drained, or draining
-            slurm.resume(node)
-            log.warning("resumed %s, drained when its prolog could not reach the database", node)
-    return handled
+    return released
 
 
 def idle_servers(config: Config, gpu_uuid: str) -> list[int]:

@@ -19,6 +19,9 @@ def _directory(config: Config, node: str) -> Path:
     return config.run_dir / "failed-prologs" / node
 
 
+RELEASED = "released"  # a record's text once the agent released its job; the node may still be drained
+
+
 def record(config: Config, node: str, job_id: int, reason: str) -> None:
     directory = _directory(config, node)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -38,3 +41,8 @@ def pending(config: Config, node: str) -> dict[int, str]:
 
 def clear(config: Config, node: str, job_id: int) -> None:
     (_directory(config, node) / str(job_id)).unlink(missing_ok=True)
+
+
+def mark_released(config: Config, node: str, job_id: int) -> None:
+    """The job is released (or gone); its record stays until the node is resumed as well."""
+    record(config, node, job_id, RELEASED)

@@ -398,6 +398,12 @@ def _reconcile(session, jobs: dict[int, Job], now: datetime, config: Config, rep
             # pinned, and the daemon stopped before it wrote so; only the prolog marks a placement
             # running (Slurm says RUNNING while the prolog still runs)
             placement.state, placement.pinned_at = "pinned", now
+        elif job.state == "PENDING" and placement.state in ("placed", "pinned") and job.priority == 0:
+            # held since it was placed (a failed prolog's requeue, an admin hold): Slurm will not
+            # start it, so it holds no GPU; it is placed again once released
+            store.end_placement(session, placement, "failed", f"held by Slurm ({job.reason or 'priority 0'}) "
+                                "before it started; placed again once released")
+            unpin.append(placement.job_id)
         elif job.state == "PENDING" and placement.state == "placed" and _pin_reached_slurm(job, placement):
             # the daemon stopped between the pin and writing so; pinning again would race the
             # job's start (Slurm refuses an update of a job that is no longer pending)

@@ -6,6 +6,7 @@ cycle asks of it; the database is a real Postgres."""
 from __future__ import annotations
 
 import gc
+from dataclasses import replace
 
 import sqlalchemy as sa
 
@@ -77,3 +78,18 @@ def test_a_pin_that_did_not_reach_slurm_is_sent_again(clean_db):
         gc.unfreeze()
     assert [args[:4] for name, args in slurm.calls if name == "pin"] == [(7, "a100_1", 30, "node1")]
     assert state_of_7(clean_db) == "pinned"
+
+
+def test_a_pinned_job_slurm_holds_gives_its_gpu_back(clean_db):
+    """A failed prolog's job is requeued held (priority 0): pinned, it would keep its GPU share
+    while Slurm will not start it."""
+    add_gpu(clean_db)
+    placed(clean_db)
+    job = replace(job_pinned_by_slurm(pin_reached=True), priority=0, reason="launch_failed_requeued_held")
+    slurm = RecordingSlurm([job])
+    try:
+        run_cycle(clean_db, slurm, Config())
+    finally:
+        gc.unfreeze()
+    assert state_of_7(clean_db) == "failed"
+    assert [name for name, args in slurm.calls if args and args[0] == 7] == ["hold"]

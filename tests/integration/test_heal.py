@@ -8,6 +8,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from slurm_vgpu.adapters.slurm import SlurmError
 from slurm_vgpu.agent import heal
 from slurm_vgpu.config import Config
 from slurm_vgpu.db.models import Placement
@@ -25,21 +26,31 @@ class RecordingSlurm:
     calls: list[tuple[str, object]] = field(default_factory=list)
     allocated: dict[int, int] = field(default_factory=dict)
     holds: dict[int, bool | None] = field(default_factory=dict)  # job -> held? (absent: held)
+    down: set[str] = field(default_factory=set)  # calls that fail as with slurmctld restarting
 
     def held(self, job_id: int) -> bool | None:
+        self._answer("held")
         return self.holds.get(job_id, True)
+
+    def _answer(self, call: str) -> None:
+        if call in self.down:
+            raise SlurmError(f"scontrol {call} failed: Unable to contact slurm controller (connect failure)")
 
     def allocated_on(self, node: str) -> dict[int, int]:
         return self.allocated
 
     def release(self, job_id: int) -> None:
+        self._answer("release")
         self.calls.append(("release", job_id))
+        self.holds[job_id] = False
 
     def node_reason(self, node: str) -> tuple[str, str]:
         return self.state
 
     def resume(self, node: str) -> None:
+        self._answer("resume")
         self.calls.append(("resume", node))
+        self.state = ("idle", "")
 
 
 def config(tmp_path: Path, database_url: str = "postgresql://unused") -> Config:
@@ -54,9 +65,22 @@ def test_failed_prologs_are_released_and_the_prologs_drain_undone(tmp_path):
     slurm = RecordingSlurm(state=("drain", heal.PROLOG_DRAIN))
     assert heal.failed_prologs(conf, slurm, "gpu01") == [41, 42]
     assert slurm.calls == [("release", 41), ("release", 42), ("resume", "gpu01")]
+    assert heal.failed_prologs(conf, slurm, "gpu01") == []  # seen released: the records go
     assert failed.pending(conf, "gpu01") == {}
     assert list(failed.pending(conf, "gpu02")) == [43]
-    assert heal.failed_prologs(conf, slurm, "gpu01") == []  # healed once
+    assert slurm.calls == [("release", 41), ("release", 42), ("resume", "gpu01")]  # healed once
+
+
+def test_a_hold_that_came_after_the_release_is_released_too(tmp_path):
+    conf = config(tmp_path)
+    failed.record(conf, "gpu01", 48, "placement database unusable: timeout")
+    slurm = RecordingSlurm(state=("drain", heal.PROLOG_DRAIN))
+    assert heal.failed_prologs(conf, slurm, "gpu01") == [48]
+    slurm.holds[48] = True  # Slurm held it again after our release
+    assert heal.failed_prologs(conf, slurm, "gpu01") == [48]
+    assert heal.failed_prologs(conf, slurm, "gpu01") == []
+    assert slurm.calls == [("release", 48), ("resume", "gpu01"), ("release", 48)]
+    assert failed.pending(conf, "gpu01") == {}
 
 
 def test_a_job_not_yet_requeued_held_keeps_its_record_and_an_ended_one_is_dropped(tmp_path):
@@ -64,12 +88,29 @@ def test_a_job_not_yet_requeued_held_keeps_its_record_and_an_ended_one_is_droppe
     for job_id in (44, 45):
         failed.record(conf, "gpu01", job_id, "placement database unusable: timeout")
     slurm = RecordingSlurm(state=("drain", heal.PROLOG_DRAIN), holds={44: False, 45: None})
-    assert heal.failed_prologs(conf, slurm, "gpu01") == [45]
+    assert heal.failed_prologs(conf, slurm, "gpu01") == []
     assert slurm.calls == [("resume", "gpu01")]  # 45 ended meanwhile: nothing to release
     assert list(failed.pending(conf, "gpu01")) == [44]  # released once Slurm holds it, not before
     slurm.holds[44] = True
     assert heal.failed_prologs(conf, slurm, "gpu01") == [44]
     assert ("release", 44) in slurm.calls
+
+
+def test_a_slurmctld_that_does_not_answer_leaves_the_work_for_the_next_round(tmp_path):
+    """Seen under faults: a restarting slurmctld was taken for one that no longer knew the jobs;
+    their records were dropped, and the jobs stayed held and the node drained."""
+    conf = config(tmp_path)
+    failed.record(conf, "gpu01", 47, "placement database unusable: timeout")
+    slurm = RecordingSlurm(state=("drain", heal.PROLOG_DRAIN), down={"held"})
+    assert heal.failed_prologs(conf, slurm, "gpu01") == []
+    assert list(failed.pending(conf, "gpu01")) == [47] and slurm.calls == []
+    slurm.down = {"resume"}  # released, then slurmctld goes away before the node is resumed
+    assert heal.failed_prologs(conf, slurm, "gpu01") == [47]
+    assert slurm.calls == [("release", 47)] and list(failed.pending(conf, "gpu01")) == [47]
+    slurm.down = set()
+    assert heal.failed_prologs(conf, slurm, "gpu01") == []
+    assert slurm.calls == [("release", 47), ("resume", "gpu01")]  # released once, resumed at last
+    assert failed.pending(conf, "gpu01") == {}
 
 
 def test_a_node_still_draining_for_the_prolog_is_resumed_too(tmp_path):
