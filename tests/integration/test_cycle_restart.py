@@ -56,26 +56,26 @@ def state_of_7(engine) -> str:
         return conn.scalar(sa.text("SELECT state FROM placements WHERE job_id = 7"))
 
 
-def test_a_pin_that_reached_slurm_is_written_down_not_sent_again(clean_db):
-    add_gpu(clean_db)
-    placed(clean_db)
-    slurm = RecordingSlurm([job_pinned_by_slurm(pin_reached=True)])
+def one_cycle(engine, job: Job) -> RecordingSlurm:
+    """A GPU, job 7's placement on it as a killed daemon left it (placed), and one cycle."""
+    add_gpu(engine)
+    placed(engine)
+    slurm = RecordingSlurm([job])
     try:
-        run_cycle(clean_db, slurm, Config())
+        run_cycle(engine, slurm, Config())
     finally:
-        gc.unfreeze()
+        gc.unfreeze()  # a placer build freezes the process's objects, as it does in the daemon
+    return slurm
+
+
+def test_a_pin_that_reached_slurm_is_written_down_not_sent_again(clean_db):
+    slurm = one_cycle(clean_db, job_pinned_by_slurm(pin_reached=True))
     assert [name for name, _ in slurm.calls if name == "pin"] == []
     assert state_of_7(clean_db) == "pinned"
 
 
 def test_a_pin_that_did_not_reach_slurm_is_sent_again(clean_db):
-    add_gpu(clean_db)
-    placed(clean_db)
-    slurm = RecordingSlurm([job_pinned_by_slurm(pin_reached=False)])
-    try:
-        run_cycle(clean_db, slurm, Config())
-    finally:
-        gc.unfreeze()
+    slurm = one_cycle(clean_db, job_pinned_by_slurm(pin_reached=False))
     assert [args[:4] for name, args in slurm.calls if name == "pin"] == [(7, "a100_1", 30, "node1")]
     assert state_of_7(clean_db) == "pinned"
 
@@ -83,13 +83,7 @@ def test_a_pin_that_did_not_reach_slurm_is_sent_again(clean_db):
 def test_a_pinned_job_slurm_holds_gives_its_gpu_back(clean_db):
     """A failed prolog's job is requeued held (priority 0): pinned, it would keep its GPU share
     while Slurm will not start it."""
-    add_gpu(clean_db)
-    placed(clean_db)
     job = replace(job_pinned_by_slurm(pin_reached=True), priority=0, reason="launch_failed_requeued_held")
-    slurm = RecordingSlurm([job])
-    try:
-        run_cycle(clean_db, slurm, Config())
-    finally:
-        gc.unfreeze()
+    slurm = one_cycle(clean_db, job)
     assert state_of_7(clean_db) == "failed"
     assert [name for name, args in slurm.calls if args and args[0] == 7] == ["hold"]
