@@ -55,7 +55,13 @@ class Agent:
         return self.config.node
 
     def run(self) -> None:
-        register(self.engine, self.node, self.inventory)
+        while not self.stop.is_set():  # an agent started while the database is away waits for it
+            try:
+                register(self.engine, self.node, self.inventory)
+                break
+            except sa.exc.OperationalError as exc:
+                log.warning("cannot register %s yet, will retry: %s", self.node, str(exc).splitlines()[0])
+                self.stop.wait(self.config.agent_interval)
         thawed = self.freezer.thaw_leftovers()
         if thawed:
             log.warning("thawed jobs %s left frozen by an earlier agent", thawed)
