@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from slurm_vgpu.adapters.slurm import job_state
 from slurm_vgpu.config import load
 from slurm_vgpu.db import engine as db
 
@@ -235,7 +236,7 @@ class Chaos:
                 self.report.admin_resumes += 1
 
     def slurm_jobs(self) -> dict[int, dict]:
-        result = self.slurm("squeue", "--json")
+        result = self.slurm("squeue", "--json", "--states=all")  # 23.02+ drop ended jobs without it
         if result.returncode != 0:
             return {}
         return {j["job_id"]: j for j in json.loads(result.stdout)["jobs"] if j["job_id"] in self.submitted}
@@ -283,8 +284,7 @@ class Chaos:
 
 
 def _state(job: dict) -> str:
-    state = job.get("job_state")
-    return (state[0] if state else "") if isinstance(state, list) else str(state)
+    return job_state(job.get("job_state"))
 
 
 def replay(rows, check: str) -> list[str]:

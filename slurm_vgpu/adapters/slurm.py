@@ -149,7 +149,9 @@ class Slurm:
 
     def jobs(self) -> list[Job]:
         """Every job slurmctld still knows (pending, running, and recently ended)."""
-        doc = json.loads(self._run("squeue", "--json", "--all"))
+        # 22.05 returns every job with --json whatever the filters; 23.02+ applies the default state
+        # filter (pending and running only) unless told --states=all
+        doc = json.loads(self._run("squeue", "--json", "--all", "--states=all"))
         return [_job(j) for j in doc.get("jobs", [])]
 
     def vgpu_jobs(self) -> list[Job]:
@@ -244,25 +246,38 @@ class Slurm:
         self._run("scontrol", "update", f"JobId={job.job_id}", f"AdminComment={comment}")
 
 
+def number(value, default: int = 0) -> int:
+    """A number of ``squeue --json``: plain on 22.05, ``{"set": true, "infinite": false, "number": N}``
+    from 23.02 on (unset: ``default``)."""
+    if isinstance(value, dict):
+        return int(value.get("number", default)) if value.get("set", True) else default
+    return default if value is None else int(value)
+
+
+def job_state(value) -> str:
+    """``RUNNING`` from 22.05's ``"RUNNING"`` or 23.02+'s list of state flags (``["RUNNING"]``,
+    ``["PENDING", "REQUEUED"]``): the base state comes first."""
+    if isinstance(value, list):
+        return str(value[0]) if value else ""
+    return str(value or "")
+
+
+def tres_per_node(value: str | None) -> str:
+    """``gres:vgpu:h100_0:30`` on every release: 23.11+ write TRES as ``gres/vgpu:h100_0:30``."""
+    return ",".join(item.replace("gres/", "gres:", 1) if item.startswith("gres/") else item
+                    for item in (value or "").split(",")) if value else ""
+
+
 def _job(doc: dict) -> Job:
-    state = doc.get("job_state")
-    if isinstance(state, list):  # 23.11+ reports a list of flags
-        state = state[0] if state else ""
-    priority = doc.get("priority", 0)
-    if isinstance(priority, dict):  # 23.11+: {"set": true, "number": N}
-        priority = priority.get("number", 0)
-    submit = doc.get("submit_time", 0)
-    if isinstance(submit, dict):
-        submit = submit.get("number", 0)
     return Job(
         job_id=int(doc["job_id"]),
         user_id=int(doc.get("user_id", 0)),
         user_name=doc.get("user_name", ""),
-        state=str(state),
-        priority=int(priority),
-        submit_time=int(submit),
+        state=job_state(doc.get("job_state")),
+        priority=number(doc.get("priority", 0)),
+        submit_time=number(doc.get("submit_time", 0)),
         nodes=doc.get("nodes", "") or "",
-        tres_per_node=doc.get("tres_per_node", "") or "",
+        tres_per_node=tres_per_node(doc.get("tres_per_node")),
         request=parse_request(doc.get("admin_comment")),
         dependency=doc.get("dependency") or "",
         reason=str(doc.get("state_reason") or ""),
