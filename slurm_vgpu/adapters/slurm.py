@@ -254,11 +254,18 @@ def number(value, default: int = 0) -> int:
     return default if value is None else int(value)
 
 
+# State flags that 22.05's job_state_string() names instead of the base state, in its order: a job
+# ending shows COMPLETING (its epilog still runs) until every node has finished with it.
+_FLAG_STATES = ("COMPLETING", "STAGE_OUT", "CONFIGURING", "RESIZING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
+                "SPECIAL_EXIT", "STOPPED", "REVOKED", "RESV_DEL_HOLD", "SIGNALING")
+
+
 def job_state(value) -> str:
-    """``RUNNING`` from 22.05's ``"RUNNING"`` or 23.02+'s list of state flags (``["RUNNING"]``,
-    ``["PENDING", "REQUEUED"]``): the base state comes first."""
+    """A job's state as 22.05 names it, from 22.05's ``"COMPLETING"`` or 23.02+'s list of the base
+    state and its flags (``["COMPLETED", "COMPLETING"]``, ``["PENDING", "REQUEUED"]``)."""
     if isinstance(value, list):
-        return str(value[0]) if value else ""
+        flags = [str(v) for v in value]
+        return next((f for f in _FLAG_STATES if f in flags[1:]), flags[0] if flags else "")
     return str(value or "")
 
 
