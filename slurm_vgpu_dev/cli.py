@@ -105,3 +105,21 @@ def demo(directory: Path, port: int) -> None:
 
     if not run_demo(_make_cluster(directory, port), Console(width=max(Console().width, 150))):
         raise SystemExit(1)
+
+
+@main.command("capture-fixtures")
+@_cluster_options
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where to write (default: tests/fixtures/slurm/<release> of this checkout).")
+def capture_fixtures(directory: Path, port: int, out: Path | None) -> None:
+    """Submit the fixture jobs to a running cluster and write Slurm's real output for the adapter's
+    unit tests (slurm_vgpu_dev/fixtures.py)."""
+    from .fixtures import CaptureError, capture
+
+    cluster = _make_cluster(directory, port)
+    out = out or Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "slurm" / cluster.release
+    try:
+        written = capture(cluster, out)
+    except CaptureError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Slurm {cluster.release}: wrote {len(written)} files to {out}", err=True)
