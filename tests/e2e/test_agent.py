@@ -24,7 +24,7 @@ from slurm_vgpu_dev import cluster as devcluster
 from slurm_vgpu_dev.system import agent_metrics_port, dev_cluster
 from slurm_vgpu.node.store import connect
 
-from ..conftest import TEST_PORT, new_database, slurm
+from ..conftest import TEST_PORT, TEST_SLURM, new_database, slurm
 from .jobs import job, submit, wait_for
 from .node_helpers import mps_state, node_config, placement, wait_started
 
@@ -57,7 +57,8 @@ def agents():
     directory.chmod(0o755)
     (directory / "layout.toml").write_text(LAYOUT)
     url = new_database()
-    cluster = dev_cluster(directory, TEST_PORT + 70, layout=directory / "layout.toml", database_url=url)
+    cluster = dev_cluster(directory, TEST_PORT + 70, layout=directory / "layout.toml", database_url=url,
+                          release=TEST_SLURM)
 
     def agent_settings(c) -> None:
         with open(c.vgpu_conf, "a") as conf:
