@@ -100,29 +100,6 @@ static int view_fd(enum view view, const char *real, int flags, int *handled)
 	return -1;
 }
 
-int open(const char *path, int flags, ...)
-{
-	static open_fn real_open;
-	char real[64];
-	mode_t mode = 0;
-	int handled, fd;
-
-	if (flags & (O_CREAT | O_TMPFILE)) {
-		va_list ap;
-		va_start(ap, flags);
-		mode = va_arg(ap, mode_t);
-		va_end(ap);
-	}
-	fd = view_fd(classify(path, real, sizeof(real)), real, flags, &handled);
-	if (handled)
-		return fd;
-	if (!real_open)
-		real_open = (open_fn)dlsym(RTLD_NEXT, "open");
-	return real_open(path, flags, mode);
-}
-
-int open64(const char *path, int flags, ...) __attribute__((alias("open")));
-
 int openat(int dirfd, const char *path, int flags, ...)
 {
 	static openat_fn real_openat;
@@ -145,6 +122,21 @@ int openat(int dirfd, const char *path, int flags, ...)
 }
 
 int openat64(int dirfd, const char *path, int flags, ...) __attribute__((alias("openat")));
+
+int open(const char *path, int flags, ...)
+{
+	mode_t mode = 0;
+
+	if (flags & (O_CREAT | O_TMPFILE)) {
+		va_list ap;
+		va_start(ap, flags);
+		mode = va_arg(ap, mode_t);
+		va_end(ap);
+	}
+	return openat(AT_FDCWD, path, flags, mode);
+}
+
+int open64(const char *path, int flags, ...) __attribute__((alias("open")));
 
 FILE *fopen(const char *path, const char *mode)
 {

@@ -82,6 +82,7 @@ class Chaos:
         self.cluster = cluster
         self.users = users
         self.rng = random.Random(seed)
+        self.seed = seed
         self.report = Report()
         self.stop = threading.Event()  # the run is over: stop watching
         self.faults_over = threading.Event()
@@ -145,8 +146,15 @@ class Chaos:
                   "postgres": self.database_outage}
         for agent in agents:
             faults[agent] = lambda agent=agent: self.kill(agent)
-        while not self.faults_over.wait(self.rng.uniform(0.5, 1.5) * every_s):
-            name = self.rng.choice(sorted(faults))
+        # Its own generator (the submitting thread draws from self.rng at times of its own), and
+        # every kind once per round in a shuffled order: a run draws each kind of fault whatever the
+        # timing of the two threads.
+        rng = random.Random(f"faults-{self.seed}")
+        order: list[str] = []
+        while not self.faults_over.wait(rng.uniform(0.5, 1.5) * every_s):
+            if not order:
+                order = rng.sample(sorted(faults), len(faults))
+            name = order.pop()
             faults[name]()
             self.report.faults[name.split("-")[0]] += 1
 

@@ -57,6 +57,9 @@ class Cluster:
     # after Slurm's own daemons (placement daemon, node agents).
     before_start: list[Callable[[Cluster], None]] = field(default_factory=list)
     extra_services: list[Callable[[Cluster], list[Service]]] = field(default_factory=list)
+    # Waits run once every service has started (until the agents have registered their GPUs, say),
+    # each given the seconds it may take.
+    after_start: list[Callable[[Cluster, float], None]] = field(default_factory=list)
 
     @property
     def etc(self) -> Path:
@@ -324,6 +327,8 @@ def start_services(cluster: Cluster, services: list[Service], timeout: float) ->
             if service.name == "slurmctld":
                 _wait_ctld(cluster, timeout)
         wait_idle(cluster, timeout)
+        for ready in cluster.after_start:
+            ready(cluster, timeout)
         _write_state(cluster, started, complete=True)
     except BaseException:
         down(cluster)

@@ -4,11 +4,12 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 from pathlib import Path
 
 from slurm_vgpu.db import engine
 from . import releases
-from .cluster import DEFAULT_DIR, Cluster, Service
+from .cluster import DEFAULT_DIR, Cluster, ClusterError, Service
 from .layout import DEFAULT_LAYOUT
 
 
@@ -23,7 +24,7 @@ def dev_cluster(directory: Path, port: int, layout: Path = DEFAULT_LAYOUT, datab
         database_url = url.render_as_string(hide_password=False)
     return Cluster(
         dir=directory, port=port, layout=layout, database_url=database_url, release=releases.get(release).name,
-        before_start=[_migrate], extra_services=[_vgpu_services],
+        before_start=[_migrate], extra_services=[_vgpu_services], after_start=[_wait_registered],
     )
 
 
@@ -39,6 +40,29 @@ def database_name(directory: Path) -> str:
 def _migrate(cluster: Cluster) -> None:
     engine.ensure_database(cluster.database_url)
     engine.upgrade(cluster.database_url)
+
+
+def _wait_registered(cluster: Cluster, timeout: float) -> None:
+    """Until every node's agent has registered its GPUs: a cluster is up once a job can be placed.
+    (Slurm's nodes may be idle before the agents are: 24.11's slurmd registers in under a second.)"""
+    import sqlalchemy as sa
+
+    wanted = {n.name for n in cluster.nodes() if n.gpus}
+    deadline = time.monotonic() + timeout
+    registered: set[str] = set()
+    db = engine.make_engine(cluster.database_url)
+    try:
+        while True:
+            with db.connect() as conn:
+                registered = set(conn.scalars(sa.text("SELECT DISTINCT node FROM gpus")))
+            if wanted <= registered or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        db.dispose()
+    if not wanted <= registered:
+        raise ClusterError(f"the agents of {', '.join(sorted(wanted - registered))} registered no GPU in "
+                           f"{timeout:.0f}s; see {cluster.dir}/log/agent-<node>.out")
 
 
 def _vgpu_services(cluster: Cluster) -> list[Service]:
