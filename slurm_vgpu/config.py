@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from . import contract
 from .policy import POLICIES, PolicyConfig
 
 DEFAULT_PATH = Path("/etc/slurm/slurm-vgpu.conf")
@@ -34,9 +35,10 @@ class Config:
     inventory: str = "nvml"
     # MPS: the control binary; the fake one speaks the same protocol on machines without a GPU.
     mps_control: str = "nvidia-cuda-mps-control"
-    run_dir: Path = Path("/run/slurm-vgpu")  # per-GPU pipe/log dirs, slice files
+    run_dir: Path = Path(contract.RUN_DIR)  # per-GPU pipe/log dirs, slice files
     slurm_conf: Path | None = None  # passed to Slurm commands when set (dev clusters)
     node_name: str | None = None  # this node's Slurm name; default: the short hostname
+    default_class: str = contract.DEFAULT_CLASS  # the SLO class of a vgpu job that names none (job_submit.lua)
     # the placement policy's settings: their defaults are the pure policy's own
     multi_user: bool = PolicyConfig.multi_user  # the site runs MPS multi-user mode on every GPU
     policy: str = PolicyConfig.policy
@@ -82,7 +84,7 @@ class Config:
 
     @property
     def slice_dir(self) -> Path:
-        return self.run_dir / "jobs"
+        return self.run_dir / contract.SLICE_DIR
 
     def gpu_dir(self, gpu_uuid: str) -> Path:
         return self.run_dir / "mps" / gpu_uuid
@@ -122,6 +124,9 @@ def parse(text: str, source: str = "slurm-vgpu.conf") -> Config:
         if spec.name == "place_batch" and values["place_batch"] < 1:
             raise ConfigError(f"{source}:{number}: PlaceBatch: {values['place_batch']} decisions per "
                               "write is too few; give 1 or more")
+        if spec.name == "default_class" and contract.class_error(values["default_class"]):
+            raise ConfigError(f"{source}:{number}: DefaultClass: {values['default_class']!r} is not an SLO class; "
+                              f"choose one of {', '.join(contract.SLO_CLASSES)}")
         if spec.name == "policy" and values["policy"] not in POLICIES:
             raise ConfigError(f"{source}:{number}: Policy: {values['policy']!r} is not a policy; "
                               f"choose one of {', '.join(POLICIES)}")

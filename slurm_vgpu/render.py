@@ -1,18 +1,21 @@
-"""Renders the Slurm-side configuration from the jinja2 templates in ``slurm_templates/``.
+"""Renders the Slurm-side configuration from the jinja2 templates in ``slurm_templates/``, and the
+SPANK plugin's ``contract.h``: both carry the facts of :mod:`slurm_vgpu.contract` into Lua and C.
 
 One place, so the dev cluster, ``slurm-vgpu render`` and Ansible produce the same files.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 
+from . import contract
 from .adapters.gpus import GpuRecord
-from .adapters.slurm import HOLD_DAYS
-from .resources import SLURM_TEMPLATES
+from .config import Config
+from .resources import SLURM_TEMPLATES, SPANK
 
 
 @dataclass(frozen=True)
@@ -33,15 +36,26 @@ class NodeSpec:
         return ",".join(f"gpu:{g.gres_type}:1,vgpu:{g.gres_type}:100" for g in self.gpus)
 
 
+def string_literal(text: str) -> str:
+    """A string as Lua and C both write it (ASCII only: neither reads JSON's \\u escapes)."""
+    if not text.isascii():
+        raise ValueError(f"{text!r}: only ASCII goes into the generated Lua and C")
+    return json.dumps(text)
+
+
 def environment(*first: Path) -> jinja2.Environment:
-    """The templates of ``first`` (directories), then the package's Slurm templates."""
-    return jinja2.Environment(
+    """The templates of ``first`` (directories), then the package's Slurm templates; the filters
+    ``lua`` and ``c`` write a string literal."""
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(d) for d in (*first, SLURM_TEMPLATES)]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["lua"] = env.filters["c"] = string_literal
+    env.globals["contract"] = contract
+    return env
 
 
 _env = environment()
@@ -58,8 +72,8 @@ def gres_conf(nodes: Iterable[NodeSpec], device_dir: str = DEFAULT_DEVICE_DIR) -
     return render("gres.conf.j2", nodes=list(nodes), device_dir=device_dir)
 
 
-def job_submit_lua(nodes: Iterable[NodeSpec], operator_uids: Iterable[int] = (0,),
-                   default_class: str = "throughput") -> str:
+def job_submit_lua(nodes: Iterable[NodeSpec], operator_uids: Iterable[int] = Config.operator_uids,
+                   default_class: str = Config.default_class) -> str:
     """job_submit.lua knows the cluster's GPU models and largest memory, so it can refuse at submit."""
     gpus = [g for n in nodes for g in n.gpus]
     return render(
@@ -68,8 +82,15 @@ def job_submit_lua(nodes: Iterable[NodeSpec], operator_uids: Iterable[int] = (0,
         largest_memory_mib=max((g.memory_mib for g in gpus), default=0),
         operator_uids=sorted(set(operator_uids)),
         default_class=default_class,
-        hold_days=HOLD_DAYS,
     )
+
+
+CONTRACT_HEADER = SPANK / "contract.h"  # committed; a unit test holds it to contract.h.j2's output
+
+
+def contract_header() -> str:
+    """``spank/contract.h``: the facts the SPANK plugin shares with the rest, as C macros."""
+    return environment(SPANK).get_template("contract.h.j2").render()
 
 
 # Where a site install puts our pieces; ``slurm-vgpu render`` and ``doctor`` take these as defaults.
@@ -88,8 +109,8 @@ class SiteSettings:
     spank_args: str = ""
     prolog: str = DEFAULT_PROLOG
     epilog: str = DEFAULT_EPILOG
-    operator_uids: tuple[int, ...] = (0,)
-    default_class: str = "throughput"
+    operator_uids: tuple[int, ...] = Config.operator_uids
+    default_class: str = Config.default_class
     device_dir: str = DEFAULT_DEVICE_DIR
 
 

@@ -30,11 +30,11 @@ import sqlalchemy as sa
 
 from slurm_vgpu.adapters.slurm import job_state
 from slurm_vgpu.config import load
+from slurm_vgpu.contract import SLO_CLASSES
 from slurm_vgpu.db import engine as db
 
 from . import cluster as devcluster
 
-CLASSES = ("latency", "throughput", "best-effort")
 SHARES = (10, 20, 25, 30, 40, 50, 60, 75, 100)
 # Printed by every chaos job, so that its output says which slice it ran with.
 SCRIPT = 'echo "share=${CUDA_MPS_ACTIVE_THREAD_PERCENTAGE:-none} gpu=${CUDA_VISIBLE_DEVICES:-none}"; sleep {sleep}'
@@ -51,6 +51,7 @@ class Report:
     lost: list[int] = field(default_factory=list)  # slurm-vgpu had it, then nobody did
     lost_by_slurmctld: list[int] = field(default_factory=list)  # Slurm forgot it before anything saw it
     unfinished: list[int] = field(default_factory=list)
+    unfinished_why: list[str] = field(default_factory=list)  # state, Slurm's reason, the AdminComment's wait
     over_100: list[str] = field(default_factory=list)  # what each violation looked like
     user_mixes: list[str] = field(default_factory=list)
     samples: int = 0
@@ -72,6 +73,7 @@ class Report:
             f"ran without their slice: {len(self.ran_without_slice)} {self.ran_without_slice[:10]}",
             f"lost: {len(self.lost)} {self.lost[:10]}; lost by slurmctld before any placement: "
             f"{len(self.lost_by_slurmctld)} {self.lost_by_slurmctld[:10]}",
+            *(f"unfinished: {why}" for why in self.unfinished_why[:10]),
         ]
 
 
@@ -105,7 +107,7 @@ class Chaos:
         for _ in range(count):
             if self.stop.is_set():
                 return
-            share, klass = self.rng.choice(SHARES), self.rng.choice(CLASSES)
+            share, klass = self.rng.choice(SHARES), self.rng.choice(SLO_CLASSES)
             model = self.rng.choice(["", "", "h100:", "a100:", "t4:"])
             options = [f"--gres=vgpu:{model}{share}", f"--vgpu-class={klass}"]
             script = SCRIPT.replace("{sleep}", str(self.rng.choice([0, 1, 2, 3])))
@@ -276,6 +278,8 @@ class Chaos:
             state, comment = _state(job), job.get("admin_comment") or ""
             if state not in ENDED:
                 self.report.unfinished.append(job_id)
+                self.report.unfinished_why.append(
+                    f"{job_id} {state} {job.get('state_reason', '')} {job.get('nodes') or ''} {comment}".strip())
             elif state == "COMPLETED":
                 printed = out.read_text() if out.exists() else ""
                 share = re.search(r"vgpu:(?:\w+:)?(\d+)", job.get("tres_per_node") or "")

@@ -15,69 +15,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import hostlist
+from ..contract import HOLD_DAYS, UNPLACED, VgpuRequest, parse_request, quote
 
-UNPLACED = "unplaced"
 # States of a job that will not run again (unless requeued by someone).
 ENDED_STATES = frozenset({"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
                           "BOOT_FAIL", "DEADLINE"})
-# job_submit.lua holds a vgpu job by setting its begin time this far ahead (Slurm keeps it pending
-# with Reason=BeginTime while priority, user holds and dependencies work as for any job); the pin
-# sets StartTime=now, taking a pin back sets it this far ahead again.
-HOLD_DAYS = 365
-_FIELD = re.compile(r"([a-z_-]+)=(\"[^\"]*\"|\S+)")
 
 
 class SlurmError(RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class VgpuRequest:
-    """What job_submit.lua recorded in a job's admin_comment."""
-
-    state: str  # unplaced | pinned | failed
-    share: int
-    slo_class: str
-    memory_mib: int | None = None
-    model: str | None = None
-    gpu: str | None = None  # the GPU UUID once pinned
-    wait: str | None = None  # why it waits, as last told to the user
-    begin: int | None = None  # the user's own --begin (epoch seconds), kept from submit
-    nodelist: str | None = None  # the user's own --nodelist (a hostlist), kept from submit
-
-    def comment(self) -> str:
-        parts = [f"vgpu-state={self.state}", f"share={self.share}", f"class={self.slo_class}"]
-        if self.memory_mib is not None:
-            parts.append(f"mem_mib={self.memory_mib}")
-        if self.model:
-            parts.append(f"model={self.model}")
-        if self.begin is not None:
-            parts.append(f"begin={self.begin}")
-        if self.nodelist:
-            parts.append(f"nodelist={self.nodelist}")
-        if self.gpu:
-            parts.append(f"gpu={self.gpu}")
-        if self.wait:
-            parts.append(f'wait="{self.wait.replace(chr(34), chr(39))}"')
-        return " ".join(parts)
-
-
-def parse_request(admin_comment: str | None) -> VgpuRequest | None:
-    """``vgpu-state=unplaced share=30 class=latency mem_mib=8192 model=h100`` -> VgpuRequest."""
-    values = {k: v.strip('"') for k, v in _FIELD.findall(admin_comment or "")}
-    if "vgpu-state" not in values or "share" not in values:
-        return None
-    return VgpuRequest(
-        state=values["vgpu-state"],
-        share=int(values["share"]),
-        slo_class=values.get("class", "throughput"),
-        memory_mib=int(values["mem_mib"]) if "mem_mib" in values else None,
-        model=values.get("model"),
-        gpu=values.get("gpu"),
-        wait=values.get("wait"),
-        begin=int(values["begin"]) if "begin" in values else None,
-        nodelist=values.get("nodelist"),
-    )
 
 
 @dataclass(frozen=True)
@@ -242,7 +188,7 @@ class Slurm:
     def annotate(self, job: Job, note: str) -> None:
         """Tell a running vgpu job's user what the node agent did to it: ``agent="<note>"`` after
         its vgpu fields in AdminComment (``scontrol show job``, ``squeue -O AdminComment``)."""
-        comment = (job.request.comment() + " " if job.request else "") + f'agent="{note.replace(chr(34), chr(39))}"'
+        comment = (job.request.comment() + " " if job.request else "") + f"agent={quote(note)}"
         self._run("scontrol", "update", f"JobId={job.job_id}", f"AdminComment={comment}")
 
 

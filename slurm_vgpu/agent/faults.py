@@ -16,32 +16,32 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from ..adapters.slurm import UNPLACED, Slurm, SlurmError, VgpuRequest
+from ..adapters.slurm import Slurm, SlurmError
+from ..contract import UNPLACED, VgpuRequest
 from ..db import store
 from ..db.engine import session_scope
 from ..db.models import ACTIVE_STATES, Gpu, Placement
 
 log = logging.getLogger("slurm_vgpu.agent")
 
-MPS_LOGS = ("control.log", "server.log")
-_FATAL = re.compile(r"\bfatal\b", re.IGNORECASE)
+SERVER_LOG = "server.log"
+# A line a server wrote about itself: ``[date time Server PID] ... fatal ...``. control.log is not
+# read: it echoes the commands sent to the daemon (``User did send ...``), text that is not MPS's.
+_FATAL = re.compile(r"^\[[^\]]* Server \d+\] .*\bfatal\b", re.IGNORECASE)
 
 
 def fatal_line(text: str) -> str | None:
-    """The first line reporting a fatal fault (MPS logs ``[date time Server PID] ... fatal ...``)."""
-    return next((line.strip() for line in text.splitlines() if _FATAL.search(line)), None)
+    """The first line in which a server reports a fatal fault."""
+    return next((line.strip() for line in text.splitlines() if _FATAL.search(line.strip())), None)
 
 
 def logged_fault(log_dir: Path) -> tuple[Path, str] | None:
     """(log file, line) of a fault not yet handled in a GPU's MPS log directory."""
-    for name in MPS_LOGS:
-        try:
-            line = fatal_line((log_dir / name).read_text(errors="replace"))
-        except FileNotFoundError:
-            continue
-        if line:
-            return log_dir / name, line
-    return None
+    try:
+        line = fatal_line((log_dir / SERVER_LOG).read_text(errors="replace"))
+    except FileNotFoundError:
+        return None
+    return (log_dir / SERVER_LOG, line) if line else None
 
 
 def set_aside(path: Path) -> Path:

@@ -1,6 +1,7 @@
 """Freezing and thawing a job on the cgroups Slurm made for it, or by signals where it made none.
 
-cgroup v1 (proctrack/cgroup): the freezer of the *job* level (``slurm_<node>/uid_X/job_Y``); Slurm's
+cgroup v1 (proctrack/cgroup): the freezer of the *job* level (``slurm_<node>/uid_X/job_Y``, or
+``slurm/uid_X/job_Y`` on a plain build), found from its processes' ``/proc/<pid>/cgroup``; Slurm's
 own ``scontrol suspend`` freezes the *step* levels. A v1 cgroup is frozen while it or an ancestor
 is, and ``freezer.self_freezing`` tells which, so thawing our level never resumes a job Slurm
 suspended, and a job level that is self-frozen was frozen by us.
@@ -42,13 +43,25 @@ class Freezer:
     def __init__(self, node: str, root: Path = FREEZER, proc: Path = procs.PROC,
                  unified: tuple[str, Path] | None = None):
         self.node = node
-        self.base = root / f"slurm_{node}"
+        self.root = root
         self.proc = proc
         self.unified = unified if unified is not None else unified_mount(proc / "self" / "mountinfo")
         self.frozen: dict[int, set[Path]] = {}  # v2: the task levels we froze, per job
 
-    def job_cgroup(self, job_id: int) -> Path | None:
-        return next(iter(self.base.glob(f"uid_*/job_{job_id}")), None)
+    def job_cgroup(self, job_id: int, pids: list[int]) -> Path | None:
+        """The v1 freezer directory of the job these processes are in, when Slurm made one."""
+        return self._freezer_jobs(self.proc / str(pid) for pid in pids).get(job_id)
+
+    def _freezer_jobs(self, processes: Iterable[Path]) -> dict[int, Path]:
+        """The v1 freezer job levels of this node's jobs these processes are in, by job."""
+        jobs = {}
+        for process in processes:
+            cgroup = procs.job_cgroup_of(int(process.name), self.node, self.proc)
+            if cgroup is not None and not cgroup.unified and cgroup.job_id is not None:
+                directory = self.root / cgroup.path.lstrip("/")
+                if (directory / "freezer.state").exists():
+                    jobs[cgroup.job_id] = directory
+        return jobs
 
     def freeze(self, job_id: int, pids: list[int]) -> None:
         self._apply(job_id, pids, True)
@@ -59,14 +72,12 @@ class Freezer:
     def thaw_leftovers(self) -> list[int]:
         """Thaw every job of this node left frozen by a guard that did not get to thaw it (crash)."""
         thawed = []
-        for cgroup in self.base.glob("uid_*/job_*"):
-            try:
-                if (cgroup / "freezer.self_freezing").read_text().strip() == "1":
-                    (cgroup / "freezer.state").write_text("THAWED")
-                    thawed.append(int(cgroup.name.removeprefix("job_")))
-            except (OSError, ValueError):
-                continue
-        for job_id, tasks in self._unified_jobs(p for p in self.proc.iterdir() if p.name.isdigit()).items():
+        processes = [p for p in self.proc.iterdir() if p.name.isdigit()]
+        for job_id, cgroup in self._freezer_jobs(processes).items():
+            if _read(cgroup / "freezer.self_freezing") == "1":
+                _write(cgroup / "freezer.state", "THAWED")
+                thawed.append(job_id)
+        for job_id, tasks in self._unified_jobs(processes).items():
             frozen = [t for t in tasks if _read(t / "cgroup.freeze") == "1"]
             for task in frozen:
                 _write(task / "cgroup.freeze", "0")
@@ -98,7 +109,7 @@ class Freezer:
         return mountpoint / path[len(root.rstrip("/")):].lstrip("/")
 
     def _apply(self, job_id: int, pids: list[int], frozen: bool) -> None:
-        cgroup = self.job_cgroup(job_id)
+        cgroup = self.job_cgroup(job_id, pids)
         if cgroup is not None:
             _write(cgroup / "freezer.state", "FROZEN" if frozen else "THAWED")
             return

@@ -6,8 +6,8 @@ in each hierarchy (Debian's multi-slurmd build; ``slurm/uid_...`` on a plain one
 line; ``slurmstepd.scope`` on a plain build), and since Slurm 26.05 under the job's SLUID instead of
 ``job_<id>`` (unless CgroupJobIdPaths=yes). A SLUID names no job id: the process's environment
 does (``SLURM_JOB_SLUID``, ``SLURM_JOB_ID``, set by slurmstepd), trusted only when its SLUID is the
-one of the cgroup, which the job's user cannot change. A process outside any job cgroup (no cgroup
-plugin) is matched by ``SLURM_JOB_ID`` in its environment.
+one of the cgroup, which the job's user cannot change. A process outside any job cgroup belongs to
+no job, whatever its environment says: anyone can start a process with ``SLURM_JOB_ID`` set.
 """
 from __future__ import annotations
 
@@ -72,11 +72,6 @@ def job_cgroup_of(pid: int, node: str, proc: Path = PROC) -> JobCgroup | None:
 
 
 def job_of(pid: int, node: str, proc: Path = PROC) -> int | None:
-    """The job a process belongs to; None when it is gone or belongs to none."""
+    """The job a process belongs to; None when it is gone or sits in no job cgroup."""
     cgroup = job_cgroup_of(pid, node, proc)
-    if cgroup is not None:
-        return cgroup.job_id
-    try:
-        return job_from_environ((proc / str(pid) / "environ").read_bytes())
-    except OSError:
-        return None
+    return None if cgroup is None else cgroup.job_id

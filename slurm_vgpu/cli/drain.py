@@ -11,7 +11,8 @@ import getpass
 import click
 import sqlalchemy as sa
 
-from ..adapters.slurm import UNPLACED, SlurmError, VgpuRequest
+from ..adapters.slurm import SlurmError
+from ..contract import UNPLACED, VgpuRequest
 from ..db import store
 from ..db.models import ACTIVE_STATES, Gpu, Placement
 from ..hostlist import HostlistError, expand

@@ -79,7 +79,8 @@ def render_command(runtime: Runtime, names: tuple[str, ...], from_db: bool, from
         raise click.ClickException("the inventory has no GPUs; nothing to render (is the node agent running?)")
     settings = render.SiteSettings(
         plugstack_conf=plugstack_conf, spank_plugin=spank_plugin, spank_args=spank_args, prolog=prolog,
-        epilog=epilog, operator_uids=runtime.config.operator_uids, device_dir=device_dir,
+        epilog=epilog, operator_uids=runtime.config.operator_uids, default_class=runtime.config.default_class,
+        device_dir=device_dir,
     )
     files = render.site_files(nodes, settings)
     chosen = {name: files[name] for name in (names or files)}

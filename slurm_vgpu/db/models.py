@@ -9,12 +9,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from ..contract import ACTIVE_STATES, PLACEMENT_STATES, SLO_CLASSES
+
 GPU_STATES = ("up", "draining", "down")
-# placed: committed in Postgres; pinned: Slurm updated and released; running: prolog has set it up;
-# released/failed: over. The first three hold capacity.
-PLACEMENT_STATES = ("placed", "pinned", "running", "released", "failed")
-ACTIVE_STATES = ("placed", "pinned", "running")
-SLO_CLASSES = ("latency", "throughput", "best-effort")
 
 
 class Base(DeclarativeBase):
@@ -116,3 +113,13 @@ class Event(Base):
     node: Mapped[str | None] = mapped_column(sa.Text)
     message: Mapped[str] = mapped_column(sa.Text)
     details: Mapped[dict | None] = mapped_column(JSONB)
+
+
+class NodeLogin(Base):
+    """Which node a database login of a GPU node acts for (``*``: every node); the row-level
+    policies of migration 0006 let it write that node's rows only."""
+
+    __tablename__ = "node_logins"
+
+    login: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    node: Mapped[str] = mapped_column(sa.Text)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..db.models import ACTIVE_STATES, Gpu, Node, Placement
+from ..db.models import ACTIVE_STATES, Gpu, Node, NodeLogin, Placement
 
 
 def user_name(uid: int | None) -> str | None:
@@ -176,3 +176,24 @@ def placement_records(session: Session, *, active_only: bool = True, nodes: Sequ
         }
         for p, gpu in session.execute(query)
     ]
+
+
+def node_login_records(session: Session) -> list[dict]:
+    """Which node each GPU-node login writes for (``*``: every node), and whether that login still
+    exists and holds the agent or node role."""
+    rows = session.execute(sa.text(
+        "SELECT l.login, l.node, r.rolname IS NOT NULL AS exists, "
+        "coalesce(pg_has_role(r.oid, 'slurm_vgpu_agent', 'MEMBER') OR pg_has_role(r.oid, 'slurm_vgpu_node', 'MEMBER'), "
+        "false) AS node_role "
+        "FROM node_logins l LEFT JOIN pg_roles r ON r.rolname = l.login ORDER BY l.login")).mappings()
+    return [dict(row) for row in rows]
+
+
+def map_node_login(session: Session, login: str, node: str | None) -> None:
+    """Let ``login`` write the rows of ``node`` only (``*``: every node); None removes the mapping,
+    after which the login writes no row."""
+    if node is None:
+        session.execute(sa.delete(NodeLogin).where(NodeLogin.login == login))
+        return
+    session.execute(sa.dialects.postgresql.insert(NodeLogin).values(login=login, node=node)
+                    .on_conflict_do_update(index_elements=[NodeLogin.login], set_={"node": node}))

@@ -15,8 +15,11 @@ import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..contract import mps_size
 
 PID_FILE = "nvidia-cuda-mps-control.pid"
 
@@ -78,12 +81,13 @@ class MpsControl:
         return pid
 
     def ensure_running(self) -> None:
-        """Start the daemon (``-d``) unless it runs; its directories are root-owned 0755."""
+        """Start the daemon (``-d``) unless it runs; its directories are root's, closed to every
+        user until :meth:`open_to` lets that GPU's users in."""
         if self.running():
             return
         for directory in (self.pipe_dir, self.log_dir):
             directory.mkdir(parents=True, exist_ok=True)
-            directory.chmod(0o755)
+            directory.chmod(0o1700)
         result = subprocess.run(
             self.argv("-d"), env=self.env(), capture_output=True, text=True, timeout=self.timeout,
             stdin=subprocess.DEVNULL, start_new_session=True,
@@ -95,6 +99,20 @@ class MpsControl:
             if time.monotonic() > deadline:
                 raise MpsError(f"MPS control daemon for {self.gpu_uuid} wrote no PID file in {self.pipe_dir}")
             time.sleep(0.01)
+
+    def open_to(self, uids: Iterable[int]) -> None:
+        """Let exactly ``uids`` (the users with a slice on this GPU) into the pipe and log
+        directories, by POSIX ACL. A client of any other user that reached the pipes would make the
+        daemon retire the owner's server and start its own with default (uncapped) limits. The
+        servers run as their user and write there, hence rwx; the sticky bit keeps a user from
+        removing files that are not theirs (the daemon's sockets)."""
+        entries = ",".join(["u::rwx", "g::---", "o::---", "m::rwx", *(f"u:{uid}:rwx" for uid in sorted(set(uids)))])
+        if shutil.which("setfacl") is None:
+            raise MpsUnavailable("setfacl not found; install the acl package (MPS directories are opened per user by ACL)")
+        for directory in (self.pipe_dir, self.log_dir):
+            result = subprocess.run(["setfacl", "--set", entries, str(directory)], capture_output=True, text=True)
+            if result.returncode != 0:
+                raise MpsError(f"setfacl on {directory} failed: {_output(result)}")
 
     def command(self, line: str) -> list[str]:
         """Send one command; return the reply's non-empty lines."""
@@ -131,7 +149,7 @@ class MpsControl:
         daemon sees only its own GPU, so the GPU is device 0)."""
         self._expect_set(f"set_active_thread_percentage {server_pid} {percentage}")
         if memory_mib is not None:
-            self._expect_set(f"set_device_pinned_mem_limit {server_pid} 0 {memory_mib}M")
+            self._expect_set(f"set_device_pinned_mem_limit {server_pid} 0 {mps_size(memory_mib)}")
 
     def shutdown_server(self, server_pid: int) -> None:
         self._expect_set(f"shutdown_server {server_pid}")

@@ -50,6 +50,7 @@ class GpuMps:
         placement running before an epilog lowers the caps without it or :meth:`stop_idle` looks."""
         with self._locked():
             self.control.ensure_running()
+            self.control.open_to(slices.active_uids(conn, self.uuid) | {uid})
             caps = slices.user_caps(conn, self.uuid, uid, including=placement_id)
             self._cap(self.control.ensure_server(uid), caps)
             yield
@@ -64,6 +65,8 @@ class GpuMps:
                 self.control.shutdown_server(server)
             elif server is not None:
                 self._cap(server, remaining)
+            if remaining is None and self.control.pipe_dir.exists():
+                self.control.open_to(slices.active_uids(conn, self.uuid))
         return remaining
 
     def restart_if_dead(self, running_uids: set[int], connect: Connect) -> bool:
@@ -78,6 +81,7 @@ class GpuMps:
                 return False
             self.control.pid_file.unlink(missing_ok=True)
             self.control.ensure_running()
+            self.control.open_to(running_uids)
             if running_uids:
                 with connect() as conn:
                     for uid in sorted(running_uids):
@@ -101,6 +105,8 @@ class GpuMps:
             idle = {uid: pid for uid, pid in servers.items() if uid not in active}
             for pid in idle.values():
                 self.control.shutdown_server(pid)
+            if idle:
+                self.control.open_to(active)
         return sorted(idle)
 
     def _cap(self, server: int, caps: Caps) -> None:

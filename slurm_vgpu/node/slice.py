@@ -6,9 +6,10 @@ plugin refuses any other owner or mode and any key outside its allowlist.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..contract import DEVICE_ALLOW, DEVICE_DENY, mps_size, slice_header, slice_placement
 
 NVIDIA_MAJOR = 195
 NVIDIACTL_MINOR = 255
@@ -29,21 +30,20 @@ class Slice:
 def render(slice_: Slice, node_minors: list[int], uvm_major: int | None) -> str:
     """Variables for the task, then device rules: allow the job's GPU (and the control devices),
     deny every other GPU of the node."""
-    of = f" (placement {slice_.placement_id})" if slice_.placement_id is not None else ""
     lines = [
-        f"# slurm-vgpu slice of job {slice_.job_id}{of}; written by the prolog, applied by the SPANK plugin",
+        slice_header(slice_.job_id, slice_.placement_id),
         f"CUDA_VISIBLE_DEVICES={slice_.gpu_uuid}",
         f"CUDA_MPS_PIPE_DIRECTORY={slice_.pipe_dir}",
         f"CUDA_MPS_LOG_DIRECTORY={slice_.log_dir}",
         f"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={slice_.share}",
     ]
     if slice_.memory_mib is not None:
-        lines.append(f"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0={slice_.memory_mib}M")
+        lines.append(f"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0={mps_size(slice_.memory_mib)}")
     allowed = [(NVIDIA_MAJOR, slice_.gpu_minor), (NVIDIA_MAJOR, NVIDIACTL_MINOR)]
     if uvm_major is not None:
         allowed += [(uvm_major, 0), (uvm_major, 1)]
-    lines += [f"DEVICE_ALLOW=c {major}:{minor} rw" for major, minor in allowed]
-    lines += [f"DEVICE_DENY=c {NVIDIA_MAJOR}:{m} rwm" for m in sorted(set(node_minors)) if m != slice_.gpu_minor]
+    lines += [f"{DEVICE_ALLOW}=c {major}:{minor} rw" for major, minor in allowed]
+    lines += [f"{DEVICE_DENY}=c {NVIDIA_MAJOR}:{m} rwm" for m in sorted(set(node_minors)) if m != slice_.gpu_minor]
     return "\n".join(lines) + "\n"
 
 
@@ -75,18 +75,15 @@ def write(directory: Path, job_id: int, text: str) -> Path:
     return path
 
 
-_HEADER = re.compile(r"^# slurm-vgpu slice of job \d+ \(placement (\d+)\)")
-
-
 def placement_of(directory: Path, job_id: int) -> int | None:
     """The placement a job's slice file was set up from; None when the job has no slice file here
     (its prolog gave it none: a plain job, or one whose placement belonged to another job)."""
     try:
         with open(directory / str(job_id)) as handle:
-            match = _HEADER.match(handle.readline())
+            first = handle.readline()
     except FileNotFoundError:
         return None
-    return int(match.group(1)) if match else None
+    return slice_placement(first)
 
 
 def remove(directory: Path, job_id: int) -> None:

@@ -7,11 +7,8 @@ from dataclasses import dataclass
 
 import psycopg
 
+from slurm_vgpu.contract import ACTIVE_STATES  # placements that hold capacity
 from slurm_vgpu.db import CONNECT_OPTIONS, libpq_url
-
-# Placements that hold capacity: slurm_vgpu.db.models.ACTIVE_STATES, repeated so the prolog does not
-# import SQLAlchemy (0.4 s); tests/unit/test_mps_node.py checks that the two agree.
-ACTIVE_STATES = ("placed", "pinned", "running")
 
 
 @dataclass(frozen=True)

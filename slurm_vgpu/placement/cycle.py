@@ -16,8 +16,9 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from ..adapters.slurm import ENDED_STATES, UNPLACED, Job, Node, Slurm, SlurmError
+from ..adapters.slurm import ENDED_STATES, Job, Node, Slurm, SlurmError
 from ..config import Config
+from ..contract import FAILED, PINNED, UNPLACED
 from ..db import store
 from ..db.engine import session_scope
 from ..db.writer import PlacementWriter, placement_writer
@@ -338,7 +339,7 @@ def _reconcile(session, jobs: dict[int, Job], now: datetime, config: Config, rep
             )
             unpin.append(placement.job_id)
     for job in jobs.values():
-        if job.state == "PENDING" and job.request.state == "pinned" and job.job_id not in placed_jobs:
+        if job.state == "PENDING" and job.request.state == PINNED and job.job_id not in placed_jobs:
             unpin.append(job.job_id)  # Slurm has a pin that Postgres no longer backs
     return repin, unpin, placed_jobs, blocked_by
 
@@ -347,7 +348,7 @@ def _pin_reached_slurm(job: Job, placement: Placement) -> bool:
     """Whether Slurm already holds this placement's pin (its GPU in the AdminComment, its share in
     the typed GRES): both are set by the one update of :meth:`Slurm.pin`."""
     pinned = parse_pinned_gres(job.tres_per_node)
-    return (job.request.state == "pinned" and job.request.gpu == placement.gpu_uuid
+    return (job.request.state == PINNED and job.request.gpu == placement.gpu_uuid
             and pinned is not None and pinned[1] == placement.share)
 
 
@@ -356,7 +357,7 @@ def _repair_running(session, jobs: dict[int, Job], placed_jobs: set[int], report
     older copy, say): its placement is written again from what Slurm gave it, under the capacity
     guard; when the guard refuses (the GPU was given to others meanwhile), the job is requeued."""
     for job in jobs.values():
-        if job.state != "RUNNING" or job.request.state != "pinned" or job.job_id in placed_jobs:
+        if job.state != "RUNNING" or job.request.state != PINNED or job.job_id in placed_jobs:
             continue
         pinned = parse_pinned_gres(job.tres_per_node)
         gpu = store.gpu_by_type(session, job.nodes, pinned[0]) if pinned else None
@@ -384,7 +385,7 @@ def parse_pinned_gres(tres_per_node: str) -> tuple[str, int] | None:
 def _pin(engine: sa.Engine, slurm: Slurm, job: Job, pin: Pin, report: CycleReport) -> None:
     """Pin the job in Slurm; a pin Slurm refuses ends the placement as failed with Slurm's words
     (the node is then left out for that job a while: :data:`REFUSAL_MEMORY`), and the job is told."""
-    request = replace(job.request, state="pinned", gpu=pin.gpu_uuid, wait=None)
+    request = replace(job.request, state=PINNED, gpu=pin.gpu_uuid, wait=None)
     try:
         slurm.pin(pin.job_id, pin.gres_type, pin.share, pin.node, request)
     except SlurmError as exc:
@@ -417,7 +418,7 @@ def _tell_waiting(engine, slurm: Slurm, job: Job, reason: str, never: bool, repo
     """Say why a job waits (in its AdminComment), once per change; end it if it can never run."""
     try:
         if never:
-            slurm.cancel(job.job_id, replace(job.request, state="failed", wait=reason))
+            slurm.cancel(job.job_id, replace(job.request, state=FAILED, wait=reason))
             report.cancelled[job.job_id] = reason
             with session_scope(engine) as session:
                 store.log_event(session, "cancelled", reason, job_id=job.job_id)

@@ -8,13 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from .. import contract
+
 
 class SloClass(str, Enum):
     """SLO classes; behaviour is fixed, names are what users type after ``--vgpu-class``."""
 
-    LATENCY = "latency"
-    THROUGHPUT = "throughput"
-    BEST_EFFORT = "best-effort"
+    LATENCY = contract.LATENCY
+    THROUGHPUT = contract.THROUGHPUT
+    BEST_EFFORT = contract.BEST_EFFORT
 
 
 @dataclass(frozen=True)

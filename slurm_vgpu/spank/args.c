@@ -20,7 +20,7 @@ static int set_path(char *dest, const char *arg, const char *key)
 int config_parse(struct plugin_config *config, int ac, char **av)
 {
 	memset(config, 0, sizeof(*config));
-	strcpy(config->slice_dir, "/run/slurm-vgpu/jobs");
+	strcpy(config->slice_dir, SLICE_DIR_DEFAULT);
 	strcpy(config->devices_cgroup, "/sys/fs/cgroup/devices");
 	for (int i = 0; i < ac; i++) {
 		if (strncmp(av[i], "slice_dir=", 10) == 0) {
@@ -40,34 +40,47 @@ int config_parse(struct plugin_config *config, int ac, char **av)
 
 const char *class_check(const char *value)
 {
-	static const char *const classes[] = { "latency", "throughput", "best-effort" };
+	static const char *const classes[] = { VGPU_CLASSES };
 
 	for (size_t i = 0; i < sizeof(classes) / sizeof(classes[0]); i++)
 		if (strcmp(value, classes[i]) == 0)
 			return NULL;
-	return "write --vgpu-class=latency, --vgpu-class=throughput or --vgpu-class=best-effort";
+	return VGPU_CLASS_HINT;
 }
 
-/* NUMBER[K|M|G|T][i][B], case-insensitive, more than zero; a bare number is MiB (as in Slurm's --mem). */
+/* The SIZE grammar of contract.h (slurm_vgpu.contract.memory_mib): NULL and the size in MiB, or what
+ * to write instead. */
+const char *memory_parse(const char *value, unsigned long long *mib)
+{
+	static const struct {
+		char letter;
+		unsigned long long kib;
+	} units[] = { VGPU_SIZE_UNITS };
+	size_t digits = strspn(value, "0123456789");
+	const char *rest = value + digits;
+	unsigned long long number = 0, kib = VGPU_SIZE_BARE_KIB;
+
+	if (digits == 0 || digits > VGPU_SIZE_MAX_DIGITS)
+		return VGPU_SIZE_HINT;
+	for (size_t i = 0; i < digits; i++)
+		number = number * 10 + (unsigned long long)(value[i] - '0');
+	for (size_t i = 0; *rest && i < sizeof(units) / sizeof(units[0]); i++)
+		if (toupper((unsigned char)*rest) == units[i].letter) {
+			kib = units[i].kib;
+			rest++;
+			break;
+		}
+	if (*rest == 'i' || *rest == 'I')
+		rest++;
+	if (*rest == 'B' || *rest == 'b')
+		rest++;
+	*mib = (number * kib + 1023) / 1024;
+	return *rest || *mib == 0 ? VGPU_SIZE_HINT : NULL;
+}
+
 const char *memory_check(const char *value)
 {
-	static const char *const hint =
-		"write --vgpu-mem=SIZE as a whole number with an optional unit K, M, G or T, e.g. --vgpu-mem=8G or --vgpu-mem=512M";
-	size_t digits = strspn(value, "0123456789");
-	const char *unit = value + digits;
-	int nonzero = 0;
+	unsigned long long mib;
 
-	if (digits == 0 || digits > 9)
-		return hint;
-	for (size_t i = 0; i < digits; i++)
-		nonzero |= value[i] != '0';
-	if (!nonzero)
-		return hint;
-	if (*unit && strchr("KMGTkmgt", *unit))
-		unit++;
-	if (*unit == 'i' || *unit == 'I')
-		unit++;
-	if (*unit == 'B' || *unit == 'b')
-		unit++;
-	return *unit ? hint : NULL;
+	return memory_parse(value, &mib);
 }

@@ -49,7 +49,7 @@ static int on_memory(int val, const char *optarg, int remote)
 /* Registered in slurm_spank_init: Slurm ignores a static spank_options table in sbatch/salloc. */
 static struct spank_option options[] = {
 	{ "vgpu-class", "CLASS",
-	  "[slurm-vgpu] service class of the GPU slice: latency, throughput or best-effort", 1, 0,
+	  "[slurm-vgpu] service class of the GPU slice: " VGPU_CLASS_NAMES, 1, 0,
 	  on_class },
 	{ "vgpu-mem", "SIZE", "[slurm-vgpu] GPU memory cap of the slice, e.g. 8G or 512M", 1, 0, on_memory },
 	SPANK_OPTIONS_TABLE_END
@@ -85,7 +85,7 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
 	(void)av;
 	if (spank_context() != S_CTX_LOCAL && spank_context() != S_CTX_ALLOCATOR)
 		return 0;
-	if (export(sp, "VGPU_CLASS", option_class) < 0 || export(sp, "VGPU_MEM", option_memory) < 0)
+	if (export(sp, SPANK_ENV_CLASS, option_class) < 0 || export(sp, SPANK_ENV_MEMORY, option_memory) < 0)
 		return -1;
 	return 0;
 }

@@ -9,13 +9,7 @@
 
 #include "common.h"
 
-static const char *const allowed_vars[] = {
-	"CUDA_VISIBLE_DEVICES",
-	"CUDA_MPS_PIPE_DIRECTORY",
-	"CUDA_MPS_LOG_DIRECTORY",
-	"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE",
-	"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
-};
+static const char *const allowed_vars[] = { SLICE_VARS };
 
 static int var_allowed(const char *name)
 {
@@ -60,9 +54,9 @@ static int parse_line(struct slice *slice, char *line, const char *path)
 		return -1;
 	}
 	*value++ = '\0';
-	if (strcmp(line, "DEVICE_ALLOW") == 0)
+	if (strcmp(line, SLICE_DEVICE_ALLOW) == 0)
 		return add_rule(slice->allow, &slice->nallow, value, path);
-	if (strcmp(line, "DEVICE_DENY") == 0)
+	if (strcmp(line, SLICE_DEVICE_DENY) == 0)
 		return add_rule(slice->deny, &slice->ndeny, value, path);
 	if (!var_allowed(line) || strlen(value) >= VALUE_MAX || slice->nvars >= MAX_SLICE_VARS) {
 		log_error("%s: '%s' is not a slice variable", path, line);

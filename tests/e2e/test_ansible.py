@@ -271,14 +271,17 @@ def test_each_component_connects_with_its_own_login_and_root_only_files(site):
     for text, component in ((node_conf, "node"), (agent_conf, "agent"), (ctld_conf, "placement")):
         assert f"DatabaseUrl=postgresql+psycopg://{site.logins[component]}:" in text
     assert (site.etc / "slurm-vgpu-agent.conf").stat().st_mode & 0o777 == 0o600
-    assert (site.etc / "slurm-vgpu.conf").stat().st_mode & 0o777 == 0o640
+    assert (site.etc / "slurm-vgpu.conf").stat().st_mode & 0o777 == 0o600
     with site.admin() as conn:
         rows = conn.execute(
             "SELECT u.rolname, u.rolcanlogin, u.rolsuper, array_agg(g.rolname) FROM pg_roles u "
             "JOIN pg_auth_members m ON m.member = u.oid JOIN pg_roles g ON g.oid = m.roleid "
             "WHERE u.rolname = ANY(%s) GROUP BY 1, 2, 3", (list(site.logins.values()),)).fetchall()
+        mapped = dict(conn.execute("SELECT login, node FROM node_logins").fetchall())
     assert {r[0]: (r[1], r[2], r[3]) for r in rows} == {
         name: (True, False, [f"slurm_vgpu_{component}"]) for component, name in site.logins.items()}
+    # the GPU node's logins write node1's rows only; the placement daemon's is not a node's
+    assert mapped == {site.logins["agent"]: "node1", site.logins["node"]: "node1"}
 
 
 def test_second_run_changes_nothing(site):

@@ -4,6 +4,7 @@ starts a waiting vgpu job, or holds GPUs with jobs Slurm would not start."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -93,16 +94,52 @@ def test_jobs_slurm_would_not_start_hold_no_gpu(cluster, cluster_engine):
     assert placements_of(cluster_engine, later) == []
 
 
-@pytest.mark.parametrize("options, message", [
-    (["--gres=vgpu:10", "--wrap", "true", ":"], "a heterogeneous job cannot hold a GPU slice"),
-    (["-N2", "--gres=vgpu:10"], "drop -N/--nodes"),
-    (["--exclusive", "--gres=vgpu:10"], "drop it, or ask --gres=vgpu:100"),
+# Every kind of bad submission the user guide lists, each refused at submit with what to write.
+BAD_SUBMISSIONS = [
+    (["--gres=vgpu:150"], "write --gres=vgpu:N with 1 <= N <= 100"),
+    (["--gres=vgpu:0"], "is not a whole percentage of one GPU"),
+    (["--gres=vgpu:h100:1.5"], "is not a whole percentage of one GPU"),
+    (["--gres=vgpu:h100:x"], "is not a whole percentage of one GPU"),
+    (["--gres=vgpu:h100:sxm:30"], "write --gres=vgpu:N or --gres=vgpu:MODEL:N"),
+    (["--gres=vgpu:h200:30"], "no GPU model 'h200' in this cluster; models: a100, h100, t4"),
+    (["--gres=vgpu:h100_0:30"], "write --gres=vgpu:h100:30 for any h100"),
+    (["--gres=vgpu:10,vgpu:20"], "vgpu is requested twice"),
+    (["--gres=vgpu:10", "--vgpu-class=fast"], "write --vgpu-class=latency"),
+    (["--gres=vgpu:10", "--vgpu-mem=lots"], "e.g. --vgpu-mem=8G"),
+    (["--gres=vgpu:10", "--vgpu-mem=0"], "e.g. --vgpu-mem=8G"),
+    (["--gres=vgpu:10", "--vgpu-mem=8X"], "e.g. --vgpu-mem=8G"),
+    (["--gres=vgpu:10", "--vgpu-mem="], "e.g. --vgpu-mem=8G"),
+    (["--gres=vgpu:10", "--vgpu-mem=1234567890M"], "e.g. --vgpu-mem=8G"),
+    (["--gres=vgpu:10", "--vgpu-mem=200G"], "fits no GPU here"),
+    (["--vgpu-class=latency"], "add --gres=vgpu:N, or drop them"),
+    (["--vgpu-mem=8G"], "add --gres=vgpu:N, or drop them"),
     (["--gres=gpu:1"], "write --gres=vgpu:100 for all of one GPU"),
     (["--gpus=1"], "write --gres=vgpu:100 for all of one GPU"),
     (["--gpus-per-node=1"], "write --gres=vgpu:100 for all of one GPU"),
-    (["--gres=vgpu:10,vgpu:20"], "vgpu is requested twice"),
-    (["--vgpu-class=latency"], "add --gres=vgpu:N, or drop them"),
-])
+    (["--gpus-per-task=1"], "write --gres=vgpu:100 for all of one GPU"),
+    (["--gpus-per-socket=1", "--sockets-per-node=1"], "write --gres=vgpu:100 for all of one GPU"),
+    (["--tres-per-task=gres/vgpu:10"], "vgpu is asked for per node only"),
+    (["--gres=mps:50"], "not as gres/mps; write --gres=vgpu:N"),
+    (["--gres=shard:1"], "not as gres/shard; write --gres=vgpu:N"),
+    (["-N2", "--gres=vgpu:10"], "drop -N/--nodes"),
+    (["--exclusive", "--gres=vgpu:10"], "drop it, or ask --gres=vgpu:100"),
+    (["--gres=vgpu:10", "--wrap", "true", ":"], "a heterogeneous job cannot hold a GPU slice"),
+    (["--gres=vgpu:10", "--cpus-per-gpu=2"], "write --cpus-per-task=N"),
+    (["--gres=vgpu:10", "--mem-per-gpu=4G"], "write --mem=SIZE"),
+    (["--gres=vgpu:10", "--ntasks-per-gpu=2"], "write --ntasks=N"),
+    (["--gres=vgpu:10", "--gpu-bind=closest"], "--gpu-bind binds tasks to whole GPUs"),
+    (["--gres=vgpu:10", "--gpu-freq=high"], "--gpu-freq sets the clocks of a whole GPU"),
+]
+
+
+def test_the_user_guide_lists_every_refused_submission():
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "user-guide.md").read_text()
+    table = guide.split("## Errors at submit", 1)[1].split("\n## ", 1)[0]
+    missing = [" ".join(options) for options, message in BAD_SUBMISSIONS if message not in table]
+    assert len(BAD_SUBMISSIONS) >= 30 and not missing, missing
+
+
+@pytest.mark.parametrize("options, message", BAD_SUBMISSIONS, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_shapes_a_slice_cannot_take_are_refused_at_submit(cluster, options, message):
     said = submit_fails(cluster, *options, user=ATTACKER)
     assert "slurm-vgpu: " in said and message in said, said
@@ -137,3 +174,28 @@ def test_partition_exclude_and_nodelist_are_where_the_slice_goes(cluster):
         time.sleep(0.5)
     assert "node2, node3" in job(cluster, nowhere)["AdminComment"]
     slurm(cluster, "scancel", str(nowhere))
+
+
+def test_another_users_job_cannot_reach_a_gpus_mps_pipes_or_logs(cluster):
+    """A client that reached another GPU's MPS pipes would make its control daemon retire the
+    owner's server and start one of its own with default (uncapped) limits: the pipe and log
+    directories of a GPU's MPS are open to the users with a slice on that GPU only."""
+    victim = submit(cluster, "--gres=vgpu:30", user=VICTIM, script=(
+        'echo "PIPE=$CUDA_MPS_PIPE_DIRECTORY LOG=$CUDA_MPS_LOG_DIRECTORY"; '
+        'ls "$CUDA_MPS_PIPE_DIRECTORY" >/dev/null && echo own-pipes-reachable; sleep 30'))
+    deadline, text = time.monotonic() + 90, ""
+    while "own-pipes-reachable" not in text and time.monotonic() < deadline:
+        time.sleep(0.5)
+        path = cluster.dir / "out" / f"{victim}.out"
+        text = path.read_text() if path.exists() else ""
+    assert "own-pipes-reachable" in text, text
+    pipe, log = (word.split("=", 1)[1] for word in text.split() if word.startswith(("PIPE=", "LOG=")))
+    attacker = submit(cluster, "--gres=vgpu:20", user=ATTACKER, script=(
+        f'ls {pipe} 2>&1; cat {log}/control.log 2>&1 | head -1; '
+        f'CUDA_MPS_PIPE_DIRECTORY={pipe} CUDA_MPS_LOG_DIRECTORY={log} '
+        f'python3 -c "import socket; s = socket.socket(socket.AF_UNIX); s.connect(\'{pipe}/control\')" 2>&1 | tail -1'))
+    wait_for(cluster, [attacker])
+    said = output(cluster, attacker)
+    assert said.count("Permission denied") == 3, said
+    slurm(cluster, "scancel", str(victim))
+    wait_for(cluster, [victim])

@@ -9,7 +9,8 @@ import gc
 
 import sqlalchemy as sa
 
-from slurm_vgpu.adapters.slurm import Job, Node, VgpuRequest
+from slurm_vgpu.adapters.slurm import Job, Node
+from slurm_vgpu.contract import VgpuRequest
 from slurm_vgpu.config import Config
 from slurm_vgpu.db import engine as db
 from slurm_vgpu.db.models import Placement

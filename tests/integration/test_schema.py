@@ -50,6 +50,19 @@ def place(engine, job_id, share, uid=1000, memory_mib=None, gpu="GPU-1", isolati
         conn.commit()
 
 
+def node_role(engine, node: str) -> str:
+    """A role of the agent and node group roles that acts for ``node`` only, as a GPU node's login
+    does (migration 0006); created once per server, mapped in this database."""
+    role = f"slurm_vgpu_test_{node}"
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN "
+            f"CREATE ROLE {role} NOLOGIN IN ROLE slurm_vgpu_agent, slurm_vgpu_node; END IF; END $$"))
+        conn.execute(sa.text("INSERT INTO node_logins VALUES (:r, :n) ON CONFLICT (login) DO UPDATE SET node = :n"),
+                     {"r": role, "n": node})
+    return role
+
+
 def together(work, args):
     """Run ``work(arg)`` for every arg in its own thread, all released at once."""
     barrier = threading.Barrier(len(args))
@@ -208,12 +221,12 @@ def test_the_agent_role_registers_a_node_and_nothing_more(clean_db):
     gpu = GpuRecord(index=0, uuid="GPU-a", name="NVIDIA A100-SXM4-40GB", model="a100", sm_count=108,
                     memory_mib=40960, compute_capability="8.0")
     with db.session_scope(clean_db) as session:
-        session.execute(sa.text("SET LOCAL ROLE slurm_vgpu_agent"))
+        session.execute(sa.text(f"SET LOCAL ROLE {node_role(clean_db, 'node7')}"))
         store.register_node(session, "node7", [gpu], "test")
         store.register_node(session, "node7", [gpu], "test")  # the upsert path: a restarted agent
     with clean_db.connect() as conn:
         assert conn.scalar(sa.text("SELECT model FROM gpus WHERE uuid = 'GPU-a'")) == "a100"
-        conn.execute(sa.text("SET ROLE slurm_vgpu_agent"))
+        conn.execute(sa.text(f"SET ROLE {node_role(clean_db, 'node7')}"))
         with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
             conn.execute(sa.text("UPDATE gpus SET multi_user = true"))
 
@@ -289,9 +302,10 @@ def test_a_released_slice_comes_back_only_as_a_new_slice_that_fits(clean_db):
 
 
 def agent_update(engine, sql):
-    """An UPDATE of the gpus table as the node agent's role runs it."""
+    """An UPDATE of the gpus table as node1's agent runs it."""
+    role = node_role(engine, "node1")
     with engine.begin() as conn:
-        conn.execute(sa.text("SET LOCAL ROLE slurm_vgpu_agent"))
+        conn.execute(sa.text(f"SET LOCAL ROLE {role}"))
         conn.execute(sa.text(sql))
 
 
@@ -315,8 +329,9 @@ def test_an_agent_reporting_less_memory_than_placed_is_refused(clean_db):
     def register(memory_mib):
         gpu = GpuRecord(index=0, uuid="GPU-a", name="NVIDIA A100-SXM4-40GB", model="a100", sm_count=108,
                         memory_mib=memory_mib, compute_capability="8.0")
+        role = node_role(clean_db, "node7")
         with db.session_scope(clean_db) as session:
-            session.execute(sa.text("SET LOCAL ROLE slurm_vgpu_agent"))
+            session.execute(sa.text(f"SET LOCAL ROLE {role}"))
             store.register_node(session, "node7", [gpu], "test")
 
     register(40960)

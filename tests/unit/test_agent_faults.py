@@ -15,6 +15,9 @@ def test_fatal_lines_are_found_and_ordinary_ones_are_not():
     assert fatal_line(log) is None
     assert fatal_line(log + "[2024-05-01 10:00:02.003 Server 4428] FATAL exception on device 0\n").endswith(
         "FATAL exception on device 0")
+    # The word in text the daemon echoes, or in a line no server wrote, is no fault.
+    assert fatal_line("[2024-05-01 10:00:03.000 Control 4400] User did send fatal\n") is None
+    assert fatal_line("fatal\n[2024-05-01 10:00:03.000 Other 4400] a fatal one\n") is None
 
 
 def test_a_simulated_server_fault_is_reported_once(tmp_path):

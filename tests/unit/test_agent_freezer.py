@@ -9,20 +9,39 @@ from pathlib import Path
 from slurm_vgpu.agent.freezer import Freezer, unified_mount
 
 
-def job_cgroup(root: Path, node: str, uid: int, job: int, self_freezing: str = "0") -> Path:
-    path = root / f"slurm_{node}" / f"uid_{uid}" / f"job_{job}"
+def fake_pid(job: int) -> int:
+    """A pid above the kernel's limit (2**22): should a lookup fail and the freezer fall back to
+    signals, no real process gets one."""
+    return 2**22 + job
+
+
+def job_cgroup(root: Path, node: str | None, uid: int, job: int, self_freezing: str = "0") -> Path:
+    """A v1 freezer job level (``slurm_<node>/...``; ``slurm/...`` for a plain build), and a
+    process of the job in a fake ``/proc`` under ``root`` whose cgroup file names it."""
+    relative = f"{f'slurm_{node}' if node else 'slurm'}/uid_{uid}/job_{job}"
+    path = root / "freezer" / relative
     path.mkdir(parents=True)
     (path / "freezer.state").write_text("THAWED")
     (path / "freezer.self_freezing").write_text(self_freezing)
+    process = root / "proc" / str(fake_pid(job))
+    process.mkdir(parents=True)
+    (process / "cgroup").write_text(f"12:freezer:/{relative}/step_batch\n0::/user.slice\n")
     return path
 
 
 def test_a_job_with_a_freezer_cgroup_is_frozen_and_thawed_there(tmp_path):
-    cgroup = job_cgroup(tmp_path, "n1", 1000, 7)
-    freezer = Freezer("n1", root=tmp_path)
-    freezer.freeze(7, [])
-    assert (cgroup / "freezer.state").read_text() == "FROZEN"
-    freezer.thaw(7, [])
+    for node, job in (("n1", 7), (None, 8)):  # Debian's multi-slurmd naming, and a plain build's
+        cgroup = job_cgroup(tmp_path, node, 1000, job)
+        freezer = Freezer("n1", root=tmp_path / "freezer", proc=tmp_path / "proc", unified=None)
+        freezer.freeze(job, [fake_pid(job)])
+        assert (cgroup / "freezer.state").read_text() == "FROZEN"
+        freezer.thaw(job, [fake_pid(job)])
+        assert (cgroup / "freezer.state").read_text() == "THAWED"
+
+
+def test_another_nodes_job_level_is_not_taken_for_this_nodes(tmp_path):
+    cgroup = job_cgroup(tmp_path, "n2", 1000, 7)
+    Freezer("n1", root=tmp_path / "freezer", proc=tmp_path / "proc", unified=None).freeze(7, [fake_pid(7)])
     assert (cgroup / "freezer.state").read_text() == "THAWED"
 
 
@@ -30,7 +49,8 @@ def test_only_job_levels_we_froze_are_thawed_after_a_crash(tmp_path):
     ours = job_cgroup(tmp_path, "n1", 0, 1, self_freezing="1")
     other = job_cgroup(tmp_path, "n1", 0, 2, self_freezing="0")
     (other / "freezer.state").write_text("FROZEN")  # frozen from an ancestor: not ours to thaw
-    assert Freezer("n1", root=tmp_path, proc=tmp_path).thaw_leftovers() == [1]
+    freezer = Freezer("n1", root=tmp_path / "freezer", proc=tmp_path / "proc", unified=None)
+    assert freezer.thaw_leftovers() == [1]
     assert (ours / "freezer.state").read_text() == "THAWED"
     assert (other / "freezer.state").read_text() == "FROZEN"
 

@@ -55,7 +55,7 @@ def test_a_v2_job_directory_is_the_job_id_or_a_sluid():
     assert job_cgroup("0::/system.slice/slurmstepd.scope/job_5/step_0/user/task_1\n", "node1").job_id == 5  # plain build
 
 
-def test_environment_is_the_fallback():
+def test_the_job_id_is_read_from_an_environment():
     assert job_from_environ(b"PATH=/bin\0SLURM_JOB_ID=99\0HOME=/root\0") == 99
     assert job_from_environ(b"PATH=/bin\0SLURM_JOB_IDX=1\0") is None
 
@@ -73,15 +73,15 @@ def fake_process(proc, pid: int, cgroup: str, environ: bytes = b"") -> None:
     (proc / str(pid) / "environ").write_bytes(environ)
 
 
-def test_a_process_maps_to_its_job_from_its_cgroup_then_its_environment(tmp_path):
+def test_a_process_maps_to_its_job_from_its_cgroup_never_from_its_environment_alone(tmp_path):
     fake_process(tmp_path, 10, V2_2605, b"SLURM_JOB_ID=1\0SLURM_JOB_SLUID=s1M1M91R6F6200\0")
     fake_process(tmp_path, 11, V2_2605, b"SLURM_JOB_ID=9\0SLURM_JOB_SLUID=s9999999999999\0")  # forged
-    fake_process(tmp_path, 12, "0::/user.slice\n", b"SLURM_JOB_ID=12\0")  # no cgroup plugin
+    fake_process(tmp_path, 12, "0::/user.slice\n", b"SLURM_JOB_ID=12\0")  # outside Slurm's cgroups
     fake_process(tmp_path, 13, V2_2411, b"SLURM_JOB_ID=99\0")
     assert job_of(10, "node1", proc=tmp_path) == 1
     assert job_of(11, "node1", proc=tmp_path) is None
     assert job_cgroup_of(11, "node1", proc=tmp_path).sluid == "s1M1M91R6F6200"
-    assert job_of(12, "node1", proc=tmp_path) == 12
+    assert job_of(12, "node1", proc=tmp_path) is None  # anyone can set SLURM_JOB_ID
     assert job_of(13, "node1", proc=tmp_path) == 3  # the cgroup wins over the environment
 
 

@@ -25,6 +25,21 @@ def test_an_unknown_policy_is_refused_at_load_naming_the_line_and_the_choices():
         parse("CycleInterval=1\nPolicy=tetris\n", "site.conf")
 
 
+def test_the_default_class_is_one_of_the_classes_and_reaches_job_submit_lua(tmp_path):
+    assert Config().default_class == "throughput"
+    assert parse("DefaultClass=best-effort\n").default_class == "best-effort"
+    with pytest.raises(ConfigError, match=r"site.conf:1: DefaultClass: 'fast' is not an SLO class; choose one of "
+                                          r"latency, throughput, best-effort$"):
+        parse("DefaultClass=fast\n", "site.conf")
+    conf = tmp_path / "slurm-vgpu.conf"
+    conf.write_text("DefaultClass=latency\n")
+    inventory = Path(__file__).resolve().parents[1] / "golden" / "inventory"
+    result = CliRunner().invoke(main, ["--config", str(conf), "render", "job_submit.lua",
+                                       *(a for p in sorted(inventory.glob("*.json")) for a in ("--inventory", str(p)))])
+    assert result.exit_code == 0, result.output
+    assert 'local DEFAULT_CLASS = "latency"' in result.stdout
+
+
 def test_a_refresh_that_is_not_a_number_is_refused():
     with pytest.raises(ConfigError, match="site.conf:1: WorkloadRefresh: 'soon' is not valid"):
         parse("WorkloadRefresh=soon\n", "site.conf")

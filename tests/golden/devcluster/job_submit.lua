@@ -16,9 +16,23 @@ somewhere the placement did not put it. No network calls here: this runs under s
 local MODELS = { ["a100"] = true, ["h100"] = true, ["t4"] = true, }
 local MODEL_LIST = "a100, h100, t4"
 local LARGEST_MEMORY_MIB = 81559
-local CLASSES = { ["latency"] = true, ["throughput"] = true, ["best-effort"] = true }
 local DEFAULT_CLASS = "throughput"
 local OPERATOR_UIDS = { [0] = true, }
+-- What this file shares with the SPANK plugin and the Python side, from slurm_vgpu/contract.py.
+local CLASSES = { ["latency"] = true, ["throughput"] = true, ["best-effort"] = true, }
+local CLASS_HINT = "write --vgpu-class=latency, --vgpu-class=throughput or --vgpu-class=best-effort"
+local SIZE_UNITS_KIB = { ["K"] = 1, ["M"] = 1024, ["G"] = 1048576, ["T"] = 1073741824, }
+local SIZE_PATTERN = "^(%d+)([KMGT]?)I?B?$"
+local SIZE_BARE_UNIT = "M"
+local SIZE_MAX_DIGITS = 9
+local SIZE_HINT = "write --vgpu-mem=SIZE as a whole number with an optional unit K, M, G or T, e.g. --vgpu-mem=8G or --vgpu-mem=512M"
+local SPANK_ENV_CLASS = "VGPU_CLASS"
+local SPANK_ENV_MEMORY = "VGPU_MEM"
+local KEY = { state = "vgpu-state", share = "share", slo_class = "class", memory_mib = "mem_mib", model = "model", begin = "begin", nodelist = "nodelist", gpu = "gpu", wait = "wait", }
+local UNPLACED = "unplaced"
+local REQUEST_STATES = { ["unplaced"] = true, ["pinned"] = true, ["failed"] = true, }
+local PLACEMENT_DECIDES = { ["unplaced"] = true, ["pinned"] = true, }
+local SHARE_MAX = 100
 local HOLD_SECONDS = 365 * 86400
 local TAG = "slurm-vgpu"
 local NO_VAL = 4294967294
@@ -66,12 +80,17 @@ local function parse_vgpu(rest)
         return nil, nil, "malformed vgpu request 'vgpu" .. rest .. "'; write --gres=vgpu:N or --gres=vgpu:MODEL:N"
     end
     local n = tonumber(count)
-    if n == nil or n ~= math.floor(n) or n < 1 or n > 100 then
+    if n == nil or n ~= math.floor(n) or n < 1 or n > SHARE_MAX then
         return nil, nil, "vgpu count '" .. count .. "' is not a whole percentage of one GPU; " ..
-            "write --gres=vgpu:N with 1 <= N <= 100 (a slice never spans GPUs)"
+            "write --gres=vgpu:N with 1 <= N <= " .. SHARE_MAX .. " (a slice never spans GPUs)"
     end
     if model ~= nil then
         model = string.lower(model)
+        local named = string.match(model, "^(.-)_%d+$")
+        if not MODELS[model] and named ~= nil and MODELS[named] then
+            return nil, nil, "vgpu:" .. model .. " names one GPU; the placement picks the GPU: write --gres=vgpu:" ..
+                named .. ":" .. count .. " for any " .. named
+        end
         if not MODELS[model] then
             return nil, nil, "no GPU model '" .. model .. "' in this cluster; models: " .. MODEL_LIST
         end
@@ -92,11 +111,52 @@ local function spank_value(job_desc, name)
     return nil
 end
 
+-- --vgpu-mem's SIZE in MiB (rounded up), nil when it is not one: slurm_vgpu.contract.memory_mib.
 local function parse_memory_mib(text)
-    local number, unit = string.match(string.upper(text), "^(%d+)([KMGT]?)I?B?$")
-    if number == nil then return nil end
-    local scale = { [""] = 1, ["K"] = 1 / 1024, ["M"] = 1, ["G"] = 1024, ["T"] = 1024 * 1024 }
-    return math.ceil(tonumber(number) * scale[unit])
+    local digits, unit = string.match(string.upper(text), SIZE_PATTERN)
+    if digits == nil or string.len(digits) > SIZE_MAX_DIGITS then return nil end
+    local mib = math.ceil(tonumber(digits) * SIZE_UNITS_KIB[unit == "" and SIZE_BARE_UNIT or unit] / 1024)
+    if mib < 1 then return nil end
+    return mib
+end
+
+-- The admin_comment's key=value fields, read as slurm_vgpu.contract.comment_fields reads them:
+-- space-separated; a value runs to the next space, or, opened by a double quote, to the next one.
+local function comment_fields(text)
+    local fields, i, n = {}, 1, string.len(text)
+    while i <= n do
+        local _, e, key = string.find(text, "^([a-z_%-]+)=", i)
+        if key == nil then
+            e = (string.find(text, " ", i, true) or (n + 1)) - 1
+        elseif string.sub(text, e + 1, e + 1) == '"' then
+            local close = string.find(text, '"', e + 2, true) or (n + 1)
+            fields[key], e = string.sub(text, e + 2, close - 1), close
+        else
+            local value = string.match(text, "^[^ ]*", e + 1)
+            fields[key], e = value, e + string.len(value)
+        end
+        i = string.find(text, "[^ ]", e + 1) or (n + 1)
+    end
+    return fields
+end
+
+local function whole(value, low, high)
+    if value == nil or string.find(value, "^%d+$") == nil then return nil end
+    local n = tonumber(value)
+    if n < low or (high ~= nil and n > high) then return nil end
+    return n
+end
+
+-- The state of the request a job's admin_comment records, nil when it records none: the checks
+-- of slurm_vgpu.contract.parse_request.
+local function request_state(comment)
+    local f = comment_fields(comment or "")
+    if not REQUEST_STATES[f[KEY.state]] or whole(f[KEY.share], 1, SHARE_MAX) == nil or not CLASSES[f[KEY.slo_class]]
+        or (f[KEY.memory_mib] ~= nil and whole(f[KEY.memory_mib], 1) == nil)
+        or (f[KEY.begin] ~= nil and whole(f[KEY.begin], 0) == nil) then
+        return nil
+    end
+    return f[KEY.state]
 end
 
 local function is_set(value, unset)
@@ -115,6 +175,33 @@ local function gpu_form_error(job_desc)
         if names_gres(job_desc[field], "gpu") then
             return "whole GPUs are handed out by slurm-vgpu as slices; write --gres=vgpu:100 for all of one GPU"
         end
+        for _, sharing in ipairs({ "mps", "shard" }) do
+            if names_gres(job_desc[field], sharing) then
+                return "GPUs are shared here as slurm-vgpu slices, not as gres/" .. sharing ..
+                    "; write --gres=vgpu:N for N% of one GPU"
+            end
+        end
+    end
+    return nil
+end
+
+-- Options that count or bind whole GPUs, which a slice is not; what to write instead.
+local function per_gpu_error(job_desc)
+    if names_gres(job_desc.cpus_per_tres, "gpu") or names_gres(job_desc.cpus_per_tres, "vgpu") then
+        return "--cpus-per-gpu counts whole GPUs; write --cpus-per-task=N (or -c N) for the slice's job"
+    end
+    if names_gres(job_desc.mem_per_tres, "gpu") or names_gres(job_desc.mem_per_tres, "vgpu") then
+        return "--mem-per-gpu counts whole GPUs; write --mem=SIZE for the job's host memory " ..
+            "(--vgpu-mem=SIZE caps its GPU memory)"
+    end
+    if is_set(job_desc.ntasks_per_tres, NO_VAL16) and job_desc.ntasks_per_tres > 0 then
+        return "--ntasks-per-gpu counts whole GPUs; write --ntasks=N: every task of the job shares its slice"
+    end
+    if job_desc.tres_bind ~= nil and string.find(job_desc.tres_bind, "gpu", 1, true) then
+        return "--gpu-bind binds tasks to whole GPUs; drop it: a slice is on one GPU, which every task sees"
+    end
+    if job_desc.tres_freq ~= nil and string.find(job_desc.tres_freq, "gpu", 1, true) then
+        return "--gpu-freq sets the clocks of a whole GPU, which other slices share; drop it"
     end
     return nil
 end
@@ -144,44 +231,49 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
     local rest, others
     rest, others, err = split_vgpu(job_desc.tres_per_node)
     if err ~= nil then return refuse(err) end
-    local class_option = spank_value(job_desc, "VGPU_CLASS")
-    local memory = spank_value(job_desc, "VGPU_MEM")
+    local class_option = spank_value(job_desc, SPANK_ENV_CLASS)
+    local memory = spank_value(job_desc, SPANK_ENV_MEMORY)
     if rest == nil then
         if class_option ~= nil or memory ~= nil then
             return refuse("--vgpu-class and --vgpu-mem describe a GPU slice; add --gres=vgpu:N, or drop them")
         end
         return slurm.SUCCESS -- not a vgpu job: untouched
     end
-    err = shape_error(job_desc)
+    err = shape_error(job_desc) or per_gpu_error(job_desc)
     if err ~= nil then return refuse(err) end
     local model, share
     model, share, err = parse_vgpu(rest)
     if err ~= nil then return refuse(err) end
     local class = class_option or DEFAULT_CLASS
     if not CLASSES[class] then
-        return refuse("unknown --vgpu-class '" .. class .. "'; use latency, throughput or best-effort")
+        return refuse("unknown --vgpu-class '" .. class .. "'; " .. CLASS_HINT)
     end
     local memory_mib = nil
-    if memory ~= nil and memory ~= "" then
+    if memory ~= nil then
         memory_mib = parse_memory_mib(memory)
-        if memory_mib == nil or memory_mib < 1 then
-            return refuse("--vgpu-mem '" .. memory .. "' is not a size; write e.g. 8G or 512M")
+        if memory_mib == nil then
+            return refuse("--vgpu-mem '" .. memory .. "' is not a size; " .. SIZE_HINT)
         end
         if memory_mib > LARGEST_MEMORY_MIB then
             return refuse(string.format("--vgpu-mem %s fits no GPU here (largest: %d MiB)", memory, LARGEST_MEMORY_MIB))
         end
     end
     local now = os.time()
-    local record = string.format("vgpu-state=unplaced share=%d class=%s", share, class)
-    if memory_mib ~= nil then record = record .. string.format(" mem_mib=%d", memory_mib) end
-    if model ~= nil then record = record .. " model=" .. model end
-    if is_set(job_desc.begin_time, 0) and job_desc.begin_time > now then
-        record = record .. string.format(" begin=%d", job_desc.begin_time)
+    -- the record, as slurm_vgpu.contract.VgpuRequest.comment writes it
+    local record = {}
+    local function add(key, value)
+        if value == nil or value == "" then return end
+        if type(value) == "number" then value = string.format("%d", value) end
+        table.insert(record, key .. "=" .. value)
     end
-    if job_desc.req_nodes ~= nil and job_desc.req_nodes ~= "" then
-        record = record .. " nodelist=" .. job_desc.req_nodes -- the pin sets NodeList; keep the user's
-    end
-    job_desc.admin_comment = record
+    add(KEY.state, UNPLACED)
+    add(KEY.share, share)
+    add(KEY.slo_class, class)
+    add(KEY.memory_mib, memory_mib)
+    add(KEY.model, model)
+    if is_set(job_desc.begin_time, 0) and job_desc.begin_time > now then add(KEY.begin, job_desc.begin_time) end
+    add(KEY.nodelist, job_desc.req_nodes) -- the pin sets NodeList; keep the user's
+    job_desc.admin_comment = table.concat(record, " ")
     job_desc.tres_per_node = others
     job_desc.begin_time = now + HOLD_SECONDS
     slurm.log_user("%s: job waits (Reason=BeginTime) until it is placed on one GPU (vgpu:%d, class %s)",
@@ -207,13 +299,8 @@ function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
         slurm.log_info("%s: refused uid %d's GRES change of job %d", TAG, modify_uid, job_rec.job_id)
         return refuse(err, slurm.ESLURM_ACCESS_DENIED)
     end
-    local comment = job_rec.admin_comment or ""
-    if string.find(comment, "vgpu-state=", 1, true) == nil then
-        return slurm.SUCCESS -- not a vgpu job
-    end
-    if string.find(comment, "vgpu-state=unplaced", 1, true) == nil
-        and string.find(comment, "vgpu-state=pinned", 1, true) == nil then
-        return slurm.SUCCESS -- ended or failed: nothing left to place
+    if not PLACEMENT_DECIDES[request_state(job_rec.admin_comment)] then
+        return slurm.SUCCESS -- not a vgpu job, or one ended or failed: nothing left to place
     end
     local changed = nil
     for _, pair in ipairs(PLACEMENT_FIELDS) do

@@ -2,10 +2,12 @@
 
   status  prints {"exists", "current", "head"}: the schema revision against the newest migration
   logins  creates or updates one LOGIN role per component, each granted only its group role
-          (created by the first migration), and prints {"changed": [...]}
+          (created by the first migration), maps a GPU node's logins to that node (``node_logins``,
+          migration 0006), and prints {"changed": [...]}
 
-Connection and logins come from the environment (SLURM_VGPU_ADMIN_URL, SLURM_VGPU_LOGINS as JSON),
-never from the command line. Passwords are compared with the stored SCRAM/MD5 verifier, so an
+Connection and logins come from the environment (SLURM_VGPU_ADMIN_URL, SLURM_VGPU_LOGINS as JSON,
+SLURM_VGPU_PRUNE_NODE_LOGINS: "True" to unmap the logins no GPU node names), never from the
+command line. Passwords are compared with the stored SCRAM/MD5 verifier, so an
 unchanged password is not set again and a second run reports nothing changed.
 """
 from __future__ import annotations
@@ -63,7 +65,7 @@ def password_matches(verifier: str | None, user: str, password: str) -> bool:
 
 
 def logins() -> dict:
-    wanted = json.loads(os.environ["SLURM_VGPU_LOGINS"])  # [{"user", "password", "group"}]
+    wanted = json.loads(os.environ["SLURM_VGPU_LOGINS"])  # [{"user", "password", "group", "node"?}]
     database = make_url(os.environ["SLURM_VGPU_ADMIN_URL"]).database
     changed = []
     with connect() as conn:
@@ -102,7 +104,23 @@ def logins() -> dict:
             if not can_connect:
                 conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), role))
                 changed.append(f"{user}: CONNECT on {database}")
+            if login.get("node"):
+                changed += map_node(conn, user, login["node"])
+        if os.environ.get("SLURM_VGPU_PRUNE_NODE_LOGINS") == "True":
+            named = [login["user"] for login in wanted if login.get("node")]
+            for (user,) in conn.execute("DELETE FROM node_logins WHERE login <> ALL(%s) RETURNING login", (named,)):
+                changed.append(f"{user}: writes no node's rows (no GPU node names it)")
     return {"changed": changed}
+
+
+def map_node(conn: psycopg.Connection, user: str, node: str) -> list[str]:
+    """Let a GPU node's login write that node's rows only."""
+    row = conn.execute("SELECT node FROM node_logins WHERE login = %s", (user,)).fetchone()
+    if row is not None and row[0] == node:
+        return []
+    conn.execute("INSERT INTO node_logins (login, node) VALUES (%s, %s) "
+                 "ON CONFLICT (login) DO UPDATE SET node = EXCLUDED.node", (user, node))
+    return [f"{user}: writes {node}'s rows only"]
 
 
 if __name__ == "__main__":
