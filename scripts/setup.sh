@@ -12,7 +12,8 @@ fi
 
 need_apt=()
 for pair in slurmctld:slurm-wlm slurmd:slurm-wlm munged:munge gcc:build-essential make:build-essential \
-            psql:postgresql-client sshd:openssh-server unshare:util-linux setfacl:acl lua5.1:lua5.1; do
+            psql:postgresql-client sshd:openssh-server unshare:util-linux nsenter:util-linux \
+            setfacl:acl lua5.1:lua5.1 mmdebstrap:mmdebstrap patchelf:patchelf; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need_apt+=("${pair#*:}")
 done
 [ -f /usr/include/slurm/spank.h ] || need_apt+=(libslurm-dev)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from slurm_vgpu.adapters.slurm import job_state
 from slurm_vgpu.config import load
 from slurm_vgpu.contract import SLO_CLASSES
 from slurm_vgpu.db import engine as db
@@ -83,6 +84,7 @@ class Chaos:
         self.cluster = cluster
         self.users = users
         self.rng = random.Random(seed)
+        self.seed = seed
         self.report = Report()
         self.stop = threading.Event()  # the run is over: stop watching
         self.faults_over = threading.Event()
@@ -146,8 +148,15 @@ class Chaos:
                   "postgres": self.database_outage}
         for agent in agents:
             faults[agent] = lambda agent=agent: self.kill(agent)
-        while not self.faults_over.wait(self.rng.uniform(0.5, 1.5) * every_s):
-            name = self.rng.choice(sorted(faults))
+        # Its own generator (the submitting thread draws from self.rng at times of its own), and
+        # every kind once per round in a shuffled order: a run draws each kind of fault whatever the
+        # timing of the two threads.
+        rng = random.Random(f"faults-{self.seed}")
+        order: list[str] = []
+        while not self.faults_over.wait(rng.uniform(0.5, 1.5) * every_s):
+            if not order:
+                order = rng.sample(sorted(faults), len(faults))
+            name = order.pop()
             faults[name]()
             self.report.faults[name.split("-")[0]] += 1
 
@@ -237,7 +246,7 @@ class Chaos:
                 self.report.admin_resumes += 1
 
     def slurm_jobs(self) -> dict[int, dict]:
-        result = self.slurm("squeue", "--json")
+        result = self.slurm("squeue", "--json", "--states=all")  # 23.02+ drop ended jobs without it
         if result.returncode != 0:
             return {}
         return {j["job_id"]: j for j in json.loads(result.stdout)["jobs"] if j["job_id"] in self.submitted}
@@ -287,8 +296,7 @@ class Chaos:
 
 
 def _state(job: dict) -> str:
-    state = job.get("job_state")
-    return (state[0] if state else "") if isinstance(state, list) else str(state)
+    return job_state(job.get("job_state"))
 
 
 def replay(rows, check: str) -> list[str]:

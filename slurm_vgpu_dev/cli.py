@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from . import cluster as devcluster
+from . import releases
 from .layout import DEFAULT_LAYOUT, LayoutError
 
 
@@ -19,10 +20,14 @@ def _cluster_options(f):
     return f
 
 
-def _make_cluster(directory: Path, port: int, layout: Path = DEFAULT_LAYOUT) -> devcluster.Cluster:
+def _make_cluster(directory: Path, port: int, layout: Path = DEFAULT_LAYOUT, release: str | None = None
+                  ) -> devcluster.Cluster:
+    """``release`` None: the one ``up`` last started in the directory, else the default."""
     from .system import dev_cluster
 
-    return dev_cluster(directory.resolve(), port, layout)
+    directory = directory.resolve()
+    return dev_cluster(directory, port, layout, release=release or devcluster.recorded_release(directory)
+                       or releases.DEFAULT)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,22 +40,36 @@ def main() -> None:
 @click.option("--layout", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_LAYOUT,
               help="TOML file of nodes and their GPU models (default: 4xH100, 4xA100, 8xT4 on 3 nodes).")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for idle nodes.")
-def up(directory: Path, port: int, layout: Path, timeout: float) -> None:
+@click.option("--slurm", "release", metavar="RELEASE", default=None,
+              help=f"Slurm release: {', '.join(releases.RELEASES)} (default: the directory's last, else "
+                   f"{releases.DEFAULT}); the newer ones run from a root filesystem built once and cached "
+                   f"under {releases.ROOTFS_CACHE} [env SLURM_VGPU_DEV_SLURM].", envvar="SLURM_VGPU_DEV_SLURM")
+def up(directory: Path, port: int, layout: Path, timeout: float, release: str | None) -> None:
     """Start the cluster (harmless when it is already up) and wait until every node is idle."""
     try:
-        cluster = _make_cluster(directory, port, layout)
+        if release is not None:
+            releases.get(release)
+        cluster = _make_cluster(directory, port, layout, release)
         devcluster.up(cluster, timeout)
-    except (devcluster.ClusterError, LayoutError) as exc:
+    except (devcluster.ClusterError, LayoutError, releases.ReleaseError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"cluster up in {cluster.dir}; run: eval \"$(slurm-vgpu-dev env --dir {cluster.dir})\"", err=True)
 
 
 @main.command()
 @_cluster_options
-def down(directory: Path, port: int) -> None:
+@click.option("--drop-database", is_flag=True, help="Also drop the cluster's own database (kept by default, "
+              "like its spool, so the next up goes on from the same state).")
+def down(directory: Path, port: int, drop_database: bool) -> None:
     """Stop every process the cluster started, by PID."""
     stopped = devcluster.down(devcluster.Cluster(dir=directory.resolve(), port=port))
     click.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}", err=True)
+    if drop_database:
+        from slurm_vgpu.db import engine
+
+        url = _make_cluster(directory, port).database_url
+        engine.drop_database(url)
+        click.echo(f"dropped database {engine.database_url(url).database}", err=True)
 
 
 @main.command()
@@ -86,3 +105,21 @@ def demo(directory: Path, port: int) -> None:
 
     if not run_demo(_make_cluster(directory, port), Console(width=max(Console().width, 150))):
         raise SystemExit(1)
+
+
+@main.command("capture-fixtures")
+@_cluster_options
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where to write (default: tests/fixtures/slurm/<release> of this checkout).")
+def capture_fixtures(directory: Path, port: int, out: Path | None) -> None:
+    """Submit the fixture jobs to a running cluster and write Slurm's real output for the adapter's
+    unit tests (slurm_vgpu_dev/fixtures.py)."""
+    from .fixtures import CaptureError, capture
+
+    cluster = _make_cluster(directory, port)
+    out = out or Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "slurm" / cluster.release
+    try:
+        written = capture(cluster, out)
+    except CaptureError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Slurm {cluster.release}: wrote {len(written)} files to {out}", err=True)

@@ -1,14 +1,20 @@
 """A real Slurm cluster on one machine: munge, slurmctld and one slurmd per node, each node in its own
 UTS namespace (own hostname) with its own port and spool directory.
 
+On a release that runs cgroup v2 (24.11 and later, see ``releases``), each node also gets its own
+mount and cgroup namespace, rooted at a cgroup of its own in the machine's unified hierarchy and with
+that hierarchy mounted at /sys/fs/cgroup; the node's agent enters them. docs/slurm-releases.md.
+
 Every process started is recorded (PID, UTS namespace) in ``state.json`` under the cluster directory
 and stopped by PID on ``down``; processes of ours that live in a node's namespace (slurmstepd, job
 steps) are stopped with it. Nothing else on the machine is touched.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import stat
@@ -26,6 +32,7 @@ from slurm_vgpu.render import NodeSpec
 from slurm_vgpu.node.hooks import hook_script
 from slurm_vgpu.node.slice import NVIDIA_MAJOR
 from slurm_vgpu.spank_build import PLUGIN, SpankBuildError, build_plugin
+from . import releases
 from .layout import DEFAULT_LAYOUT, load_layout
 
 TEMPLATES = render.environment(Path(__file__).with_name("templates"))  # slurm.conf of a dev cluster
@@ -45,10 +52,14 @@ class Cluster:
     port: int = DEFAULT_PORT
     layout: Path = DEFAULT_LAYOUT
     database_url: str | None = None
+    release: str = releases.DEFAULT  # the Slurm it runs: releases.RELEASES
     # Hooks of the rest of the system: run after the configs are written, and services started
     # after Slurm's own daemons (placement daemon, node agents).
     before_start: list[Callable[[Cluster], None]] = field(default_factory=list)
     extra_services: list[Callable[[Cluster], list[Service]]] = field(default_factory=list)
+    # Waits run once every service has started (until the agents have registered their GPUs, say),
+    # each given the seconds it may take.
+    after_start: list[Callable[[Cluster, float], None]] = field(default_factory=list)
 
     @property
     def etc(self) -> Path:
@@ -77,6 +88,22 @@ class Cluster:
     def state_file(self) -> Path:
         return self.dir / "state.json"
 
+    @property
+    def slurm(self) -> releases.Release:
+        return releases.get(self.release)
+
+    @property
+    def cgroup_root(self) -> Path | None:
+        """On cgroup v2 releases, the cluster's own cgroup in the machine's unified hierarchy; each
+        node's namespace is rooted at ``<cgroup_root>/<node>``."""
+        if self.slurm.cgroup != "v2":
+            return None
+        unified = unified_hierarchy()
+        if unified is None:
+            raise ClusterError(f"Slurm {self.release} runs its nodes on cgroup v2, and this machine mounts no "
+                               "cgroup2 hierarchy (see /proc/self/mountinfo)")
+        return unified / "slurm-vgpu-dev" / hashlib.sha256(str(self.dir).encode()).hexdigest()[:12]
+
     def inventory_file(self, node: str) -> Path:
         return self.dir / "inventory" / f"{node}.json"
 
@@ -89,6 +116,8 @@ class Cluster:
     def env(self) -> dict[str, str]:
         """What a shell (or a test) needs to talk to this cluster."""
         env = {"SLURM_CONF": str(self.slurm_conf), "SLURM_VGPU_CONF": str(self.vgpu_conf)}
+        if self.slurm.bin_dir is not None:  # that release's sbatch, squeue, scontrol... first
+            env["PATH"] = f"{self.slurm.bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
         if self.database_url:
             env["SLURM_VGPU_DATABASE_URL"] = self.database_url
         return env
@@ -104,6 +133,11 @@ class Service:
     uts: str | None = None
     user: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # cgroup v2 nodes: the node's own cgroup; the service runs in new mount and cgroup namespaces
+    # rooted there, with the unified hierarchy mounted at /sys/fs/cgroup
+    cgroup: Path | None = None
+    # run in the namespaces (UTS, mount, cgroup) of that service of the cluster (a node's slurmd)
+    enter: str | None = None
 
 
 def write_configs(cluster: Cluster, nodes: list[NodeSpec]) -> None:
@@ -127,6 +161,7 @@ def write_configs(cluster: Cluster, nodes: list[NodeSpec]) -> None:
         cluster_name="vgpu-dev",
         dir=str(cluster.dir),
         ctld_port=cluster.port,
+        plugin_dir=str(cluster.slurm.plugin_dir or ""),
         munge_socket=str(cluster.munge_socket),
         nodes=nodes,
         proctrack="proctrack/cgroup",
@@ -139,7 +174,7 @@ def write_configs(cluster: Cluster, nodes: list[NodeSpec]) -> None:
         "slurm.conf": TEMPLATES.get_template("slurm.conf.j2").render(**context),
         "gres.conf": render.gres_conf(nodes, str(cluster.device_dir)),
         "job_submit.lua": render.job_submit_lua(nodes),
-        "cgroup.conf": render.render("cgroup.conf.j2", constrain_devices=True),
+        "cgroup.conf": render.render("cgroup.conf.j2", constrain_devices=True, **_cgroup_settings(cluster)),
         "plugstack.conf": render.render(
             "plugstack.conf.j2", spank_plugin=str(install_spank_plugin(cluster)),
             spank_args=f"slice_dir={node_config.slice_dir}",
@@ -156,6 +191,23 @@ def write_configs(cluster: Cluster, nodes: list[NodeSpec]) -> None:
         SimulatedInventory.write(cluster.inventory_file(node.name), node.name, list(node.gpus))
     make_gpu_device_nodes(cluster.device_dir, sorted({g.minor for n in nodes for g in n.gpus}))
 
+
+def _cgroup_settings(cluster: Cluster) -> dict:
+    if cluster.slurm.cgroup == "v1":
+        return {}
+    # The kernel's v2 hierarchy here has no controllers (the v1 hierarchies hold them): Slurm logs
+    # "Controller cpu/cpuset/memory is not enabled!" and goes on; devices need none (a BPF program).
+    return {"cgroup_plugin": "cgroup/v2", "ignore_systemd": True}
+
+
+def unified_hierarchy(mountinfo: Path = Path("/proc/self/mountinfo")) -> Path | None:
+    """Where this machine mounts its cgroup2 hierarchy (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a
+    hybrid machine)."""
+    for line in mountinfo.read_text().splitlines():
+        fields = line.split()
+        if " - cgroup2 " in line and fields[3] == "/":
+            return Path(fields[4])
+    return None
 
 
 def make_gpu_device_nodes(directory: Path, minors: list[int]) -> None:
@@ -180,8 +232,9 @@ def install_spank_plugin(cluster: Cluster) -> Path:
     can read (``mktemp -d`` makes 0700 ones), so the plugin must not be loaded from the checkout.
     The copy replaces the file atomically: daemons that have the old one mapped keep it.
     """
+    build = cluster.dir / "build" / ("spank" if cluster.slurm.rootfs is None else f"spank-{cluster.release}")
     try:
-        built = build_plugin(cluster.dir / "build" / "spank")
+        built = build_plugin(build, cluster.slurm.include_dir)
     except SpankBuildError as exc:
         raise ClusterError(str(exc)) from exc
     installed = cluster.dir / "lib" / PLUGIN
@@ -196,11 +249,36 @@ def install_spank_plugin(cluster: Cluster) -> Path:
 
 def slurm_services(cluster: Cluster, nodes: list[NodeSpec]) -> list[Service]:
     conf = str(cluster.slurm_conf)
-    services = [Service("slurmctld", [_sbin("slurmctld"), "-D", "-f", conf], uts="ctld")]
+    slurm = cluster.slurm
+    services = [Service("slurmctld", [slurm.program("slurmctld"), "-D", "-f", conf], uts="ctld")]
+    slurmd = [slurm.program("slurmd"), "-D", "-f", conf]
+    env = {}
+    if slurm.bin_dir is not None:
+        slurmd += ["-d", slurm.program("slurmstepd")]  # not the slurmstepd compiled in (/usr/sbin's)
+    root = cluster.cgroup_root
+    if root is not None:
+        env["LD_PRELOAD"] = str(build_cgroup2_view(cluster))
     services += [
-        Service(f"slurmd-{n.name}", [_sbin("slurmd"), "-D", "-f", conf], uts=n.name) for n in nodes
+        Service(f"slurmd-{n.name}", slurmd, uts=n.name, env=env, cgroup=root / n.name if root else None)
+        for n in nodes
     ]
     return services
+
+
+CGROUP2_VIEW = Path(__file__).with_name("cgroup2_view.c")
+
+
+def build_cgroup2_view(cluster: Cluster) -> Path:
+    """The LD_PRELOAD shim that gives a node's slurmd and slurmstepd a cgroup v2-only view of
+    /proc/<pid>/cgroup (cgroup2_view.c), built with this machine's compiler into the cluster's build/."""
+    built = cluster.dir / "build" / "cgroup2_view.so"
+    if not built.exists() or built.stat().st_mtime < CGROUP2_VIEW.stat().st_mtime:
+        built.parent.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-o", str(built),
+                                 str(CGROUP2_VIEW), "-ldl"], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ClusterError(f"building {CGROUP2_VIEW.name} failed: {result.stderr.strip()}")
+    return built
 
 
 def all_services(cluster: Cluster, nodes: list[NodeSpec]) -> list[Service]:
@@ -222,8 +300,13 @@ def up(cluster: Cluster, timeout: float = 60.0) -> None:
         return
     if state:
         down(cluster)
+    try:
+        releases.ensure(cluster.slurm, log=lambda message: print(message, file=sys.stderr, flush=True))
+    except releases.ReleaseError as exc:
+        raise ClusterError(str(exc)) from exc
     nodes = cluster.nodes()
     write_configs(cluster, nodes)
+    (cluster.dir / "release").write_text(cluster.release + "\n")
     for prepare in cluster.before_start:
         prepare(cluster)
     start_services(cluster, all_services(cluster, nodes), timeout)
@@ -239,11 +322,13 @@ def start_services(cluster: Cluster, services: list[Service], timeout: float) ->
         started["munged"] = _start_munge(cluster)
         _write_state(cluster, started)
         for service in services:
-            started[service.name] = _start(cluster, service)
+            started[service.name] = _start(cluster, service, started)
             _write_state(cluster, started)
             if service.name == "slurmctld":
                 _wait_ctld(cluster, timeout)
         wait_idle(cluster, timeout)
+        for ready in cluster.after_start:
+            ready(cluster, timeout)
         _write_state(cluster, started, complete=True)
     except BaseException:
         down(cluster)
@@ -268,7 +353,34 @@ def down(cluster: Cluster) -> list[str]:
                 _terminate(pid)
         stopped.append(name)
     cluster.state_file.unlink(missing_ok=True)
+    _remove_cgroups(state)
     return stopped
+
+
+def _remove_cgroups(state: dict) -> None:
+    """The node cgroups of a stopped cluster, deepest first; one that still holds a process stays."""
+    for entry in state["services"].values():
+        if entry.get("cgroup"):
+            top = Path(entry["cgroup"])
+            for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                _rmdir(directory)
+            _rmdir(top)
+            _rmdir(top.parent)
+
+
+def _rmdir(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:
+        pass
+
+
+def recorded_release(directory: Path) -> str | None:
+    """The release ``up`` last started in ``directory``, if any."""
+    try:
+        return (directory / "release").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def status(cluster: Cluster) -> dict[str, bool]:
@@ -327,11 +439,27 @@ def munge_works(socket: Path) -> bool:
     return subprocess.run(["unmunge", "-S", str(socket)], input=encode.stdout, capture_output=True).returncode == 0
 
 
-def _start(cluster: Cluster, service: Service) -> dict:
+# A cgroup v2 node: join the node's cgroup, then new mount and cgroup namespaces rooted there, where
+# the unified hierarchy replaces the v1 mounts at /sys/fs/cgroup (nothing outside the node sees it).
+_NODE_NAMESPACES = ('mkdir -p "$1" && echo $$ > "$1/cgroup.procs" && shift && '
+                    'exec unshare --mount --cgroup --uts --propagation private -- sh -c {inner} "$@"').format(
+    inner=shlex.quote('umount -l /sys/fs/cgroup 2>/dev/null; mount -t cgroup2 none /sys/fs/cgroup && '
+                      'hostname "$0" && exec "$@"'))
+
+
+def _start(cluster: Cluster, service: Service, started: dict | None = None) -> dict:
     argv = service.argv
     if service.user:
         argv = ["setpriv", f"--reuid={service.user}", f"--regid={service.user}", "--init-groups", *argv]
-    if service.uts:
+    if service.enter:
+        host = (started or {}).get(service.enter)
+        if host is None:
+            raise ClusterError(f"{service.name} enters the namespaces of {service.enter}, which is not running")
+        argv = ["nsenter", f"--target={host['pid']}", "--mount", "--cgroup", "--uts", "--", *argv]
+    elif service.cgroup:
+        # sh, unshare and sh exec in place, so the PID we record is the daemon's own PID.
+        argv = ["sh", "-c", _NODE_NAMESPACES, "sh", str(service.cgroup), service.uts or service.name, *argv]
+    elif service.uts:
         # unshare execs in place (no --fork), so the PID we record is the daemon's own PID.
         argv = ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"', service.uts, *argv]
     log = open(cluster.dir / "log" / f"{service.name}.out", "ab")
@@ -341,8 +469,10 @@ def _start(cluster: Cluster, service: Service) -> dict:
     )
     log.close()
     entry = {"pid": process.pid, "argv": service.argv, "started": time.time()}
-    if service.uts:
+    if service.uts and not service.enter:  # a service that entered a node's namespaces leaves them to its owner
         entry["uts"] = service.uts
+    if service.cgroup:
+        entry["cgroup"] = str(service.cgroup)
     time.sleep(0.2)
     if process.poll() is not None:
         raise ClusterError(
@@ -432,9 +562,6 @@ def _write_state(cluster: Cluster, services: dict, complete: bool = False) -> No
     cluster.state_file.write_text(json.dumps({"services": services, "complete": complete}, indent=2) + "\n")
 
 
-def _sbin(program: str) -> str:
-    return shutil.which(program, path=f"/usr/sbin:/usr/bin:{os.environ.get('PATH', '')}") or program
-
 
 
 
@@ -450,6 +577,6 @@ def restart(cluster: Cluster, name: str) -> int:
     entry = state["services"].get(name)
     if entry and _alive(entry):
         _terminate(entry["pid"])
-    state["services"][name] = _start(cluster, service)
+    state["services"][name] = _start(cluster, service, state["services"])
     _write_state(cluster, state["services"], complete=state.get("complete", False))
     return state["services"][name]["pid"]

@@ -61,7 +61,7 @@ def run_demo(cluster: Cluster, console: Console, timeout: float = 120.0) -> bool
         out = out_dir / f"{job_id}.out"
         table.add_row(
             str(job_id), options, job.state if job else "?", job.nodes if job else "",
-            job.tres_per_node.removeprefix("gres:") if job else "", out.read_text().strip() if out.exists() else "",
+            job.tres_per_node.removeprefix("gres:").removeprefix("gres/") if job else "", out.read_text().strip() if out.exists() else "",
         )
     console.print(table)
     completed = sum(j.state == "COMPLETED" for j in jobs.values())

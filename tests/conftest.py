@@ -3,6 +3,7 @@
 Environment knobs (so several runs can share one machine):
   SLURM_VGPU_TEST_DATABASE_URL  server to create test databases on (default: local postgres)
   SLURM_VGPU_TEST_PORT          slurmctld port of the test cluster (default 26817)
+  SLURM_VGPU_TEST_SLURM         Slurm release of the test clusters: 22.05 (default), 24.11, 26.05
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from slurm_vgpu.db import engine as db
 
 SERVER_URL = os.environ.get("SLURM_VGPU_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 TEST_PORT = int(os.environ.get("SLURM_VGPU_TEST_PORT", "26817"))
+TEST_SLURM = os.environ.get("SLURM_VGPU_TEST_SLURM") or "22.05"
 
 
 def new_database() -> str:
@@ -55,6 +57,8 @@ def clean_db(db_engine):
 
 
 def have_slurm() -> bool:
+    if TEST_SLURM != "22.05":
+        return True  # from its root filesystem, built by the first cluster's up
     return all(shutil.which(p, path=f"/usr/sbin:{os.environ.get('PATH', '')}") for p in ("slurmctld", "slurmd", "sbatch"))
 
 
@@ -71,7 +75,7 @@ def start_cluster(directory: Path, database_url: str, layout: Path | None = None
     from slurm_vgpu_dev.system import dev_cluster
 
     kwargs = {"layout": layout} if layout else {}
-    cluster = dev_cluster(directory, port, database_url=database_url, **kwargs)
+    cluster = dev_cluster(directory, port, database_url=database_url, release=TEST_SLURM, **kwargs)
     devcluster.up(cluster)
     return cluster
 
@@ -129,5 +133,7 @@ def slurm(cluster, *args: str, user: str | None = None, check: bool = True) -> s
     env = {**os.environ, **cluster.env()}
     argv = list(args)
     if user:
-        argv = ["runuser", "-u", user, "--", "env", f"SLURM_CONF={cluster.slurm_conf}", *argv]
+        # runuser resets PATH; a cluster of another release names its own Slurm programs there
+        path = [f"PATH={env['PATH']}"] if "PATH" in cluster.env() else []
+        argv = ["runuser", "-u", user, "--", "env", f"SLURM_CONF={cluster.slurm_conf}", *path, *argv]
     return subprocess.run(argv, env=env, capture_output=True, text=True, check=check, cwd="/tmp")

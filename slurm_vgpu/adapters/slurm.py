@@ -120,7 +120,9 @@ class Slurm:
 
     def jobs(self) -> list[Job]:
         """Every job slurmctld still knows (pending, running, and recently ended)."""
-        doc = json.loads(self._run("squeue", "--json", "--all"))
+        # 22.05 returns every job with --json whatever the filters; 23.02+ applies the default state
+        # filter (pending and running only) unless told --states=all
+        doc = json.loads(self._run("squeue", "--json", "--all", "--states=all"))
         return [_job(j) for j in doc.get("jobs", [])]
 
     def vgpu_jobs(self) -> list[Job]:
@@ -248,41 +250,54 @@ def array_task_ids(text: str) -> list[int]:
     return ids
 
 
-def _number(value, default: int | None = 0) -> int | None:
-    """A number as 22.05 writes it (plain), or as 23.11+ does (``{"set": .., "number": ..}``)."""
+def number(value, default: int | None = 0) -> int | None:
+    """A number of ``squeue --json``: plain on 22.05, ``{"set": true, "infinite": false, "number": N}``
+    from 23.02 on (unset, or absent: ``default``)."""
     if isinstance(value, dict):
         value = value.get("number") if value.get("set", True) else None
     return default if value is None else int(value)
 
 
+# State flags that 22.05's job_state_string() names instead of the base state, in its order: a job
+# ending shows COMPLETING (its epilog still runs) until every node has finished with it.
+_FLAG_STATES = ("COMPLETING", "STAGE_OUT", "CONFIGURING", "RESIZING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
+                "SPECIAL_EXIT", "STOPPED", "REVOKED", "RESV_DEL_HOLD", "SIGNALING")
+
+
+def job_state(value) -> str:
+    """A job's state as 22.05 names it, from 22.05's ``"COMPLETING"`` or 23.02+'s list of the base
+    state and its flags (``["COMPLETED", "COMPLETING"]``, ``["PENDING", "REQUEUED"]``)."""
+    if isinstance(value, list):
+        flags = [str(v) for v in value]
+        return next((f for f in _FLAG_STATES if f in flags[1:]), flags[0] if flags else "")
+    return str(value or "")
+
+
+def tres_per_node(value: str | None) -> str:
+    """``gres:vgpu:h100_0:30`` on every release: 23.11+ write TRES as ``gres/vgpu:h100_0:30``."""
+    return ",".join(item.replace("gres/", "gres:", 1) if item.startswith("gres/") else item
+                    for item in (value or "").split(",")) if value else ""
+
+
 def _job(doc: dict) -> Job:
-    state = doc.get("job_state")
-    if isinstance(state, list):  # 23.11+ reports a list of flags
-        state = state[0] if state else ""
-    priority = doc.get("priority", 0)
-    if isinstance(priority, dict):  # 23.11+: {"set": true, "number": N}
-        priority = priority.get("number", 0)
-    submit = doc.get("submit_time", 0)
-    if isinstance(submit, dict):
-        submit = submit.get("number", 0)
     return Job(
         job_id=int(doc["job_id"]),
         user_id=int(doc.get("user_id", 0)),
         user_name=doc.get("user_name", ""),
-        state=str(state),
-        priority=int(priority),
-        submit_time=int(submit),
+        state=job_state(doc.get("job_state")),
+        priority=number(doc.get("priority", 0)),
+        submit_time=number(doc.get("submit_time", 0)),
         nodes=doc.get("nodes", "") or "",
-        tres_per_node=doc.get("tres_per_node", "") or "",
+        tres_per_node=tres_per_node(doc.get("tres_per_node")),
         request=parse_request(doc.get("admin_comment")),
         dependency=doc.get("dependency") or "",
         reason=str(doc.get("state_reason") or ""),
         partition=doc.get("partition") or "",
         excluded_nodes=doc.get("excluded_nodes") or "",
-        array_job_id=_number(doc.get("array_job_id")),
-        array_task_id=_number(doc.get("array_task_id"), None),
+        array_job_id=number(doc.get("array_job_id")),
+        array_task_id=number(doc.get("array_task_id"), None),
         array_tasks=(doc.get("array_task_string") or "").split("%", 1)[0],
-        array_max_tasks=_number(doc.get("array_max_tasks")),
+        array_max_tasks=number(doc.get("array_max_tasks")),
     )
 
 

@@ -7,6 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from slurm_vgpu.adapters.slurm import job_state, number, tres_per_node
+
 from ..conftest import slurm
 
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
@@ -36,14 +38,16 @@ def submit_fails(cluster, *options: str, user: str | None = None) -> str:
 
 def jobs(cluster) -> dict[int, dict[str, str]]:
     """Every job slurmctld knows, from ``squeue --json`` (on 22.05 it ignores filters and includes
-    ended jobs), under the names ``scontrol show job`` uses."""
-    doc = json.loads(slurm(cluster, "squeue", "--json").stdout)
+    ended jobs; 23.02+ need ``--states=all`` for them), under the names and in the forms of 22.05's
+    ``scontrol show job`` (the adapter's own readings of the newer JSON shapes)."""
+    doc = json.loads(slurm(cluster, "squeue", "--json", "--states=all").stdout)
     return {
         j["job_id"]: {
-            "JobState": j["job_state"], "NodeList": j.get("nodes") or "", "Reason": j.get("state_reason", ""),
-            "TresPerNode": j.get("tres_per_node") or "", "AdminComment": j.get("admin_comment") or "",
-            "UserName": j.get("user_name", ""), "SubmitTime": j.get("submit_time", 0),
-            "ArrayJobId": j.get("array_job_id") or 0, "ArrayTaskId": j.get("array_task_id"),
+            "JobState": job_state(j["job_state"]), "NodeList": j.get("nodes") or "",
+            "Reason": j.get("state_reason", ""), "TresPerNode": tres_per_node(j.get("tres_per_node")),
+            "AdminComment": j.get("admin_comment") or "",
+            "UserName": j.get("user_name", ""), "SubmitTime": number(j.get("submit_time", 0)),
+            "ArrayJobId": number(j.get("array_job_id")) or 0, "ArrayTaskId": number(j.get("array_task_id")),
             "ArrayTasks": j.get("array_task_string") or "",
         }
         for j in doc["jobs"]

@@ -21,10 +21,11 @@ from slurm_vgpu.adapters.gpus import SimulatedInventory
 from slurm_vgpu.db.engine import drop_database
 from slurm_vgpu.mps import GpuMps
 from slurm_vgpu_dev import cluster as devcluster
+from slurm_vgpu_dev.cluster import unified_hierarchy
 from slurm_vgpu_dev.system import agent_metrics_port, dev_cluster
 from slurm_vgpu.node.store import connect
 
-from ..conftest import TEST_PORT, new_database, slurm
+from ..conftest import TEST_PORT, TEST_SLURM, new_database, slurm
 from .jobs import job, submit, wait_for
 from .node_helpers import mps_state, node_config, placement, wait_started
 
@@ -57,7 +58,8 @@ def agents():
     directory.chmod(0o755)
     (directory / "layout.toml").write_text(LAYOUT)
     url = new_database()
-    cluster = dev_cluster(directory, TEST_PORT + 70, layout=directory / "layout.toml", database_url=url)
+    cluster = dev_cluster(directory, TEST_PORT + 70, layout=directory / "layout.toml", database_url=url,
+                          release=TEST_SLURM)
 
     def agent_settings(c) -> None:
         with open(c.vgpu_conf, "a") as conf:
@@ -135,6 +137,26 @@ def job_sample(found: dict, name: str, job_id: int):
     return next((s for s in found.get(name, []) if s.labels.get("hpc_job") == str(job_id)), None)
 
 
+class freezer_state:
+    """A job's freezer state as cgroup v1 names it (FROZEN, THAWED): v1's freezer.state of the job's
+    cgroup, or on cgroup v2 (24.11 and 26.05 nodes) ``cgroup.events`` of the cgroup of the job's
+    process (the guard freezes the task levels), found from the process's /proc/<pid>/cgroup."""
+
+    def __init__(self, cluster, node: str, job_id: int, pid: int):
+        if cluster.cgroup_root is None:
+            self.path = Path(f"/sys/fs/cgroup/freezer/slurm_{node}/uid_0/job_{job_id}/freezer.state")
+        else:
+            unified = next(line for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+                           if line.startswith("0::"))
+            self.path = unified_hierarchy() / unified[3:].lstrip("/") / "cgroup.events"
+
+    def read_text(self) -> str:
+        text = self.path.read_text()
+        if self.path.name == "freezer.state":
+            return text
+        return "FROZEN" if "frozen 1" in text.splitlines() else "THAWED"
+
+
 def cancel(cluster, *job_ids: int) -> None:
     slurm(cluster, "scancel", *map(str, job_ids))
     wait_for(cluster, job_ids)
@@ -184,8 +206,7 @@ def test_the_guard_freezes_best_effort_while_latency_is_busy_and_lets_go_when_it
     best_effort = submit(agents, "--gres=vgpu:t4:30", "--vgpu-class=best-effort",
                          script=fake_client(agents, "agt1", mib=100, util=0.5))
     client_pid(agents, latency)
-    client_pid(agents, best_effort)
-    state = Path(f"/sys/fs/cgroup/freezer/slurm_agt1/uid_0/job_{best_effort}/freezer.state")
+    state = freezer_state(agents, "agt1", best_effort, client_pid(agents, best_effort))
     until("the best-effort job to be frozen", lambda: state.read_text().strip() == "FROZEN")
     released_before = len(events(agents, "guard-released"))
     cancel(agents, latency)
