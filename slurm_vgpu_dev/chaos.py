@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from slurm_vgpu.adapters.slurm import job_state
+from slurm_vgpu.adapters.slurm import drained, job_state
 from slurm_vgpu.config import load
 from slurm_vgpu.contract import SLO_CLASSES
 from slurm_vgpu.db import engine as db
@@ -241,7 +241,7 @@ class Chaos:
         out = self.slurm("sinfo", "--noheader", "--Node", "--format=%N|%t|%E").stdout
         for line in out.splitlines():
             node, state, reason = line.split("|", 2)
-            if state.rstrip("*~#!%$@^-") in ("drain", "drng") and reason.startswith("Duplicate jobid"):
+            if drained(state) and reason.startswith("Duplicate jobid"):
                 self.slurm("scontrol", "update", f"NodeName={node}", "State=RESUME")
                 self.report.admin_resumes += 1
 

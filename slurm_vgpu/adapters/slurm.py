@@ -35,6 +35,12 @@ class Node:
     partitions: frozenset[str]
 
 
+def drained(state: str) -> bool:
+    """Whether ``sinfo``'s compact state says drained or still draining (``drain``, ``drng``),
+    whatever flag it carries (``drain*`` not responding, ``drain~`` powered off...)."""
+    return state.rstrip("*~#!%$@^-") in ("drain", "drng")
+
+
 @dataclass(frozen=True)
 class Job:
     job_id: int

@@ -16,7 +16,7 @@ import logging
 from functools import partial
 from pathlib import Path
 
-from ..adapters.slurm import Slurm, SlurmError
+from ..adapters.slurm import Slurm, SlurmError, drained
 from ..config import Config
 from ..mps import GpuMps
 from ..node import failed
@@ -50,7 +50,7 @@ def failed_prologs(config: Config, slurm: Slurm, node: str) -> list[int]:
                 done.append(job_id)
         if released or done:
             state, why = slurm.node_reason(node)
-            if state.rstrip("*~#!%$@^-") in ("drain", "drng") and why == PROLOG_DRAIN:  # drained, or draining
+            if drained(state) and why == PROLOG_DRAIN:
                 slurm.resume(node)
                 log.warning("resumed %s, drained when its prolog could not reach the database", node)
     except SlurmError as exc:

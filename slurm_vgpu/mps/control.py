@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import struct
 import subprocess
 import time
 from collections.abc import Iterable
@@ -30,6 +31,23 @@ class MpsError(RuntimeError):
 
 class MpsUnavailable(MpsError):
     """This node cannot run MPS at all (binary missing): the node is broken, not the job."""
+
+
+_ACL_USER, _ACL_MASK = 0x02, 0x10  # tags of linux/posix_acl.h, in the xattr's little-endian entries
+
+
+def acl_users(directory: Path) -> set[int] | None:
+    """The users a directory's access ACL names, each with the full rwx that :meth:`MpsControl.open_to`
+    gives and a full mask (None when it has no ACL or another shape: it is then set afresh)."""
+    try:
+        raw = os.getxattr(directory, "system.posix_acl_access")
+    except OSError:
+        return None
+    entries = [struct.unpack_from("<HHI", raw, offset) for offset in range(4, len(raw), 8)]
+    if any(tag == _ACL_MASK and perm != 7 for tag, perm, _ in entries):
+        return None
+    users = [(perm, uid) for tag, perm, uid in entries if tag == _ACL_USER]
+    return {uid for perm, uid in users} if all(perm == 7 for perm, _ in users) else None
 
 
 @dataclass(frozen=True)
@@ -106,10 +124,14 @@ class MpsControl:
         daemon retire the owner's server and start its own with default (uncapped) limits. The
         servers run as their user and write there, hence rwx; the sticky bit keeps a user from
         removing files that are not theirs (the daemon's sockets)."""
-        entries = ",".join(["u::rwx", "g::---", "o::---", "m::rwx", *(f"u:{uid}:rwx" for uid in sorted(set(uids)))])
-        if shutil.which("setfacl") is None:
-            raise MpsUnavailable("setfacl not found; install the acl package (MPS directories are opened per user by ACL)")
+        wanted = set(uids)
+        entries = ",".join(["u::rwx", "g::---", "o::---", "m::rwx", *(f"u:{uid}:rwx" for uid in sorted(wanted))])
         for directory in (self.pipe_dir, self.log_dir):
+            if acl_users(directory) == wanted:
+                continue  # as it is (every prolog asks; most change nothing)
+            if shutil.which("setfacl") is None:
+                raise MpsUnavailable("setfacl not found; install the acl package (MPS directories are opened "
+                                     "per user by ACL)")
             result = subprocess.run(["setfacl", "--set", entries, str(directory)], capture_output=True, text=True)
             if result.returncode != 0:
                 raise MpsError(f"setfacl on {directory} failed: {_output(result)}")

@@ -130,3 +130,18 @@ def test_the_daemon_logs_what_it_was_told(control):
     control.ensure_server(UID)
     log = (control.log_dir / "control.log").read_text()
     assert f"User did send start_server -uid {UID}" in log
+
+
+def test_the_pipe_and_log_directories_are_open_to_the_gpus_users_only(control):
+    from slurm_vgpu.mps.control import acl_users
+
+    for directory in (control.pipe_dir, control.log_dir):
+        assert oct(directory.stat().st_mode & 0o7777) == "0o1700"  # root's, closed, sticky
+    control.open_to({1000, 1001})
+    assert acl_users(control.pipe_dir) == acl_users(control.log_dir) == {1000, 1001}
+    control.open_to({1001})  # 1000's last slice ended
+    assert acl_users(control.pipe_dir) == acl_users(control.log_dir) == {1001}
+    control.pipe_dir.chmod(0o1700)  # a chmod masks the named users out: read as "set it again"
+    assert acl_users(control.pipe_dir) is None
+    control.open_to({1001})
+    assert acl_users(control.pipe_dir) == {1001}
