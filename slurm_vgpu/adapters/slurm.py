@@ -64,6 +64,8 @@ class Job:
     array_task_id: int | None = None
     array_tasks: str = ""  # the pending tasks not yet split off, without the ``%N`` throttle
     array_max_tasks: int = 0  # the ``%N`` throttle: at most N tasks run at once (0: none)
+    # 26.05+: the job's SLUID, which also names its cgroup directory unless CgroupJobIdPaths=yes
+    sluid: str = ""
 
     @property
     def ref(self) -> int | str:
@@ -304,6 +306,7 @@ def _job(doc: dict) -> Job:
         array_task_id=number(doc.get("array_task_id"), None),
         array_tasks=(doc.get("array_task_string") or "").split("%", 1)[0],
         array_max_tasks=number(doc.get("array_max_tasks")),
+        sluid=str(doc.get("sluid") or (doc.get("step_id") or {}).get("sluid") or ""),
     )
 
 

@@ -24,7 +24,7 @@ from ..db import store
 from ..db.engine import session_scope
 from ..mps import GpuMps, MpsError
 from ..node import store as node_store
-from . import faults, guard, heal, quota
+from . import faults, guard, heal, procs, quota
 from .freezer import Freezer
 from .inventory import register
 from .metrics import AgentMetrics, write_job_mapping
@@ -44,6 +44,7 @@ class Agent:
     metrics: AgentMetrics
     freezer: Freezer
     settings: guard.GuardSettings
+    job_of_sluid: procs.JobOfSluid  # names the job of a 26.05 SLUID cgroup (procs.JobIds)
     stop: threading.Event = field(default_factory=threading.Event)
     view: NodeView | None = None
     busy: set[str] = field(default_factory=set)
@@ -94,7 +95,7 @@ class Agent:
         self._supervise(present, slices)
         self._heal(present)
         daemons = {g.uuid: GpuMps.of(self.config, g.uuid).control.running() for g in present}
-        view = look(self.node, self.inventory, present, states, slices, daemons)
+        view = look(self.node, self.inventory, present, states, slices, daemons, self.job_of_sluid)
         self._enforce_quotas(view)
         self._note_guard(view)
         self.view = self.metrics.view = view
@@ -147,7 +148,7 @@ class Agent:
         if time.monotonic() - self.idle_check_at < IDLE_CHECK:
             return
         self.idle_check_at = time.monotonic()
-        for job_id in heal.lost_jobs(self.config, self.slurm, self.node):
+        for job_id in heal.lost_jobs(self.config, self.slurm, self.node, self.job_of_sluid):
             log.warning("job %d left nothing on %s; its slice is released", job_id, self.node)
         for gpu in present:
             for uid in heal.idle_servers(self.config, gpu.uuid):

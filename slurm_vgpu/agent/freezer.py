@@ -40,9 +40,10 @@ def unified_mount(mountinfo: Path = Path("/proc/self/mountinfo")) -> tuple[str, 
 
 
 class Freezer:
-    def __init__(self, node: str, root: Path = FREEZER, proc: Path = procs.PROC,
+    def __init__(self, node: str, *, job_of_sluid: procs.JobOfSluid, root: Path = FREEZER, proc: Path = procs.PROC,
                  unified: tuple[str, Path] | None = None):
         self.node = node
+        self.job_of_sluid = job_of_sluid
         self.root = root
         self.proc = proc
         self.unified = unified if unified is not None else unified_mount(proc / "self" / "mountinfo")
@@ -56,7 +57,7 @@ class Freezer:
         """The v1 freezer job levels of this node's jobs these processes are in, by job."""
         jobs = {}
         for process in processes:
-            cgroup = procs.job_cgroup_of(int(process.name), self.node, self.proc)
+            cgroup = procs.job_cgroup_of(int(process.name), self.node, self.job_of_sluid, self.proc)
             if cgroup is not None and not cgroup.unified and cgroup.job_id is not None:
                 directory = self.root / cgroup.path.lstrip("/")
                 if (directory / "freezer.state").exists():
@@ -93,7 +94,7 @@ class Freezer:
         """The v2 task levels of the jobs of this node these processes are in, by job."""
         jobs: dict[int | None, set[Path]] = {}
         for process in processes:
-            cgroup = procs.job_cgroup_of(int(process.name), self.node, self.proc)
+            cgroup = procs.job_cgroup_of(int(process.name), self.node, self.job_of_sluid, self.proc)
             directory = self._directory(cgroup.path) if cgroup is not None and cgroup.unified else None
             if directory is not None:
                 jobs.setdefault(cgroup.job_id, set()).update(directory.glob("step_*/user/task_*"))

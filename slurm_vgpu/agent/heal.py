@@ -69,7 +69,8 @@ def idle_servers(config: Config, gpu_uuid: str) -> list[int]:
 LOST_AFTER = 60  # seconds a running placement must have run before it can be taken for lost
 
 
-def lost_jobs(config: Config, slurm: Slurm, node: str, proc: Path = Path("/proc")) -> list[int]:
+def lost_jobs(config: Config, slurm: Slurm, node: str, job_of_sluid: procs.JobOfSluid,
+              proc: Path = Path("/proc")) -> list[int]:
     """Do the epilog's work for the running placements of this node whose job has no process left
     here (none in the job's cgroup) and that Slurm does not run here either (an allocation may sit
     without a process, e.g. salloc before its first step): release the placement and remove the
@@ -84,7 +85,7 @@ def lost_jobs(config: Config, slurm: Slurm, node: str, proc: Path = Path("/proc"
         running = node_store.running_on(conn, node, LOST_AFTER)
         if not running:
             return []
-        alive = jobs_with_processes(node, proc)
+        alive = jobs_with_processes(node, job_of_sluid, proc)
         quiet = [p for p in running if p.job_id not in alive]
         if not quiet:
             return []
@@ -104,11 +105,11 @@ def lost_jobs(config: Config, slurm: Slurm, node: str, proc: Path = Path("/proc"
     return sorted(p.job_id for p in lost)
 
 
-def jobs_with_processes(node: str, proc: Path = Path("/proc")) -> set[int]:
+def jobs_with_processes(node: str, job_of_sluid: procs.JobOfSluid, proc: Path = Path("/proc")) -> set[int]:
     """The jobs of this node that have a process in their cgroup."""
     jobs = set()
     for entry in proc.iterdir():
-        cgroup = procs.job_cgroup_of(int(entry.name), node, proc) if entry.name.isdigit() else None
+        cgroup = procs.job_cgroup_of(int(entry.name), node, job_of_sluid, proc) if entry.name.isdigit() else None
         if cgroup is not None and cgroup.job_id is not None:
             jobs.add(cgroup.job_id)
     return jobs

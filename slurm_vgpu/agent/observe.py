@@ -71,10 +71,10 @@ def gpu_states(session: Session, node: str) -> dict[str, str]:
 
 
 def look(node: str, inventory: GpuInventory, gpus: list[GpuRecord], states: dict[str, str],
-         slices: list[Slice], daemon_up: dict[str, bool]) -> NodeView:
+         slices: list[Slice], daemon_up: dict[str, bool], job_of_sluid: procs.JobOfSluid) -> NodeView:
     """Sample every present GPU's processes and utilisation and map each process to its job."""
     processes = tuple(
-        Process(p.pid, g.uuid, procs.job_of(p.pid, node), p.used_mib, p.sm_util)
+        Process(p.pid, g.uuid, procs.job_of(p.pid, node, job_of_sluid), p.used_mib, p.sm_util)
         for g in gpus for p in inventory.processes(g.uuid)
     )
     views = tuple(

@@ -4,17 +4,21 @@ cgroup v1 (proctrack/cgroup) puts every process of a job under ``slurm_<node>/ui
 in each hierarchy (Debian's multi-slurmd build; ``slurm/uid_...`` on a plain one). cgroup v2
 (cgroup/v2) puts it under ``<node>_slurmstepd.scope/job_<id>`` in the unified hierarchy (the ``0::``
 line; ``slurmstepd.scope`` on a plain build), and since Slurm 26.05 under the job's SLUID instead of
-``job_<id>`` (unless CgroupJobIdPaths=yes). A SLUID names no job id: the process's environment
-does (``SLURM_JOB_SLUID``, ``SLURM_JOB_ID``, set by slurmstepd), trusted only when its SLUID is the
-one of the cgroup, which the job's user cannot change. A process outside any job cgroup belongs to
-no job, whatever its environment says: anyone can start a process with ``SLURM_JOB_ID`` set.
+``job_<id>`` (unless CgroupJobIdPaths=yes). A SLUID names no job id: slurmctld's job list does
+(:class:`JobIds`). Never the process's environment: a job's user can start a process in their own
+job's cgroup with ``SLURM_JOB_ID`` naming another job, and a process outside any job cgroup belongs
+to no job whatever its environment says.
 """
 from __future__ import annotations
 
 import dataclasses
 import re
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 PROC = Path("/proc")
 _V1_JOB = re.compile(r"/slurm(?:_(?P<node>[^/]+))?/uid_\d+/job_(?P<job>\d+)(?:/|$)")
@@ -45,33 +49,52 @@ def job_cgroup(text: str, node: str) -> JobCgroup | None:
     return None
 
 
-def job_from_environ(raw: bytes, sluid: str | None = None) -> int | None:
-    """``SLURM_JOB_ID`` from a ``/proc/<pid>/environ`` blob (NUL-separated); with ``sluid``, only
-    when the same environment's ``SLURM_JOB_SLUID`` is that SLUID."""
-    env: dict[bytes, bytes] = {}
-    for entry in raw.split(b"\0"):
-        key, _, value = entry.partition(b"=")
-        env.setdefault(key, value)  # the first one, as getenv(3) finds it
-    job = env.get(b"SLURM_JOB_ID", b"")
-    if sluid is not None and env.get(b"SLURM_JOB_SLUID") != sluid.encode():
-        return None
-    return int(job) if job.isdigit() else None
+class SluidJob(Protocol):
+    """A job as slurmctld lists it: enough to name a SLUID's job."""
+
+    job_id: int
+    sluid: str
 
 
-def job_cgroup_of(pid: int, node: str, proc: Path = PROC) -> JobCgroup | None:
-    """The job cgroup of this node a process is in, its job id filled in (a SLUID's from the
-    process's environment); None when it is in none or gone."""
+JobOfSluid = Callable[[str], "int | None"]
+
+
+class JobIds:
+    """SLUID -> job id from slurmctld's job list (``squeue --json``), which root reads and no user
+    writes. A SLUID never changes its job, so an answer is kept; a SLUID not known yet asks slurmctld
+    again, at most once per ``refresh_after`` seconds (a job's first processes may wait that long
+    to be named; the agent and the guard both ask, hence the lock)."""
+
+    def __init__(self, jobs: Callable[[], Iterable[SluidJob]], refresh_after: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self._jobs = jobs
+        self._refresh_after = refresh_after
+        self._clock = clock
+        self._known: dict[str, int] = {}
+        self._asked_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def __call__(self, sluid: str) -> int | None:
+        with self._lock:
+            if sluid not in self._known and self._clock() - self._asked_at >= self._refresh_after:
+                self._asked_at = self._clock()
+                self._known = {j.sluid: j.job_id for j in self._jobs() if j.sluid}  # ended jobs drop out
+            return self._known.get(sluid)
+
+
+def job_cgroup_of(pid: int, node: str, job_of_sluid: JobOfSluid, proc: Path = PROC) -> JobCgroup | None:
+    """The job cgroup of this node a process is in, its job id filled in (a SLUID's by
+    ``job_of_sluid``, e.g. a :class:`JobIds`); None when it is in none or gone."""
     try:
         cgroup = job_cgroup((proc / str(pid) / "cgroup").read_text(), node)
-        if cgroup is not None and cgroup.job_id is None:
-            cgroup = dataclasses.replace(
-                cgroup, job_id=job_from_environ((proc / str(pid) / "environ").read_bytes(), cgroup.sluid))
-        return cgroup
     except OSError:
         return None
+    if cgroup is not None and cgroup.job_id is None and cgroup.sluid is not None:
+        cgroup = dataclasses.replace(cgroup, job_id=job_of_sluid(cgroup.sluid))
+    return cgroup
 
 
-def job_of(pid: int, node: str, proc: Path = PROC) -> int | None:
+def job_of(pid: int, node: str, job_of_sluid: JobOfSluid, proc: Path = PROC) -> int | None:
     """The job a process belongs to; None when it is gone or sits in no job cgroup."""
-    cgroup = job_cgroup_of(pid, node, proc)
+    cgroup = job_cgroup_of(pid, node, job_of_sluid, proc)
     return None if cgroup is None else cgroup.job_id

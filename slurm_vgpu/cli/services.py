@@ -48,6 +48,7 @@ def run_agent(config_path: str | None, metrics_port: int | None) -> None:
     from ..adapters.slurm import Slurm
     from ..agent import daemon, guard, metrics
     from ..agent.freezer import Freezer
+    from ..agent.procs import JobIds
     from ..db.engine import make_engine
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
@@ -62,9 +63,12 @@ def run_agent(config_path: str | None, metrics_port: int | None) -> None:
     agent_metrics = metrics.AgentMetrics(node)
     if config.metrics_port:
         metrics.serve(agent_metrics, config.metrics_port, config.metrics_address)
+    slurm = Slurm(config.slurm_conf)
+    job_of_sluid = JobIds(slurm.jobs)
     worker = daemon.Agent(
-        config=config, engine=make_engine(config.database_url, pool_size=2), slurm=Slurm(config.slurm_conf),
-        inventory=inventory_from(config.inventory_for(node)), metrics=agent_metrics, freezer=Freezer(node),
+        config=config, engine=make_engine(config.database_url, pool_size=2), slurm=slurm,
+        inventory=inventory_from(config.inventory_for(node)), metrics=agent_metrics,
+        freezer=Freezer(node, job_of_sluid=job_of_sluid), job_of_sluid=job_of_sluid,
         settings=settings,
     )
     daemon.stop_on_signals(worker)

@@ -31,20 +31,20 @@ def wait_frozen(cgroup: Path, wanted: str) -> str:
 
 
 NODE = f"vgtest{uuid.uuid4().hex[:8]}"  # no other cluster's node on this machine has this name
+SLURMCTLD_JOBS = {"s3H1M91R1V8700": 5}  # the 26.05 SLUID slurmctld lists for job 5
 
 
 @pytest.fixture
 def job(tmp_path, request):
-    """Job 5 of NODE (``job_5``, or a SLUID directory with the task's environment naming it), its
-    task and slurmstepd processes; everything is killed and removed at the end."""
+    """Job 5 of NODE (``job_5``, or the SLUID directory slurmctld lists for it), its task and
+    slurmstepd processes; everything is killed and removed at the end."""
     directory_name = request.param
     root = UNIFIED[1] / f"slurm-vgpu-test-{uuid.uuid4().hex[:8]}"
     directory = root / "system.slice" / f"{NODE}_slurmstepd.scope" / directory_name
     task, stepd = directory / "step_batch" / "user" / "task_0", directory / "step_batch" / "slurm"
     task.mkdir(parents=True)
     stepd.mkdir(parents=True)
-    env = {**os.environ, "SLURM_JOB_ID": "5", "SLURM_JOB_SLUID": directory_name}
-    processes = [subprocess.Popen(["sleep", "60"], env=env, preexec_fn=lambda c=c: (c / "cgroup.procs").write_text("0"))
+    processes = [subprocess.Popen(["sleep", "60"], preexec_fn=lambda c=c: (c / "cgroup.procs").write_text("0"))
                  for c in (task, stepd)]
     try:
         yield task, stepd, processes[0].pid
@@ -61,7 +61,7 @@ def job(tmp_path, request):
 @pytest.mark.parametrize("job", ["job_5", "s3H1M91R1V8700"], indirect=True, ids=["24.11", "26.05 SLUID"])
 def test_the_guard_freezes_and_thaws_the_task_not_slurmstepd(job, tmp_path):
     task, stepd, pid = job
-    freezer = Freezer(NODE, root=tmp_path)  # no v1 freezer is touched
+    freezer = Freezer(NODE, job_of_sluid=SLURMCTLD_JOBS.get, root=tmp_path)  # no v1 freezer is touched
     freezer.freeze(5, [pid])
     assert wait_frozen(task, "1") == "1"
     assert frozen(stepd) == "0"
@@ -72,7 +72,7 @@ def test_the_guard_freezes_and_thaws_the_task_not_slurmstepd(job, tmp_path):
 @pytest.mark.parametrize("job", ["job_5"], indirect=True)
 def test_a_task_left_frozen_by_a_crashed_agent_is_thawed_at_start(job, tmp_path):
     task, _, pid = job
-    Freezer(NODE, root=tmp_path).freeze(5, [pid])
+    Freezer(NODE, job_of_sluid=SLURMCTLD_JOBS.get, root=tmp_path).freeze(5, [pid])
     assert wait_frozen(task, "1") == "1"
-    assert Freezer(NODE, root=tmp_path).thaw_leftovers() == [5]
+    assert Freezer(NODE, job_of_sluid=SLURMCTLD_JOBS.get, root=tmp_path).thaw_leftovers() == [5]
     assert wait_frozen(task, "0") == "0"

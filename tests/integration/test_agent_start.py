@@ -36,7 +36,8 @@ def test_an_agent_waits_for_its_database_to_register(monkeypatch):
     monkeypatch.setattr(daemon, "register", register)
     agent = daemon.Agent(Config(database_url=url.render_as_string(hide_password=False), agent_interval=0.05),
                          engine, slurm=None, inventory=None, metrics=None,
-                         freezer=SimpleNamespace(thaw_leftovers=list), settings=SimpleNamespace(enabled=False))
+                         freezer=SimpleNamespace(thaw_leftovers=list), settings=SimpleNamespace(enabled=False),
+                         job_of_sluid=None)
     monkeypatch.setattr(agent, "tick", agent.stop.set)  # one round after registering, then stop
     allow_connections(admin, url.database, False)
     try:

@@ -9,6 +9,10 @@ from pathlib import Path
 from slurm_vgpu.agent.freezer import Freezer, unified_mount
 
 
+def no_sluids(sluid: str) -> None:  # slurmctld lists no 26.05 job
+    return None
+
+
 def fake_pid(job: int) -> int:
     """A pid above the kernel's limit (2**22): should a lookup fail and the freezer fall back to
     signals, no real process gets one."""
@@ -32,7 +36,7 @@ def job_cgroup(root: Path, node: str | None, uid: int, job: int, self_freezing: 
 def test_a_job_with_a_freezer_cgroup_is_frozen_and_thawed_there(tmp_path):
     for node, job in (("n1", 7), (None, 8)):  # Debian's multi-slurmd naming, and a plain build's
         cgroup = job_cgroup(tmp_path, node, 1000, job)
-        freezer = Freezer("n1", root=tmp_path / "freezer", proc=tmp_path / "proc", unified=None)
+        freezer = Freezer("n1", job_of_sluid=no_sluids, root=tmp_path / "freezer", proc=tmp_path / "proc", unified=None)
         freezer.freeze(job, [fake_pid(job)])
         assert (cgroup / "freezer.state").read_text() == "FROZEN"
         freezer.thaw(job, [fake_pid(job)])
@@ -41,7 +45,7 @@ def test_a_job_with_a_freezer_cgroup_is_frozen_and_thawed_there(tmp_path):
 
 def test_another_nodes_job_level_is_not_taken_for_this_nodes(tmp_path):
     cgroup = job_cgroup(tmp_path, "n2", 1000, 7)
-    Freezer("n1", root=tmp_path / "freezer", proc=tmp_path / "proc", unified=None).freeze(7, [fake_pid(7)])
+    Freezer("n1", job_of_sluid=no_sluids, root=tmp_path / "freezer", proc=tmp_path / "proc", unified=None).freeze(7, [fake_pid(7)])
     assert (cgroup / "freezer.state").read_text() == "THAWED"
 
 
@@ -49,7 +53,7 @@ def test_only_job_levels_we_froze_are_thawed_after_a_crash(tmp_path):
     ours = job_cgroup(tmp_path, "n1", 0, 1, self_freezing="1")
     other = job_cgroup(tmp_path, "n1", 0, 2, self_freezing="0")
     (other / "freezer.state").write_text("FROZEN")  # frozen from an ancestor: not ours to thaw
-    freezer = Freezer("n1", root=tmp_path / "freezer", proc=tmp_path / "proc", unified=None)
+    freezer = Freezer("n1", job_of_sluid=no_sluids, root=tmp_path / "freezer", proc=tmp_path / "proc", unified=None)
     assert freezer.thaw_leftovers() == [1]
     assert (ours / "freezer.state").read_text() == "THAWED"
     assert (other / "freezer.state").read_text() == "FROZEN"
@@ -70,7 +74,7 @@ def wait_state(pid: int, wanted: str) -> str:
 def test_without_a_cgroup_the_jobs_processes_are_stopped_and_continued(tmp_path):
     process = subprocess.Popen(["sleep", "60"])
     try:
-        freezer = Freezer("n1", root=tmp_path)
+        freezer = Freezer("n1", job_of_sluid=no_sluids, root=tmp_path)
         freezer.freeze(9, [process.pid])
         assert wait_state(process.pid, "T") == "T"
         freezer.thaw(9, [process.pid])
@@ -96,8 +100,9 @@ def v2_job(tmp_path: Path, job: str, pid: int, environ: bytes = b"") -> Path:
     return directory
 
 
-def v2_freezer(tmp_path: Path) -> Freezer:
-    return Freezer("n1", root=tmp_path / "v1", proc=tmp_path / "proc", unified=("/", tmp_path / "unified"))
+def v2_freezer(tmp_path: Path, job_of_sluid=no_sluids) -> Freezer:
+    return Freezer("n1", job_of_sluid=job_of_sluid, root=tmp_path / "v1", proc=tmp_path / "proc",
+                   unified=("/", tmp_path / "unified"))
 
 
 def freeze_files(directory: Path) -> dict[str, str]:
@@ -114,9 +119,13 @@ def test_a_v2_job_is_frozen_at_its_task_levels_never_at_slurmstepds(tmp_path):
     assert set(freeze_files(job).values()) == {"0"}
 
 
-def test_a_sluid_job_is_found_through_its_processes_environment(tmp_path):
-    job = v2_job(tmp_path, "s3H1M91R1V8700", 400, b"SLURM_JOB_ID=4\0SLURM_JOB_SLUID=s3H1M91R1V8700\0")
-    v2_freezer(tmp_path).freeze(4, [400])
+def test_a_sluid_job_is_the_one_slurmctld_names_whatever_its_processes_say(tmp_path):
+    pid = fake_pid(400)  # no real process is signalled when job 5 is found in no cgroup
+    job = v2_job(tmp_path, "s3H1M91R1V8700", pid, b"SLURM_JOB_ID=5\0SLURM_JOB_SLUID=s3H1M91R1V8700\0")
+    freezer = v2_freezer(tmp_path, {"s3H1M91R1V8700": 4}.get)
+    freezer.freeze(5, [pid])  # the forged environment's job: not this cgroup's
+    assert freeze_files(job)["step_batch/user/task_0"] == "0"
+    freezer.freeze(4, [pid])
     assert freeze_files(job)["step_batch/user/task_0"] == "1"
 
 

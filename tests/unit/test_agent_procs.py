@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
-from slurm_vgpu.agent.procs import JobCgroup, job_cgroup, job_cgroup_of, job_from_environ, job_of
+from slurm_vgpu.agent.procs import JobCgroup, JobIds, job_cgroup, job_cgroup_of, job_of
 
 CGROUP = """12:pids:/slurm_node1/uid_1000/job_42/step_batch/task_0
 6:freezer:/slurm_node1/uid_1000/job_42/step_batch
@@ -55,16 +56,36 @@ def test_a_v2_job_directory_is_the_job_id_or_a_sluid():
     assert job_cgroup("0::/system.slice/slurmstepd.scope/job_5/step_0/user/task_1\n", "node1").job_id == 5  # plain build
 
 
-def test_the_job_id_is_read_from_an_environment():
-    assert job_from_environ(b"PATH=/bin\0SLURM_JOB_ID=99\0HOME=/root\0") == 99
-    assert job_from_environ(b"PATH=/bin\0SLURM_JOB_IDX=1\0") is None
+@dataclass
+class ListedJob:
+    """A job as slurmctld's ``squeue --json`` lists it (26.05 names its SLUID)."""
+
+    job_id: int
+    sluid: str = ""
 
 
-def test_a_sluid_is_mapped_by_an_environment_naming_the_same_sluid():
-    environ = b"SLURM_JOB_ID=1\0SLURM_JOB_SLUID=s1M1M91R6F6200\0"
-    assert job_from_environ(environ, sluid="s1M1M91R6F6200") == 1
-    assert job_from_environ(environ, sluid="s3H1M91R1X7Q00") is None  # another job's cgroup
-    assert job_from_environ(b"SLURM_JOB_ID=1\0", sluid="s1M1M91R6F6200") is None
+class Slurmctld:
+    """The job list slurmctld answers with, and how often it was asked."""
+
+    def __init__(self, *jobs: ListedJob):
+        self.listed = list(jobs)
+        self.asked = 0
+
+    def jobs(self) -> list[ListedJob]:
+        self.asked += 1
+        return self.listed
+
+
+def test_a_sluid_names_the_job_slurmctld_lists_with_it():
+    slurmctld, now = Slurmctld(ListedJob(1, "s1M1M91R6F6200"), ListedJob(2)), [0.0]
+    job_ids = JobIds(slurmctld.jobs, refresh_after=5, clock=lambda: now[0])
+    assert job_ids("s1M1M91R6F6200") == 1
+    assert job_ids("s1M1M91R6F6200") == 1 and slurmctld.asked == 1  # a known SLUID asks nothing
+    slurmctld.listed.append(ListedJob(3, "s3H1M91R1X7Q00"))
+    assert job_ids("s3H1M91R1X7Q00") is None  # a new job's SLUID waits for the next refresh...
+    now[0] = 5.0
+    assert job_ids("s3H1M91R1X7Q00") == 3 and slurmctld.asked == 2  # ...and is then named
+    assert job_ids("s9999999999999") is None and slurmctld.asked == 2  # unknown ones ask at most every 5 s
 
 
 def fake_process(proc, pid: int, cgroup: str, environ: bytes = b"") -> None:
@@ -73,18 +94,21 @@ def fake_process(proc, pid: int, cgroup: str, environ: bytes = b"") -> None:
     (proc / str(pid) / "environ").write_bytes(environ)
 
 
-def test_a_process_maps_to_its_job_from_its_cgroup_never_from_its_environment_alone(tmp_path):
+def test_a_process_maps_to_its_job_from_its_cgroup_never_from_its_environment(tmp_path):
+    job_ids = JobIds(Slurmctld(ListedJob(1, "s1M1M91R6F6200"), ListedJob(9, "s9999999999999")).jobs)
     fake_process(tmp_path, 10, V2_2605, b"SLURM_JOB_ID=1\0SLURM_JOB_SLUID=s1M1M91R6F6200\0")
-    fake_process(tmp_path, 11, V2_2605, b"SLURM_JOB_ID=9\0SLURM_JOB_SLUID=s9999999999999\0")  # forged
+    # job 1's user names another job in a process of their own job: it is still job 1's
+    fake_process(tmp_path, 11, V2_2605, b"SLURM_JOB_ID=9\0SLURM_JOB_SLUID=s1M1M91R6F6200\0")
     fake_process(tmp_path, 12, "0::/user.slice\n", b"SLURM_JOB_ID=12\0")  # outside Slurm's cgroups
     fake_process(tmp_path, 13, V2_2411, b"SLURM_JOB_ID=99\0")
-    assert job_of(10, "node1", proc=tmp_path) == 1
-    assert job_of(11, "node1", proc=tmp_path) is None
-    assert job_cgroup_of(11, "node1", proc=tmp_path).sluid == "s1M1M91R6F6200"
-    assert job_of(12, "node1", proc=tmp_path) is None  # anyone can set SLURM_JOB_ID
-    assert job_of(13, "node1", proc=tmp_path) == 3  # the cgroup wins over the environment
+    assert job_of(10, "node1", job_ids, proc=tmp_path) == 1
+    assert job_of(11, "node1", job_ids, proc=tmp_path) == 1
+    assert job_cgroup_of(11, "node1", job_ids, proc=tmp_path).sluid == "s1M1M91R6F6200"
+    assert job_of(12, "node1", job_ids, proc=tmp_path) is None  # anyone can set SLURM_JOB_ID
+    assert job_of(13, "node1", job_ids, proc=tmp_path) == 3  # the cgroup wins over the environment
 
 
 def test_a_gone_process_belongs_to_no_job(tmp_path):
-    assert job_of(2**22 + 12345, "node1") is None
-    assert job_of(os.getpid(), "no-such-node", proc=tmp_path) is None
+    job_ids = JobIds(Slurmctld().jobs)
+    assert job_of(2**22 + 12345, "node1", job_ids) is None
+    assert job_of(os.getpid(), "no-such-node", job_ids, proc=tmp_path) is None

@@ -104,3 +104,13 @@ def test_allocated_on_a_node_names_the_running_job_with_its_submit_time(release)
     slurm = Captured(release)
     running = jobs_by_name(release)["running"]
     assert slurm.allocated_on("node2") == {running.job_id: running.submit_time}
+
+
+@pytest.mark.parametrize("release", sorted(RELEASES))
+def test_each_job_names_its_sluid_from_26_05_on(release):
+    """A 26.05 job's cgroup directory is its SLUID; slurmctld's list is what names the job of one."""
+    sluids = [job.sluid for job in Captured(release).jobs()]
+    if release >= "26.05":
+        assert sluids and all(s.startswith("s") and len(set(sluids)) == len(sluids) for s in sluids)
+    else:
+        assert set(sluids) == {""}
