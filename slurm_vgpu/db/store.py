@@ -127,6 +127,10 @@ def refused_nodes(session: Session, submit_times: dict[int, int], since: datetim
     return dict(refused)
 
 
+def node_of_gpu(session: Session, uuid: str) -> str | None:
+    return session.scalar(sa.select(Gpu.node).where(Gpu.uuid == uuid))
+
+
 def gpu_by_type(session: Session, node: str, gres_type: str) -> Gpu | None:
     return session.scalar(sa.select(Gpu).where(Gpu.node == node, Gpu.gres_type == gres_type))
 

@@ -35,6 +35,7 @@ ENDED = ENDED_STATES
 # down, fail, maint, ...) or a flag such as ``*`` (not responding) keeps slices off its GPUs.
 USABLE_NODE_STATES = {"idle", "mix", "alloc", "comp"}
 REFUSAL_MEMORY = timedelta(minutes=10)  # how long a node that refused a job's pin is left out for it
+NEVER_RUNNABLE = "BadConstraints"  # the reason of a job Slurm holds as never runnable where it is pinned
 ARRAY_SPLIT = 32  # at most this many tasks of one array are split off per cycle
 # States in which a task counts against its array's %N throttle (Slurm's own count of running tasks).
 RUNNING_STATES = frozenset({"RUNNING", "CONFIGURING", "SUSPENDED"})
@@ -401,8 +402,7 @@ def _reconcile(session, jobs: dict[int, Job], now: datetime, config: Config, rep
         elif job.state == "PENDING" and placement.state in ("placed", "pinned") and job.priority == 0:
             # held since it was placed (a failed prolog's requeue, an admin hold): Slurm will not
             # start it, so it holds no GPU; it is placed again once released
-            store.end_placement(session, placement, "failed", f"held by Slurm ({job.reason or 'priority 0'}) "
-                                "before it started; placed again once released")
+            store.end_placement(session, placement, "failed", _held_reason(session, job, placement))
             unpin.append(placement.job_id)
         elif job.state == "PENDING" and placement.state == "placed" and _pin_reached_slurm(job, placement):
             # the daemon stopped between the pin and writing so; pinning again would race the
@@ -425,6 +425,17 @@ def _reconcile(session, jobs: dict[int, Job], now: datetime, config: Config, rep
         if job.state == "PENDING" and job.request.state == PINNED and job.job_id not in placed_jobs:
             unpin.append(job.job_id)  # Slurm has a pin that Postgres no longer backs
     return repin, unpin, placed_jobs, blocked_by
+
+
+def _held_reason(session, job: Job, placement: Placement) -> str:
+    """Why a placed job that Slurm holds lost its placement. Slurm holds a job it finds never
+    runnable where it was pinned (``BadConstraints``, seen for a job that slurmctld recovered from
+    older state after a crash and then requeued): that is a refused pin, so the node is left out for
+    the job a while (:data:`REFUSAL_MEMORY`) instead of being pinned there again every cycle."""
+    if job.reason == NEVER_RUNNABLE:
+        node = store.node_of_gpu(session, placement.gpu_uuid)
+        return f"{store.PIN_REFUSED} on {node}: Slurm holds the job as never runnable there ({NEVER_RUNNABLE})"
+    return f"held by Slurm ({job.reason or 'priority 0'}) before it started; placed again once released"
 
 
 def _pin_reached_slurm(job: Job, placement: Placement) -> bool:

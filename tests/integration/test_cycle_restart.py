@@ -87,3 +87,23 @@ def test_a_pinned_job_slurm_holds_gives_its_gpu_back(clean_db):
     slurm = one_cycle(clean_db, job)
     assert state_of_7(clean_db) == "failed"
     assert [name for name, args in slurm.calls if args and args[0] == 7] == ["hold"]
+
+
+def test_a_pin_slurm_holds_as_never_runnable_counts_as_refused_on_that_node(clean_db):
+    """Slurm holds a job it finds never runnable where it is pinned (priority 0, BadConstraints; seen
+    for a job slurmctld recovered from older state after a crash and requeued). Placed again at
+    once, the job was pinned to the same GPU every cycle; its node now counts as having refused it."""
+    job = replace(job_pinned_by_slurm(pin_reached=True), priority=0, reason="BadConstraints")
+    one_cycle(clean_db, job)
+    with clean_db.connect() as conn:
+        state, reason = conn.execute(sa.text("SELECT state, reason FROM placements WHERE job_id = 7")).one()
+    assert state == "failed" and reason.startswith("Slurm refused the pin on node1")
+    released = replace(job, priority=1, reason="", request=VgpuRequest("unplaced", 30, "throughput"),
+                       tres_per_node="gres:vgpu:30")
+    slurm = RecordingSlurm([released])
+    try:
+        run_cycle(clean_db, slurm, Config())
+    finally:
+        gc.unfreeze()
+    assert [name for name, _ in slurm.calls if name == "pin"] == []  # node1 is left out for it a while
+    assert any("refused its pin on every node" in str(args) for name, args in slurm.calls if name == "set_comment")
