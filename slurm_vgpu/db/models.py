@@ -1,6 +1,6 @@
-"""The schema. Capacity, MPS clients and one-user-per-GPU are enforced by the database itself (the capacity guard,
-stated whole in migration 0005), so no caller, however buggy or concurrent, can commit an
-oversubscribed GPU."""
+"""The schema. Capacity, MPS clients and one-user-per-GPU are enforced by the database itself (the
+capacity guard, stated whole in migration 0007), so no caller, however buggy or concurrent, can
+commit an oversubscribed GPU."""
 from __future__ import annotations
 
 from datetime import datetime
