@@ -1,4 +1,5 @@
-"""What we know about NVIDIA GPU models: used to simulate GPUs and to score heterogeneous ones.
+"""What we know about NVIDIA GPU models: used to simulate GPUs and to score heterogeneous ones, and
+how many MPS clients a GPU of each generation takes.
 
 ``speed`` is dense FP16 tensor throughput relative to an A100 (vendor datasheets, rounded); sites with
 measured performance curves override it per model in the placement config.
@@ -41,3 +42,17 @@ def short_name(nvml_name: str) -> str:
 def speed_of(short: str) -> float:
     model = MODELS.get(short)
     return model.speed if model else 1.0
+
+
+# An MPS server takes at most this many client CUDA contexts per GPU: 48 on Volta (compute
+# capability 7.0) and newer, 16 before (NVIDIA's MPS documentation, "Limitations").
+MPS_CLIENTS = 48
+MPS_CLIENTS_BEFORE_VOLTA = 16
+
+
+def mps_clients(compute_capability: str, most: int | None = None) -> int:
+    """The most slices one GPU of this compute capability ("8.0") may hold: the MPS server's limit,
+    or ``most`` (the site's ``MpsMaxClients``) where that is lower."""
+    major = int(compute_capability.split(".", 1)[0])
+    hardware = MPS_CLIENTS if major >= 7 else MPS_CLIENTS_BEFORE_VOLTA
+    return hardware if most is None else min(most, hardware)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from . import contract
+from .catalog import MPS_CLIENTS, MPS_CLIENTS_BEFORE_VOLTA
 from .policy import POLICIES, PolicyConfig
 
 DEFAULT_PATH = Path("/etc/slurm/slurm-vgpu.conf")
@@ -35,6 +36,9 @@ class Config:
     inventory: str = "nvml"
     # MPS: the control binary; the fake one speaks the same protocol on machines without a GPU.
     mps_control: str = "nvidia-cuda-mps-control"
+    # the most slices a GPU holds, below its MPS server's own limit (48 from compute capability 7.0,
+    # 16 before); None: each GPU's own limit. A GPU whose limit is lower keeps its own.
+    mps_max_clients: int | None = None
     run_dir: Path = Path(contract.RUN_DIR)  # per-GPU pipe/log dirs, slice files
     slurm_conf: Path | None = None  # passed to Slurm commands when set (dev clusters)
     node_name: str | None = None  # this node's Slurm name; default: the short hostname
@@ -124,6 +128,11 @@ def parse(text: str, source: str = "slurm-vgpu.conf") -> Config:
         if spec.name == "place_batch" and values["place_batch"] < 1:
             raise ConfigError(f"{source}:{number}: PlaceBatch: {values['place_batch']} decisions per "
                               "write is too few; give 1 or more")
+        if spec.name == "mps_max_clients" and not 1 <= values["mps_max_clients"] <= MPS_CLIENTS:
+            raise ConfigError(f"{source}:{number}: MpsMaxClients: {values['mps_max_clients']} is not 1 to "
+                              f"{MPS_CLIENTS}: an MPS server takes at most {MPS_CLIENTS} clients per GPU "
+                              f"({MPS_CLIENTS_BEFORE_VOLTA} below compute capability 7.0, whatever this key "
+                              f"says); give 1 to {MPS_CLIENTS}, or leave the key out for each GPU's own limit")
         if spec.name == "default_class" and contract.class_error(values["default_class"]):
             raise ConfigError(f"{source}:{number}: DefaultClass: {values['default_class']!r} is not an SLO class; "
                               f"choose one of {', '.join(contract.SLO_CLASSES)}")

@@ -13,11 +13,12 @@ from ..db.engine import session_scope
 log = logging.getLogger("slurm_vgpu.agent")
 
 
-def register(engine: sa.Engine, node: str, inventory: GpuInventory) -> int:
-    """Read the GPUs (NVML or the simulated file) and record them; returns how many."""
+def register(engine: sa.Engine, node: str, inventory: GpuInventory, mps_max_clients: int | None = None) -> int:
+    """Read the GPUs (NVML or the simulated file) and record them, each with its client limit (the
+    site's ``MpsMaxClients`` where lower than its MPS server's); returns how many."""
     gpus = inventory.gpus()
     with session_scope(engine) as session:
-        store.register_node(session, node, gpus, __version__)
+        store.register_node(session, node, gpus, __version__, mps_max_clients)
         store.log_event(session, "agent-registered", f"{node}: {len(gpus)} GPUs", node=node)
     log.info("registered %s with %d GPUs", node, len(gpus))
     return len(gpus)

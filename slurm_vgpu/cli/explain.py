@@ -37,6 +37,7 @@ WHY_NOT: dict[str, Callable[[dict, GpuState, Ask], str]] = {
     "share-free": lambda g, s, a: f"{g['share_free']}% free; the job needs {a.units(s)}%",
     "memory-free": lambda g, s, a: (f"{gib(g['memory_mib'] - g['memory_placed_mib'])} memory free; "
                                     f"the job needs {gib(a.request.memory_mib)}"),
+    "clients": lambda g, s, a: f"holds {g['slices']} slices, the most its MPS server takes ({g['max_clients']})",
     "user": lambda g, s, a: (f"runs {_users(g)}'s MPS server; one Unix user per GPU "
                              "(MPS would queue a second user's work until the first one's ends)"),
     "memory-cap": lambda g, s, a: (

@@ -1,6 +1,6 @@
-"""The schema. Capacity and one-user-per-GPU are enforced by the database itself (the capacity guard,
-stated whole in migration 0005), so no caller, however buggy or concurrent, can commit an
-oversubscribed GPU."""
+"""The schema. Capacity, MPS clients and one-user-per-GPU are enforced by the database itself (the
+capacity guard, stated whole in migration 0007), so no caller, however buggy or concurrent, can
+commit an oversubscribed GPU."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from ..catalog import MPS_CLIENTS_BEFORE_VOLTA, mps_clients
 from ..contract import ACTIVE_STATES, PLACEMENT_STATES, SLO_CLASSES
 
 GPU_STATES = ("up", "draining", "down")
@@ -43,6 +44,7 @@ class Gpu(Base):
         sa.UniqueConstraint("node", "index", name="node_index"),
         sa.CheckConstraint("state IN ('up', 'draining', 'down')", name="state"),
         sa.CheckConstraint("speed > 0", name="speed"),
+        sa.CheckConstraint("max_clients > 0", name="max_clients"),
     )
 
     uuid: Mapped[str] = mapped_column(sa.Text, primary_key=True)
@@ -60,6 +62,12 @@ class Gpu(Base):
     state: Mapped[str] = mapped_column(sa.Text, server_default="up")
     state_reason: Mapped[str | None] = mapped_column(sa.Text)
     multi_user: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
+    # the most active slices it holds: its MPS server's client limit, or the site's lower one. Written
+    # by the agent at registration (migration 0007 fills existing GPUs); an agent older than the
+    # column registers new GPUs at the server default, the least any MPS server takes.
+    max_clients: Mapped[int] = mapped_column(
+        sa.SmallInteger, server_default=str(MPS_CLIENTS_BEFORE_VOLTA),
+        default=lambda ctx: mps_clients(ctx.get_current_parameters()["compute_capability"]))
 
     node_row: Mapped[Node] = relationship(back_populates="gpus")
 

@@ -80,6 +80,7 @@ def gpu_records(session: Session, heartbeat_timeout: float, nodes: Sequence[str]
             "share_free": 100 - share,
             "memory_placed_mib": memory,
             "slices": int(slices or 0),
+            "max_clients": gpu.max_clients,
             "slo_classes": sorted(classes or []),
             "mps_users": [{"uid": uid, "name": user_name(uid)} for uid in sorted(uids or [])],
             "node_heartbeat_age_s": heartbeat_age,

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..adapters.gpus import GpuRecord
-from ..catalog import speed_of
+from ..catalog import mps_clients, speed_of
 from ..policy.model import GpuState, Request, SloClass
 from .models import ACTIVE_STATES, Event, Gpu, Node, Placement
 
@@ -20,8 +20,10 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def register_node(session: Session, node: str, gpus: Sequence[GpuRecord], agent_version: str) -> None:
-    """Insert or refresh a node and its GPUs; GPUs that vanished from the node are marked down."""
+def register_node(session: Session, node: str, gpus: Sequence[GpuRecord], agent_version: str,
+                  mps_max_clients: int | None = None) -> None:
+    """Insert or refresh a node and its GPUs; GPUs that vanished from the node are marked down. Each
+    GPU's client limit is its MPS server's, or ``mps_max_clients`` (the site's) where lower."""
     session.execute(
         sa.dialects.postgresql.insert(Node)
         .values(name=node, heartbeat_at=now(), agent_version=agent_version)
@@ -32,6 +34,7 @@ def register_node(session: Session, node: str, gpus: Sequence[GpuRecord], agent_
             node=node, index=gpu.index, minor=gpu.minor, name=gpu.name, model=gpu.model, gres_type=gpu.gres_type,
             sm_count=gpu.sm_count, memory_mib=gpu.memory_mib,
             compute_capability=gpu.compute_capability, speed=speed_of(gpu.model),
+            max_clients=mps_clients(gpu.compute_capability, mps_max_clients),
         )
         session.execute(
             sa.dialects.postgresql.insert(Gpu)
@@ -66,11 +69,11 @@ def gpu_states(session: Session, heartbeat_timeout: float) -> list[GpuState]:
         placed[gpu_uuid].append((share, memory, uid, slo_class))
     rows = session.execute(
         sa.select(Gpu.uuid, Gpu.node, Gpu.index, Gpu.model, Gpu.memory_mib, Gpu.speed, Gpu.multi_user,
-                  Gpu.state, Gpu.state_reason, Node.heartbeat_at)
+                  Gpu.max_clients, Gpu.state, Gpu.state_reason, Node.heartbeat_at)
         .join(Node, Node.name == Gpu.node).order_by(Gpu.node, Gpu.index)
     )
     states = []
-    for uuid, node, index, model, memory_mib, speed, multi_user, state, reason, heartbeat_at in rows:
+    for uuid, node, index, model, memory_mib, speed, multi_user, max_clients, state, reason, heartbeat_at in rows:
         slices = placed.get(uuid, ())
         silent = heartbeat_at is None or heartbeat_at < fresh_after
         why = (f"{node} GPU {index} is {state}: {reason or 'no reason given'}" if state != "up" else
@@ -89,6 +92,7 @@ def gpu_states(session: Session, heartbeat_timeout: float) -> list[GpuState]:
                 classes=tuple(SloClass(cls) for _, _, _, cls in slices),
                 capped_users=frozenset(uid for _, memory, uid, _ in slices if memory is not None),
                 uncapped_users=frozenset(uid for _, memory, uid, _ in slices if memory is None),
+                max_clients=max_clients,
                 available=why is None,
                 unavailable_reason=why,
             )

@@ -39,7 +39,7 @@ Group = tuple[int, bool]  # (interned GPU part, node in use): all a policy's res
 def _gpu_part(g: GpuState) -> tuple:
     """Everything the rules and scorers read of the GPU a slice lands on."""
     return (g.free, g.capacity, g.model, g.memory_mib, g.memory_used_mib, g.user, g.classes,
-            g.available, g.speed, g.capped_users, g.uncapped_users)
+            g.available, g.speed, g.capped_users, g.uncapped_users, g.max_clients)
 
 
 class ClusterState:
@@ -213,7 +213,7 @@ class _Pairs:
         node = self._node_part(view)
         joined = self.joined[rank] = []
         for pos, g in enumerate(view.gpus):
-            if not g.available or g.free <= 0:
+            if not g.available or g.free <= 0 or not g.client_room:
                 continue  # fits nothing
             sig = (node, _gpu_part(g))
             cid = self.ids.get(sig)

@@ -24,6 +24,9 @@ class GpuState:
     """One GPU as the policy sees it at the start of a cycle.
 
     ``capacity`` is in share units: 100 in Slurm (vgpu percent), 1000 in the Alibaba trace (milli).
+    ``classes`` has one entry per slice on the GPU, so its length is the number of MPS clients the
+    slices hold (one each: a job that opens more contexts is not counted twice); ``max_clients`` is
+    the most its MPS server takes (None: no limit, as in trace replays, whose GPUs are not MPS).
     """
 
     uuid: str
@@ -41,10 +44,13 @@ class GpuState:
     unavailable_reason: str | None = None  # why not available, in words (names a silent node)
     capped_users: frozenset[int] = frozenset()  # uids with a slice capped at some memory here
     uncapped_users: frozenset[int] = frozenset()  # uids with a slice without a memory cap here
+    max_clients: int | None = None  # the most slices it may hold (its MPS server's limit)
     free: int = field(init=False, repr=False, compare=False)  # capacity - used, read very often
+    client_room: bool = field(init=False, repr=False, compare=False)  # one more slice is within max_clients
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "free", self.capacity - self.used)
+        object.__setattr__(self, "client_room", self.max_clients is None or len(self.classes) < self.max_clients)
 
     def caps_kept(self, user: int, memory_mib: int | None) -> bool:
         """Whether a slice of ``user`` with this memory cap (None: none) leaves every cap here one

@@ -71,6 +71,12 @@ def _unavailable(gpus: Sequence[GpuState], most: int = 3) -> str:
     return f" ({'; '.join(reasons[:most])}{more})" if reasons else ""
 
 
+def _clients(gpus: Sequence[GpuState]) -> str:
+    """The client limits of these GPUs, as one number or a range."""
+    limits = sorted({g.max_clients for g in gpus if g.max_clients is not None})
+    return f"{limits[0]}" if len(limits) == 1 else f"{limits[0]} to {limits[-1]}"
+
+
 @dataclass(frozen=True)
 class GpuRule:
     name: str
@@ -137,6 +143,13 @@ GPU_RULES: tuple[GpuRule, ...] = (
         lambda a, left: (f"needs {_gib(a.request.memory_mib)} of GPU memory; the most free on any "
                          f"eligible GPU with room is "
                          f"{_gib(max(g.memory_mib - g.memory_used_mib for g in left))}"),
+        capacity=True,
+    ),
+    GpuRule(
+        "clients",
+        lambda g, a: g.client_room,
+        lambda a, left: f"every eligible GPU with room already holds {_clients(left)} slices, the most its MPS "
+                        "server takes",
         capacity=True,
     ),
     GpuRule(

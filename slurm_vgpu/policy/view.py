@@ -39,7 +39,7 @@ def node_shape(node: NodeView) -> tuple:
         node.memory_mib_free,
         tuple(
             (g.free, g.capacity, g.model, g.memory_mib - g.memory_used_mib, g.user, g.classes,
-             g.available, g.speed, g.capped_users, g.uncapped_users)
+             g.available, g.speed, g.capped_users, g.uncapped_users, g.max_clients)
             for g in node.gpus
         ),
     )

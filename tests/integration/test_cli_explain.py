@@ -1,6 +1,8 @@
 """``explain JOBID``: the verdict of the daemon's policy, and a reason for every GPU."""
 from __future__ import annotations
 
+import sqlalchemy as sa
+
 from .cli_support import cli, fake_slurm, gpu_uuid, insert_inventory, place, slurm_job  # noqa: F401
 
 
@@ -35,6 +37,23 @@ def test_another_users_mps_server_is_named(cli, fake_slurm):
     assert set(rules(doc).values()) == {"user"}
     assert "4242's MPS server" in doc["gpus"][0]["why"]
     assert "another user's MPS server" in doc["verdict"]["reason"]
+
+
+def test_a_gpu_holding_as_many_slices_as_its_mps_server_takes_is_named(cli, fake_slurm):
+    insert_inventory(cli.engine)
+    with cli.engine.begin() as conn:  # as MpsMaxClients=2 registers them
+        conn.execute(sa.text("UPDATE gpus SET max_clients = 2"))
+    job = 1
+    for node, index in [("gpu01", 0), ("gpu01", 1), ("gpu02", 0), ("gpu02", 1)]:
+        for _ in range(2):
+            place(cli.engine, job, node, index, share=1)
+            job += 1
+    fake_slurm.set_jobs([slurm_job(76, "vgpu-state=unplaced share=1 class=throughput")])
+    doc = cli.json("explain", "76")
+    assert set(rules(doc).values()) == {"clients"} and not doc["verdict"]["never"]
+    assert doc["gpus"][0]["why"] == "holds 2 slices, the most its MPS server takes (2)"
+    assert doc["verdict"]["reason"] == ("every eligible GPU with room already holds 2 slices, the most its "
+                                        "MPS server takes")
 
 
 def test_a_job_that_fits_is_told_where(cli, fake_slurm):

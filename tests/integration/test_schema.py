@@ -31,13 +31,14 @@ def test_downgrade_and_upgrade_round_trip():
         db.drop_database(url)
 
 
-def add_gpu(engine, uuid="GPU-1", memory_mib=40960, multi_user=False, state="up"):
+def add_gpu(engine, uuid="GPU-1", memory_mib=40960, multi_user=False, state="up", compute_capability="8.0"):
     with db.session_scope(engine) as s:
         if s.get(Node, "node1") is None:
             s.add(Node(name="node1"))
             s.flush()
         s.add(Gpu(uuid=uuid, node="node1", index=int(uuid.rsplit("-", 1)[1]), name="NVIDIA A100", model="a100",
-                  gres_type=f"a100_{uuid[-1]}", sm_count=108, memory_mib=memory_mib, compute_capability="8.0",
+                  gres_type=f"a100_{uuid[-1]}", sm_count=108, memory_mib=memory_mib,
+                  compute_capability=compute_capability,
                   multi_user=multi_user, state=state))
 
 
@@ -199,6 +200,94 @@ def test_a_job_has_one_active_placement(clean_db):
     place(clean_db, 7, 10)
     with pytest.raises(sa.exc.IntegrityError, match="uq_placements_active_job"):
         place(clean_db, 7, 10, gpu="GPU-2")
+
+
+def test_a_gpu_takes_no_more_slices_than_its_mps_server_takes_clients(clean_db):
+    """An A100 (compute capability 8.0): 48 one-unit slices fill its MPS server though 52 units are
+    free; the 49th is refused, in its own statement or in a batch, and a released slice makes room."""
+    add_gpu(clean_db)
+    place_batch(clean_db, [(job, "GPU-1", 1000, 1) for job in range(1, 48)])
+    place(clean_db, 48, 1)
+    with pytest.raises(sa.exc.IntegrityError, match="GPU GPU-1 has 48 slices placed, and its MPS server takes "
+                                                    "at most 48 clients; 1 more does not fit"):
+        place(clean_db, 49, 1)
+    set_state(clean_db, 1, "released")
+    with pytest.raises(sa.exc.IntegrityError, match="GPU-1 has 47 slices placed, .* at most 48 clients; 2 more"):
+        place_batch(clean_db, [(49, "GPU-1", 1000, 1), (50, "GPU-1", 1000, 1)])
+    place(clean_db, 49, 1)
+    with pytest.raises(sa.exc.IntegrityError, match="GPU-1 has 48 slices placed"):
+        set_state(clean_db, 1, "running")  # revived: a new arrival
+    with clean_db.connect() as conn:
+        assert conn.scalar(sa.text("SELECT count(*) FROM placements WHERE state IN ('placed', 'pinned')")) == 48
+
+
+def test_racing_writers_never_pass_a_gpus_client_limit(clean_db):
+    add_gpu(clean_db, uuid="GPU-1", compute_capability="6.0")  # before Volta: 16 clients
+    place_batch(clean_db, [(job, "GPU-1", 1000, 1) for job in range(100, 113)])
+    won, refused = race(clean_db, [{"job_id": i, "share": 1} for i in range(10)])
+    assert len(won) == 3
+    assert all("its MPS server takes at most 16 clients" in why for why in refused.values())
+
+
+def test_a_limit_lowered_under_more_slices_is_kept_and_refuses_new_ones(clean_db):
+    """The agent registers a lower MpsMaxClients: the slices on the GPU end as they are."""
+    add_gpu(clean_db)
+    place_batch(clean_db, [(job, "GPU-1", 1000, 1) for job in range(1, 6)])
+    with db.session_scope(clean_db) as session:
+        session.execute(sa.text(f"SET LOCAL ROLE {node_role(clean_db, 'node1')}"))
+        session.execute(sa.text("UPDATE gpus SET max_clients = 3"))
+    with pytest.raises(sa.exc.IntegrityError, match="GPU-1 has 5 slices placed, .* at most 3 clients"):
+        place(clean_db, 6, 1)
+    for job in (1, 2, 3):
+        set_state(clean_db, job, "released")
+    place(clean_db, 6, 1)
+
+
+def test_registration_writes_each_gpus_client_limit_from_its_compute_capability_and_the_site(clean_db):
+    from slurm_vgpu.adapters.gpus import GpuRecord
+    from slurm_vgpu.db import store
+
+    gpus = [GpuRecord(index=i, uuid=f"GPU-{cc}", name="NVIDIA GPU", model="gpu", sm_count=80, memory_mib=16384,
+                      compute_capability=cc) for i, cc in enumerate(["6.0", "7.0", "9.0"])]
+
+    def limits():
+        with clean_db.connect() as conn:
+            return dict(conn.execute(sa.text("SELECT compute_capability, max_clients FROM gpus")).all())
+
+    with db.session_scope(clean_db) as session:
+        session.execute(sa.text(f"SET LOCAL ROLE {node_role(clean_db, 'node7')}"))
+        store.register_node(session, "node7", gpus, "test")
+    assert limits() == {"6.0": 16, "7.0": 48, "9.0": 48}
+    with db.session_scope(clean_db) as session:
+        session.execute(sa.text(f"SET LOCAL ROLE {node_role(clean_db, 'node7')}"))
+        store.register_node(session, "node7", gpus, "test", mps_max_clients=20)  # MpsMaxClients=20
+    assert limits() == {"6.0": 16, "7.0": 20, "9.0": 20}
+    with db.session_scope(clean_db) as session:
+        assert {g.uuid: g.max_clients for g in store.gpu_states(session, 60)} == \
+            {"GPU-6.0": 16, "GPU-7.0": 20, "GPU-9.0": 20}
+
+
+def test_migration_0007_gives_registered_gpus_their_mps_servers_limit():
+    from alembic import command
+
+    url = new_database()
+    try:
+        command.upgrade(db.alembic_config(url), "0006")
+        engine = db.make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO nodes (name) VALUES ('old')"))
+            for index, cc in enumerate(["6.1", "8.0"]):
+                conn.execute(sa.text(
+                    "INSERT INTO gpus (uuid, node, index, minor, name, model, gres_type, sm_count, memory_mib, "
+                    "compute_capability) VALUES (:u, 'old', :i, :i, 'GPU', 'gpu', :t, 80, 16384, :cc)"),
+                    {"u": f"GPU-{cc}", "i": index, "t": f"gpu_{index}", "cc": cc})
+        db.upgrade(url)
+        with engine.connect() as conn:
+            assert dict(conn.execute(sa.text("SELECT compute_capability, max_clients FROM gpus")).all()) == \
+                {"6.1": 16, "8.0": 48}
+        engine.dispose()
+    finally:
+        db.drop_database(url)
 
 
 def test_roles_are_least_privilege(clean_db):
@@ -392,11 +481,11 @@ def test_slices_without_a_memory_cap_of_several_users_may_share_a_gpu(clean_db):
     place(clean_db, 2, 10, uid=1001)
 
 
-def test_the_live_guard_is_the_one_migration_0005_states_whole(clean_db, database_url):
+def test_the_live_guard_is_the_one_migration_0007_states_whole(clean_db, database_url):
     """A reader finds the guard the database runs, function and triggers, in one file."""
     from alembic.script import ScriptDirectory
 
-    stated = ScriptDirectory.from_config(db.alembic_config(database_url)).get_revision("0005").module.GUARD
+    stated = ScriptDirectory.from_config(db.alembic_config(database_url)).get_revision("0007").module.GUARD
     with clean_db.connect() as conn:
         source = conn.scalar(sa.text("SELECT prosrc FROM pg_proc WHERE proname = 'placements_guard_statement'"))
         triggers = conn.execute(sa.text(

@@ -51,6 +51,16 @@ def test_a_place_batch_below_one_is_refused():
         parse("PlaceBatch=0\n", "site.conf")
 
 
+def test_mps_max_clients_is_each_gpus_own_limit_unless_lowered_and_never_above_what_mps_takes():
+    assert Config().mps_max_clients is None and parse("MpsMaxClients=20\n").mps_max_clients == 20
+    for too_many in (49, 0):
+        with pytest.raises(ConfigError, match=rf"^site.conf:1: MpsMaxClients: {too_many} is not 1 to 48: an MPS "
+                                              r"server takes at most 48 clients per GPU \(16 below compute "
+                                              r"capability 7.0, whatever this key says\); give 1 to 48, or leave "
+                                              r"the key out for each GPU's own limit$"):
+            parse(f"MpsMaxClients={too_many}\n", "site.conf")
+
+
 def test_an_unknown_key_is_refused_naming_the_file_line_and_nearest_key():
     """As the SPANK plugin refuses an unknown argument: a misspelt key must not leave its default on."""
     with pytest.raises(ConfigError, match=r"^slurm-vgpu.conf:3: unknown key 'SloGaurd'; did you mean 'SloGuard'\?$"):
@@ -64,9 +74,10 @@ def test_a_key_near_no_other_is_refused_with_every_key():
 
 
 def test_render_writes_every_key_it_can_read_back():
-    text = render(Config(node_name="gpu01", reference_model="a100", hpc_job_mapping_dir="/run/map/%n"))
+    config = Config(node_name="gpu01", reference_model="a100", hpc_job_mapping_dir="/run/map/%n", mps_max_clients=20)
+    text = render(config)
     assert {line.split("=", 1)[0] for line in text.splitlines()[1:]} == set(KEYS) - {"SlurmConf"}
-    assert parse(text) == Config(node_name="gpu01", reference_model="a100", hpc_job_mapping_dir="/run/map/%n")
+    assert parse(text) == config
 
 
 @pytest.fixture

@@ -137,6 +137,37 @@ def test_a_cycles_own_decisions_count_for_the_memory_rules():
     assert [b.job_id for b in result.blocked] == ["c"]  # both GPUs hold another user's capped slices
 
 
+def test_a_gpu_takes_no_more_slices_than_its_mps_server_takes_clients_and_the_rest_wait_for_room():
+    """48 one-unit slices fill a GPU's MPS server though 52 units stay free; the 49th waits (never
+    cancelled: slices end), also when this cycle's own decisions filled it."""
+    full = gpu(used=48, classes=(SloClass.THROUGHPUT,) * 48, user=1, max_clients=48)
+    b = only_blocked(place_slices([full], [req(share=1, user=1)], PolicyConfig()))
+    assert b.reason == "every eligible GPU with room already holds 48 slices, the most its MPS server takes"
+    assert not b.never
+    result = place_slices([gpu(max_clients=48)], [req(f"j{i}", share=1) for i in range(60)], PolicyConfig())
+    assert len(result.decisions) == 48
+    assert {b.reason for b in result.blocked} == {
+        "every eligible GPU with room already holds 48 slices, the most its MPS server takes"}
+    assert [d.job_id for d in result.decisions] == [f"j{i}" for i in range(48)]
+
+
+def test_the_client_limit_reason_names_each_limit_and_other_gpus_still_take_slices():
+    old = gpu(index=0, model="P100", used=16, classes=(SloClass.THROUGHPUT,) * 16, max_clients=16)
+    new = gpu(index=1, used=48, classes=(SloClass.THROUGHPUT,) * 48, max_clients=48)
+    b = only_blocked(place_slices([old, new], [req(share=1)], PolicyConfig()))
+    assert b.reason == "every eligible GPU with room already holds 16 to 48 slices, the most its MPS server takes"
+    (d,) = place_slices([old, new, gpu(index=2, max_clients=48)], [req(share=1)], PolicyConfig()).decisions
+    assert d.gpu_uuids == ("n0-2",)
+    # GPUs without a limit (a trace replay's) take slices while units are free
+    assert len(place_slices([gpu()], [req(f"j{i}", share=1) for i in range(100)], PolicyConfig()).decisions) == 100
+
+
+def test_a_request_starving_behind_the_client_limit_reserves_the_gpu_it_waits_for():
+    full = gpu(used=48, classes=(SloClass.THROUGHPUT,) * 48, max_clients=48)
+    result = place_slices([full], [req("old", share=1, waited_s=1e6)], PolicyConfig())
+    assert result.reserved == {"n0-0": "old"}
+
+
 def test_user_reason_names_the_requested_model():
     b = only_blocked(place_slices([gpu(used=10, user=1)], [req(user=2, models=frozenset({"H100"}))],
                                   PolicyConfig()))

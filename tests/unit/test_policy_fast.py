@@ -71,12 +71,13 @@ def clusters(draw):
         name = f"n{n}"
         for i in range(draw(st.integers(1, 4))):
             model, used, user, classes, available, speed, mem_used, uncapped = draw(st.sampled_from(palette))
+            clients = draw(st.sampled_from([None, 48, 1, 2, 3]))  # the most slices its MPS server takes
             gpus.append(GpuState(uuid=f"{name}-{i}", node=name, index=i, model=model, memory_mib=40960,
                                  speed=speed, used=used, memory_used_mib=mem_used if used else 0,
                                  user=user if used else None, classes=classes if used else (),
                                  available=available,
                                  capped_users=frozenset({user} if used and mem_used else ()),
-                                 uncapped_users=frozenset(uncapped if used else ())))
+                                 uncapped_users=frozenset(uncapped if used else ()), max_clients=clients))
         if draw(st.booleans()):
             nodes.append(NodeState(name, draw(st.sampled_from([0, 8000, 64000])),
                                    draw(st.sampled_from([0, 65536]))))
