@@ -108,10 +108,10 @@ def test_the_kits_guard_holds_the_trainer_by_signals_while_the_latency_client_is
                 [sys.executable, "-m", "slurm_vgpu_dev.fake_cuda", "--usage-dir", str(inventory.usage_dir),
                  "--mib", "512", "--util", util, "--ready", str(ready)],
                 env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu.uuid}, stdout=subprocess.DEVNULL))
-            for _ in range(500):
-                if ready.exists():
-                    break
+            deadline = time.monotonic() + 60
+            while not ready.exists() and time.monotonic() < deadline:
                 time.sleep(0.01)
+            assert ready.exists(), f"the fake {name} client did not report its use"
         latency, trainer = clients
         seen = {latency.pid: set(), trainer.pid: set()}
         with GuardDriver(gpu, latency.pid, trainer.pid, 50, inventory) as driver:

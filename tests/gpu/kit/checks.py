@@ -89,7 +89,7 @@ class Kit:
             return self._all_skipped(f"no GPU ({exc})")
         try:
             self._check("nvml inventory", self.inventory)
-            if self._torch_missing() is None:
+            if self._torch_missing() is None and self._mps_binary_missing() is None:
                 try:
                     self.measure_time_sliced()
                 except Exception as exc:
@@ -131,8 +131,9 @@ class Kit:
             for name in names:
                 self.rows.setdefault(name, Row(name, f"skipped: {skip}", "", CHECKS[name]))
         except (Exception, KeyboardInterrupt) as exc:
+            what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"[:300]
             for name in names:
-                self.rows.setdefault(name, Row(name, f"error: {type(exc).__name__}: {exc}"[:300], "", CHECKS[name]))
+                self.rows.setdefault(name, Row(name, f"error: {what}", "", CHECKS[name]))
             if isinstance(exc, KeyboardInterrupt):
                 raise
 
@@ -181,17 +182,24 @@ class Kit:
                 except ClientError as exc:
                     self.time_sliced[n] = f"error: time-sliced clients: {exc}"
 
+    def _mps_binary_missing(self) -> str | None:
+        """MpsControl's own words when this node has no MPS control binary."""
+        try:
+            MpsControl(self.mps_binary, self.gpu.uuid, Path(), Path()).argv()
+        except MpsUnavailable as exc:
+            return str(exc)
+        return None
+
     def mps_daemons(self) -> tuple[str, str]:
+        why = self._mps_binary_missing()
+        if why is not None:
+            raise Skip(why)
         self.run_dir = Path(tempfile.mkdtemp(prefix="slurm-vgpu-kit-"))
         self.run_dir.chmod(0o755)
         config = Config(run_dir=self.run_dir, mps_control=self.mps_binary)
         uid, figures, ok = os.getuid(), [], True
         for g in self.gpus:
             control = GpuMps.of(config, g.uuid).control
-            try:
-                control.argv()
-            except MpsUnavailable as exc:
-                raise Skip(str(exc)) from None
             self.controls.append(control)  # stopped in run()'s finally, even half started
             control.ensure_running()
             server = control.ensure_server(uid)
