@@ -213,9 +213,10 @@ class Kit:
         return verdict(ok), "; ".join(figures)
 
     def sm_share_and_memory_cap(self) -> list[tuple[str, str]]:
-        """The server's caps hold a client that asks for all of the GPU (its variable says 100%)."""
-        control, server, gpu, d = self.controls[0], self.servers[0], self.gpu, self.durations
-        control.set_limits(server, 100, gpu.memory_mib)
+        """The server's caps hold a client that asks for all of the GPU (its variable says 100%),
+        against the same client on an uncapped server."""
+        control, gpu, d = self.controls[0], self.gpu, self.durations
+        server = self._fresh_server()
         (full,) = started("matmul", [mps_env(control, gpu, 100)], warmup_s=d.warmup_s)
         try:
             full_rate = full.ask(f"run {d.measure_s}")["rate"]
@@ -228,7 +229,7 @@ class Kit:
             small, big = capped.ask(f"alloc {SMALL_MIB}"), capped.ask(f"alloc {BIG_MIB}")
         finally:
             capped.stop()
-            control.set_limits(server, 100, gpu.memory_mib)
+            self._fresh_server()  # the checks after this one measure without these caps
         ratio = capped_rate / full_rate
         share = (verdict(ratio <= SM_SHARE_MAX),
                  f"{SHARE}%: {capped_rate:.1f}/s, 100%: {full_rate:.1f}/s = {ratio:.2f}; "
@@ -331,6 +332,19 @@ class Kit:
                                    f"stopped {len(self.controls)} daemon(s), {servers} server(s)")
 
     # --- helpers ---------------------------------------------------------------------------------
+
+    def _fresh_server(self) -> int:
+        """Replace the first GPU's server by one with MPS's defaults (no caps), as a user's server is
+        stopped when their last slice ends and started again for the next."""
+        control, old = self.controls[0], self.servers[0]
+        control.shutdown_server(old)
+        deadline = time.monotonic() + 30
+        while old in control.servers().values():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"MPS server {old} did not stop within 30 s of shutdown_server")
+            time.sleep(0.1)
+        self.servers[0] = control.ensure_server(os.getuid())
+        return self.servers[0]
 
     def _aggregate(self, envs: list[dict[str, str]]) -> float:
         """The inferences per second of these clients together."""
