@@ -1,17 +1,21 @@
 """What the agent sees on its node in one look: the GPUs (NVML or simulated), the slices Postgres
 placed on them, and the GPU processes with the job each belongs to. Every decision the agent makes
-(quotas, the SLO guard, metrics) is a pure function of one such view."""
+(quotas, the SLO guard, metrics) is a pure function of one such view.
+
+The view imports without SQLAlchemy (the GPU validation kit, ``tests/gpu/run``, builds views where
+only the GPU stack is installed); the two Postgres reads import it when they run."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING
 
 from ..adapters.gpus import GpuInventory, GpuRecord
-from ..db.models import ACTIVE_STATES, Gpu, Placement
+from ..contract import ACTIVE_STATES
 from ..policy import SloClass
 from . import procs
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,10 @@ class NodeView:
 
 
 def node_slices(session: Session, node: str) -> list[Slice]:
+    import sqlalchemy as sa
+
+    from ..db.models import Gpu, Placement
+
     rows = session.execute(
         sa.select(Placement).join(Gpu, Gpu.uuid == Placement.gpu_uuid)
         .where(Gpu.node == node, Placement.state.in_(ACTIVE_STATES)).order_by(Placement.job_id)
@@ -67,6 +75,10 @@ def node_slices(session: Session, node: str) -> list[Slice]:
 
 
 def gpu_states(session: Session, node: str) -> dict[str, str]:
+    import sqlalchemy as sa
+
+    from ..db.models import Gpu
+
     return dict(session.execute(sa.select(Gpu.uuid, Gpu.state).where(Gpu.node == node)).all())
 
 

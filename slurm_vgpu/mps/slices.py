@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..node.store import ACTIVE_STATES
+from ..contract import ACTIVE_STATES
 
 if TYPE_CHECKING:
     import psycopg
