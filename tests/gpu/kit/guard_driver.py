@@ -35,7 +35,7 @@ class GuardDriver:
         self.slices = (Slice(LATENCY_JOB, gpu.uuid, os.getuid(), share, None, SloClass.LATENCY, "running"),
                        Slice(TRAINER_JOB, gpu.uuid, os.getuid(), share, None, SloClass.BEST_EFFORT, "running"))
         self.settings = guard.GuardSettings()
-        self.freezer = Freezer(socket.gethostname())
+        self.freezer = Freezer(socket.gethostname(), job_of_sluid=lambda sluid: None)  # no Slurm, no SLUIDs
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="kit-guard", daemon=True)
         self.freezes = 0
