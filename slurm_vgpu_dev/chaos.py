@@ -37,7 +37,9 @@ from . import cluster as devcluster
 
 SHARES = (10, 20, 25, 30, 40, 50, 60, 75, 100)
 # Printed by every chaos job, so that its output says which slice it ran with.
-SCRIPT = 'echo "share=${CUDA_MPS_ACTIVE_THREAD_PERCENTAGE:-none} gpu=${CUDA_VISIBLE_DEVICES:-none}"; sleep {sleep}'
+DONE = "ran to its end"  # a job's last line: it ran whole, whatever slurmctld remembers of it
+SCRIPT = ('echo "share=${CUDA_MPS_ACTIVE_THREAD_PERCENTAGE:-none} gpu=${CUDA_VISIBLE_DEVICES:-none}"; '
+          f'sleep {{sleep}}; echo "{DONE}"')
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
          "PREEMPTED"}
 
@@ -51,6 +53,9 @@ class Report:
     lost: list[int] = field(default_factory=list)  # slurm-vgpu had it, then nobody did
     lost_by_slurmctld: list[int] = field(default_factory=list)  # Slurm forgot it before anything saw it
     unfinished: list[int] = field(default_factory=list)
+    # ran to their end with their slice, then a slurmctld killed before it saved so came back from
+    # older state, where they had not ended (Slurm requeues them later, or holds them never runnable)
+    rolled_back: list[int] = field(default_factory=list)
     unfinished_why: list[str] = field(default_factory=list)  # state, Slurm's reason, the AdminComment's wait
     over_100: list[str] = field(default_factory=list)  # what each violation looked like
     user_mixes: list[str] = field(default_factory=list)
@@ -72,7 +77,8 @@ class Report:
             "(Slurm, slice files, and the Postgres replay)",
             f"ran without their slice: {len(self.ran_without_slice)} {self.ran_without_slice[:10]}",
             f"lost: {len(self.lost)} {self.lost[:10]}; lost by slurmctld before any placement: "
-            f"{len(self.lost_by_slurmctld)} {self.lost_by_slurmctld[:10]}",
+            f"{len(self.lost_by_slurmctld)} {self.lost_by_slurmctld[:10]}; ran to their end with their slice, "
+            f"then rolled back by a restarted slurmctld: {len(self.rolled_back)} {self.rolled_back[:10]}",
             *(f"unfinished: {why}" for why in self.unfinished_why[:10]),
         ]
 
@@ -276,13 +282,15 @@ class Chaos:
                 (self.report.lost if job_id in placed else self.report.lost_by_slurmctld).append(job_id)
                 continue
             state, comment = _state(job), job.get("admin_comment") or ""
-            if state not in ENDED:
+            printed = out.read_text() if out.exists() else ""
+            share = re.search(r"vgpu:(?:\w+:)?(\d+)", job.get("tres_per_node") or "")
+            if state not in ENDED and DONE in printed and re.search(r"share=\d+ ", printed):
+                self.report.rolled_back.append(job_id)
+            elif state not in ENDED:
                 self.report.unfinished.append(job_id)
                 self.report.unfinished_why.append(
                     f"{job_id} {state} {job.get('state_reason', '')} {job.get('nodes') or ''} {comment}".strip())
             elif state == "COMPLETED":
-                printed = out.read_text() if out.exists() else ""
-                share = re.search(r"vgpu:(?:\w+:)?(\d+)", job.get("tres_per_node") or "")
                 if share and f"share={share.group(1)} " in printed:
                     self.report.completed_with_slice += 1
                 else:
