@@ -1,7 +1,7 @@
 """The node agent's loop: every ``AgentInterval`` it checks the GPUs (lost, MPS fault), restarts
-dead MPS control daemons, enforces memory caps, and refreshes what the SLO guard and the metrics
-read; it heartbeats every ``HeartbeatInterval``. The guard runs in its own thread, woken at each
-edge of its duty cycle.
+dead or wedged MPS control daemons, enforces memory caps, and refreshes what the SLO guard and the
+metrics read; it heartbeats every ``HeartbeatInterval``. The guard runs in its own thread, woken at
+each edge of its duty cycle.
 
 Every failure of one round (database down, Slurm unreachable) is logged and retried next round;
 on SIGTERM/SIGINT the guard thaws every job it holds before the agent exits.
@@ -24,7 +24,7 @@ from ..db import store
 from ..db.engine import session_scope
 from ..mps import GpuMps, MpsError
 from ..node import store as node_store
-from . import faults, guard, heal, quota
+from . import faults, guard, heal, health, quota
 from .freezer import Freezer
 from .inventory import register
 from .metrics import AgentMetrics, write_job_mapping
@@ -49,6 +49,8 @@ class Agent:
     busy: set[str] = field(default_factory=set)
     beat_at: float = float("-inf")
     idle_check_at: float = float("-inf")
+    health_check_at: float = float("-inf")
+    mps_misses: health.Misses = field(default_factory=dict)
 
     @property
     def node(self) -> str:
@@ -129,15 +131,32 @@ class Agent:
         return faults.fail_gpu(self.engine, self.slurm, self.node, uuid, reason)
 
     def _supervise(self, present, slices) -> None:
-        """Restart each dead MPS control daemon, its running slices' caps set again (:class:`GpuMps`)."""
+        """Restart each dead MPS control daemon, and each wedged one (:mod:`.health`), its running
+        slices' caps set again (:class:`GpuMps`)."""
         connect = partial(node_store.connect, self.config.database_url)
-        for gpu in present:
-            uids = {s.uid for s in slices if s.gpu_uuid == gpu.uuid and s.state == "running"}
-            mps = GpuMps.of(self.config, gpu.uuid)
-            if mps.restart_if_dead(uids, connect):
-                log.warning("MPS control daemon of %s had died; restarted (pid %s)", gpu.uuid, mps.control.daemon_pid())
-                self.metrics.count("mps_restart", gpu.uuid)
-                self._event("mps-restarted", "MPS control daemon had died; restarted, caps set again", gpu.uuid)
+        gpus = {gpu.uuid: GpuMps.of(self.config, gpu.uuid) for gpu in present}
+        running = {uuid: {s.uid for s in slices if s.gpu_uuid == uuid and s.state == "running"} for uuid in gpus}
+        for uuid, mps in gpus.items():
+            if mps.restart_if_dead(running[uuid], connect):
+                log.warning("MPS control daemon of %s had died; restarted (pid %s)", uuid, mps.control.daemon_pid())
+                self.metrics.count("mps_restart", uuid)
+                self._event("mps-restarted", "MPS control daemon had died; restarted, caps set again", uuid)
+        if time.monotonic() - self.health_check_at < health.HEALTH_CHECK:
+            return
+        timeout = self.config.mps_health_timeout
+        probes = health.probe([m.control for m in gpus.values()], timeout)
+        self.health_check_at = time.monotonic()  # the next question comes HEALTH_CHECK after this answer
+        self.mps_misses = health.tally(self.mps_misses, probes)
+        for uuid, pid in health.wedged(self.mps_misses):
+            servers = gpus[uuid].restart_wedged(pid, running[uuid], connect)
+            if servers is None:
+                continue
+            why = (f"MPS control daemon {pid} answered no question within {timeout:g} s {health.MISSES} times in a "
+                   f"row (MpsHealthTimeout); killed it and its servers {servers or 'none'}, restarted it, caps set "
+                   "again")
+            log.error("GPU %s: %s", uuid, why)
+            self.metrics.count("mps_wedged_restart", uuid)
+            self._event("mps-wedged", why, uuid)
 
     def _heal(self, present) -> None:
         """Finish what hooks could not (:mod:`.heal`): the database answered this round. MPS servers

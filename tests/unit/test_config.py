@@ -51,6 +51,13 @@ def test_a_place_batch_below_one_is_refused():
         parse("PlaceBatch=0\n", "site.conf")
 
 
+def test_an_mps_health_timeout_of_no_time_is_refused():
+    assert parse("MpsHealthTimeout=2.5\n").mps_health_timeout == 2.5
+    with pytest.raises(ConfigError, match="site.conf:1: MpsHealthTimeout: 0.0 seconds leaves no time to answer; "
+                                          "give a number of seconds above 0"):
+        parse("MpsHealthTimeout=0\n", "site.conf")
+
+
 def test_an_unknown_key_is_refused_naming_the_file_line_and_nearest_key():
     """As the SPANK plugin refuses an unknown argument: a misspelt key must not leave its default on."""
     with pytest.raises(ConfigError, match=r"^slurm-vgpu.conf:3: unknown key 'SloGaurd'; did you mean 'SloGuard'\?$"):
