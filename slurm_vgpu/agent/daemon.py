@@ -181,9 +181,11 @@ class Agent:
             reason = over.reason()
             if over.job_id in jobs:  # first: a job whose only process is killed ends at once
                 self.slurm.annotate(jobs[over.job_id], reason)
-            how = quota.terminate(GpuMps.of(self.config, over.gpu_uuid).control, over.pid)
+            ways = quota.terminate(GpuMps.of(self.config, over.gpu_uuid).control, over.ended)
+            how = ", ".join(f"{pid} by {way}" for pid, way in zip(over.ended, ways))
             log.warning("job %d: %s (%s)", over.job_id, reason, how)
-            self.metrics.count("memory_kill", over.gpu_uuid)
+            for _ in ways:
+                self.metrics.count("memory_kill", over.gpu_uuid)
             self._event("memory-cap-exceeded", f"{reason} ({how})", over.gpu_uuid, over.job_id)
 
     def _note_guard(self, view: NodeView) -> None:
