@@ -141,8 +141,11 @@ class Agent:
                 log.warning("MPS control daemon of %s had died; restarted (pid %s)", uuid, mps.control.daemon_pid())
                 self.metrics.count("mps_restart", uuid)
                 self._event("mps-restarted", "MPS control daemon had died; restarted, caps set again", uuid)
-        if time.monotonic() - self.health_check_at < health.HEALTH_CHECK:
-            return
+        if time.monotonic() - self.health_check_at >= health.HEALTH_CHECK:
+            self._restart_wedged(gpus, running, connect)
+
+    def _restart_wedged(self, gpus: dict[str, GpuMps], running: dict[str, set[int]], connect) -> None:
+        """Ask every running daemon a question; kill and restart those that missed too many (:mod:`.health`)."""
         timeout = self.config.mps_health_timeout
         probes = health.probe([m.control for m in gpus.values()], timeout)
         self.health_check_at = time.monotonic()  # the next question comes HEALTH_CHECK after this answer
@@ -160,7 +163,9 @@ class Agent:
 
     def _heal(self, present) -> None:
         """Finish what hooks could not (:mod:`.heal`): the database answered this round. MPS servers
-        are asked for their list only every IDLE_CHECK seconds (a command per GPU)."""
+        are asked for their list only every IDLE_CHECK seconds (a command per GPU), and not where
+        the daemon left the agent's last question unanswered: the round would wait out the command
+        timeout, and the restart with it."""
         for job_id in heal.failed_prologs(self.config, self.slurm, self.node):
             self._event("prolog-healed", "released after its prolog could not reach the database", None, job_id)
         if time.monotonic() - self.idle_check_at < IDLE_CHECK:
@@ -168,7 +173,10 @@ class Agent:
         self.idle_check_at = time.monotonic()
         for job_id in heal.lost_jobs(self.config, self.slurm, self.node):
             log.warning("job %d left nothing on %s; its slice is released", job_id, self.node)
+        unanswered = {uuid for uuid, _ in self.mps_misses}  # not asked again before its next probe
         for gpu in present:
+            if gpu.uuid in unanswered:
+                continue
             for uid in heal.idle_servers(self.config, gpu.uuid):
                 self._event("mps-server-stopped", f"uid {uid}'s MPS server had no active slice left", gpu.uuid)
 
