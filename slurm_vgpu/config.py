@@ -62,6 +62,9 @@ class Config:
     metrics_port: int = 9835
     metrics_address: str = "127.0.0.1"
     agent_interval: float = 1.0  # seconds between the node agent's checks (MPS, faults, quotas, metrics)
+    # seconds a GPU's MPS control daemon has to answer the agent's question; two misses in a row
+    # and it is killed and restarted (slurm_vgpu.agent.health says why two)
+    mps_health_timeout: float = 10.0
     # dcgm-exporter's --hpc-job-mapping-dir (``%n``: node name); the agent writes one file per GPU index
     hpc_job_mapping_dir: str | None = None
     # SLO guard: while a latency slice is busy, co-tenants of the other classes run only part of each
@@ -133,6 +136,9 @@ def parse(text: str, source: str = "slurm-vgpu.conf") -> Config:
                               f"{MPS_CLIENTS}: an MPS server takes at most {MPS_CLIENTS} clients per GPU "
                               f"({MPS_CLIENTS_BEFORE_VOLTA} below compute capability 7.0, whatever this key "
                               f"says); give 1 to {MPS_CLIENTS}, or leave the key out for each GPU's own limit")
+        if spec.name == "mps_health_timeout" and values["mps_health_timeout"] <= 0:
+            raise ConfigError(f"{source}:{number}: MpsHealthTimeout: {values['mps_health_timeout']} seconds leaves "
+                              "no time to answer; give a number of seconds above 0, e.g. 10")
         if spec.name == "default_class" and contract.class_error(values["default_class"]):
             raise ConfigError(f"{source}:{number}: DefaultClass: {values['default_class']!r} is not an SLO class; "
                               f"choose one of {', '.join(contract.SLO_CLASSES)}")

@@ -63,6 +63,7 @@ class ControlState:
             "servers": {},
             "commands": [],
         }
+        self.hung = False  # simulate_hang was sent: the daemon takes no further connection
         self.save()
 
     @property
@@ -203,6 +204,13 @@ def _simulate_fault(state: ControlState, *pid: str) -> str:
     return ""
 
 
+def _simulate_hang(state: ControlState) -> str:
+    """Fake only (NVIDIA has no such command): the daemon answers this command and then no other,
+    while its process and its servers live on, as a wedged control daemon does."""
+    state.hung = True
+    return ""
+
+
 def _quit(state: ControlState, *timeout: str) -> str:
     for pid in list(state.servers):
         _stop_server(state, pid)
@@ -225,6 +233,7 @@ _COMMANDS = {
     "get_default_device_pinned_mem_limit": _get_default_device_pinned_mem_limit,
     "terminate_client": _terminate_client,
     "simulate_fault": _simulate_fault,
+    "simulate_hang": _simulate_hang,
     "quit": _quit,
 }
 
@@ -258,6 +267,10 @@ def serve(directory: Path) -> None:
                 stream.write(reply + ("\n" if reply else ""))
             if done:
                 break
+            if state.hung:
+                _log("Control daemon stops answering (simulate_hang)")
+                while True:  # connections queue up unanswered; SIGTERM still ends it
+                    signal.pause()
     finally:
         _quit(state)
         state.save()

@@ -136,18 +136,24 @@ class NvmlInventory:
             return records
 
     def processes(self, uuid: str) -> list[GpuProcess]:
-        """Compute processes (MPS clients included) with their memory and, where NVML sampled them
-        since the last call's window, their SM use."""
+        """Compute processes, MPS clients included, with their memory and, where NVML sampled them
+        since the last call's window, their SM use. NVML lists MPS clients apart
+        (``nvmlDeviceGetMPSComputeRunningProcesses``) from other compute processes, the GPU's MPS
+        server among them: both lists are read, each pid once (its larger reading), and the server
+        is left out, since it is no job's."""
         with _nvml() as pynvml:
             handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
             try:
                 samples = {s.pid: s.smUtil / 100 for s in pynvml.nvmlDeviceGetProcessUtilization(handle, 0)}
             except pynvml.NVMLError:  # NotFound when no process ran in the window; NotSupported
                 samples = {}
-            return [
-                GpuProcess(p.pid, (p.usedGpuMemory or 0) // (1024 * 1024), samples.get(p.pid))
-                for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-            ]
+            clients = pynvml.nvmlDeviceGetMPSComputeRunningProcesses(handle)
+            used: dict[int, int] = {}
+            for p in [*pynvml.nvmlDeviceGetComputeRunningProcesses(handle), *clients]:
+                used[p.pid] = max(used.get(p.pid, 0), (p.usedGpuMemory or 0) // (1024 * 1024))
+            client_pids = {p.pid for p in clients}
+            return [GpuProcess(pid, mib, samples.get(pid)) for pid, mib in sorted(used.items())
+                    if pid in client_pids or not _is_mps_server(pynvml, pid)]
 
     def utilization(self, uuid: str) -> float | None:
         with _nvml() as pynvml:
@@ -174,6 +180,17 @@ def _nvml() -> Iterator:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+MPS_SERVER = "nvidia-cuda-mps-server"  # the name of an MPS server's executable
+
+
+def _is_mps_server(pynvml, pid: int) -> bool:
+    """Whether NVML names the process an MPS server (its name may be a path)."""
+    try:
+        return Path(_text(pynvml.nvmlSystemGetProcessName(pid))).name == MPS_SERVER
+    except pynvml.NVMLError:  # ended since it was listed
+        return False
 
 
 def _sm_count(pynvml, handle) -> int:

@@ -1,7 +1,7 @@
 """The node agent's loop: every ``AgentInterval`` it checks the GPUs (lost, MPS fault), restarts
-dead MPS control daemons, enforces memory caps, and refreshes what the SLO guard and the metrics
-read; it heartbeats every ``HeartbeatInterval``. The guard runs in its own thread, woken at each
-edge of its duty cycle.
+dead or wedged MPS control daemons, enforces memory caps, and refreshes what the SLO guard and the
+metrics read; it heartbeats every ``HeartbeatInterval``. The guard runs in its own thread, woken at
+each edge of its duty cycle.
 
 Every failure of one round (database down, Slurm unreachable) is logged and retried next round;
 on SIGTERM/SIGINT the guard thaws every job it holds before the agent exits.
@@ -24,7 +24,7 @@ from ..db import store
 from ..db.engine import session_scope
 from ..mps import GpuMps, MpsError
 from ..node import store as node_store
-from . import faults, guard, heal, procs, quota
+from . import faults, guard, heal, health, procs, quota
 from .freezer import Freezer
 from .inventory import register
 from .metrics import AgentMetrics, write_job_mapping
@@ -50,6 +50,8 @@ class Agent:
     busy: set[str] = field(default_factory=set)
     beat_at: float = float("-inf")
     idle_check_at: float = float("-inf")
+    health_check_at: float = float("-inf")
+    mps_misses: health.Misses = field(default_factory=dict)
 
     @property
     def node(self) -> str:
@@ -130,19 +132,41 @@ class Agent:
         return faults.fail_gpu(self.engine, self.slurm, self.node, uuid, reason)
 
     def _supervise(self, present, slices) -> None:
-        """Restart each dead MPS control daemon, its running slices' caps set again (:class:`GpuMps`)."""
+        """Restart each dead MPS control daemon, and each wedged one (:mod:`.health`), its running
+        slices' caps set again (:class:`GpuMps`)."""
         connect = partial(node_store.connect, self.config.database_url)
-        for gpu in present:
-            uids = {s.uid for s in slices if s.gpu_uuid == gpu.uuid and s.state == "running"}
-            mps = GpuMps.of(self.config, gpu.uuid)
-            if mps.restart_if_dead(uids, connect):
-                log.warning("MPS control daemon of %s had died; restarted (pid %s)", gpu.uuid, mps.control.daemon_pid())
-                self.metrics.count("mps_restart", gpu.uuid)
-                self._event("mps-restarted", "MPS control daemon had died; restarted, caps set again", gpu.uuid)
+        gpus = {gpu.uuid: GpuMps.of(self.config, gpu.uuid) for gpu in present}
+        running = {uuid: {s.uid for s in slices if s.gpu_uuid == uuid and s.state == "running"} for uuid in gpus}
+        for uuid, mps in gpus.items():
+            if mps.restart_if_dead(running[uuid], connect):
+                log.warning("MPS control daemon of %s had died; restarted (pid %s)", uuid, mps.control.daemon_pid())
+                self.metrics.count("mps_restart", uuid)
+                self._event("mps-restarted", "MPS control daemon had died; restarted, caps set again", uuid)
+        if time.monotonic() - self.health_check_at >= health.HEALTH_CHECK:
+            self._restart_wedged(gpus, running, connect)
+
+    def _restart_wedged(self, gpus: dict[str, GpuMps], running: dict[str, set[int]], connect) -> None:
+        """Ask every running daemon a question; kill and restart those that missed too many (:mod:`.health`)."""
+        timeout = self.config.mps_health_timeout
+        probes = health.probe([m.control for m in gpus.values()], timeout)
+        self.health_check_at = time.monotonic()  # the next question comes HEALTH_CHECK after this answer
+        self.mps_misses = health.tally(self.mps_misses, probes)
+        for uuid, pid in health.wedged(self.mps_misses):
+            servers = gpus[uuid].restart_wedged(pid, running[uuid], connect)
+            if servers is None:
+                continue
+            why = (f"MPS control daemon {pid} answered no question within {timeout:g} s {health.MISSES} times in a "
+                   f"row (MpsHealthTimeout); killed it and its servers {servers or 'none'}, restarted it, caps set "
+                   "again")
+            log.error("GPU %s: %s", uuid, why)
+            self.metrics.count("mps_wedged_restart", uuid)
+            self._event("mps-wedged", why, uuid)
 
     def _heal(self, present) -> None:
         """Finish what hooks could not (:mod:`.heal`): the database answered this round. MPS servers
-        are asked for their list only every IDLE_CHECK seconds (a command per GPU)."""
+        are asked for their list only every IDLE_CHECK seconds (a command per GPU), and not where
+        the daemon left the agent's last question unanswered: the round would wait out the command
+        timeout, and the restart with it."""
         for job_id in heal.failed_prologs(self.config, self.slurm, self.node):
             self._event("prolog-healed", "released after its prolog could not reach the database", None, job_id)
         if time.monotonic() - self.idle_check_at < IDLE_CHECK:
@@ -150,7 +174,10 @@ class Agent:
         self.idle_check_at = time.monotonic()
         for job_id in heal.lost_jobs(self.config, self.slurm, self.node, self.job_of_sluid):
             log.warning("job %d left nothing on %s; its slice is released", job_id, self.node)
+        unanswered = {uuid for uuid, _ in self.mps_misses}  # not asked again before its next probe
         for gpu in present:
+            if gpu.uuid in unanswered:
+                continue
             for uid in heal.idle_servers(self.config, gpu.uuid):
                 self._event("mps-server-stopped", f"uid {uid}'s MPS server had no active slice left", gpu.uuid)
 
@@ -163,9 +190,11 @@ class Agent:
             reason = over.reason()
             if over.job_id in jobs:  # first: a job whose only process is killed ends at once
                 self.slurm.annotate(jobs[over.job_id], reason)
-            how = quota.terminate(GpuMps.of(self.config, over.gpu_uuid).control, over.pid)
+            ways = quota.terminate(GpuMps.of(self.config, over.gpu_uuid).control, over.ended)
+            how = ", ".join(f"{pid} by {way}" for pid, way in zip(over.ended, ways))
             log.warning("job %d: %s (%s)", over.job_id, reason, how)
-            self.metrics.count("memory_kill", over.gpu_uuid)
+            for _ in ways:
+                self.metrics.count("memory_kill", over.gpu_uuid)
             self._event("memory-cap-exceeded", f"{reason} ({how})", over.gpu_uuid, over.job_id)
 
     def _note_guard(self, view: NodeView) -> None:

@@ -45,8 +45,8 @@ class AgentMetrics:
         yield from self._gpu_families(view)
         yield from self._job_families(view)
         actions = CounterMetricFamily(
-            "slurm_vgpu_agent_actions", "What the agent did to a GPU or its jobs: mps_restart, gpu_fault, "
-            "memory_kill", labels=("action", *GPU_LABELS))
+            "slurm_vgpu_agent_actions", "What the agent did to a GPU or its jobs: mps_restart, "
+            "mps_wedged_restart, gpu_fault, memory_kill", labels=("action", *GPU_LABELS))
         gpus = {g.record.uuid: g for g in view.gpus}
         for (action, uuid), n in sorted(self.actions.items()):
             if uuid in gpus:

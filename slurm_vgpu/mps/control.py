@@ -10,9 +10,11 @@ they start, stop or get caps is :mod:`slurm_vgpu.mps.gpu`'s.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import struct
 import subprocess
 import time
@@ -80,8 +82,9 @@ class MpsControl:
         return [*argv, *args]
 
     def running(self) -> bool:
-        """Whether the control daemon runs: every caller asks here, so how it is told (today the
-        PID file) can change in one place."""
+        """Whether the control daemon's process lives: every caller asks here, so how it is told
+        (today the PID file) can change in one place. A live daemon may still be wedged: whether it
+        answers is :meth:`answers`'s, a command each time, too dear for every prolog step."""
         return self.daemon_pid() is not None
 
     @property
@@ -136,15 +139,49 @@ class MpsControl:
             if result.returncode != 0:
                 raise MpsError(f"setfacl on {directory} failed: {_output(result)}")
 
-    def command(self, line: str) -> list[str]:
-        """Send one command; return the reply's non-empty lines."""
+    def command(self, line: str, timeout: float | None = None) -> list[str]:
+        """Send one command; return the reply's non-empty lines. Raises
+        :class:`subprocess.TimeoutExpired` past ``timeout`` seconds (default :attr:`timeout`)."""
         result = subprocess.run(
             self.argv(), input=line + "\n", env=self.env(), capture_output=True, text=True,
-            timeout=self.timeout,
+            timeout=self.timeout if timeout is None else timeout,
         )
         if result.returncode != 0:
             raise MpsError(f"MPS command {line!r} for {self.gpu_uuid} failed: {_output(result)}")
         return [r.strip() for r in result.stdout.splitlines() if r.strip()]
+
+    def answers(self, timeout: float) -> bool:
+        """Whether the running daemon answers a question (``get_server_list``) within ``timeout``
+        seconds; a refusal counts as no answer (its pipe is gone while its process lives). A binary
+        that is missing is no answer about the daemon: :class:`MpsUnavailable` is raised."""
+        try:
+            self.command("get_server_list", timeout=timeout)
+        except MpsUnavailable:
+            raise
+        except (MpsError, subprocess.TimeoutExpired):
+            return False
+        return True
+
+    def kill(self, daemon_pid: int) -> list[int]:
+        """Kill a daemon that no longer answers (``quit`` would not be heard) and its servers: they
+        are its children, read from /proc while the daemon is stopped (SIGSTOP), so it neither
+        starts another nor reaps one, and no PID is reused before it is killed. The PID file is
+        removed, as ``quit`` would; returns the servers' PIDs."""
+        try:
+            os.kill(daemon_pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            return []
+        servers = children(daemon_pid)
+        for pid in [*servers, daemon_pid]:
+            with contextlib.suppress(ProcessLookupError):  # a child of the stopped daemon stays a zombie
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + self.timeout
+        while not _ended(daemon_pid):  # its socket and pipes are closed once it has exited
+            if time.monotonic() > deadline:
+                raise MpsError(f"MPS control daemon {daemon_pid} of {self.gpu_uuid} outlived SIGKILL")
+            time.sleep(0.01)
+        self.pid_file.unlink(missing_ok=True)
+        return servers
 
     def servers(self) -> dict[int, int]:
         """Running servers as {uid: pid}; the owner is read from /proc, as for any process."""
@@ -197,6 +234,33 @@ def process_uid(pid: int) -> int | None:
     except FileNotFoundError:
         return None
     return None
+
+
+def children(pid: int, proc: Path = Path("/proc")) -> list[int]:
+    """The PIDs of ``pid``'s child processes, from each process's ``stat`` (its parent's PID)."""
+    found = []
+    for entry in proc.iterdir():
+        try:
+            if entry.name.isdigit() and _stat(entry)[1] == pid:
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return sorted(found)
+
+
+def _stat(entry: Path) -> tuple[str, int]:
+    """A process's state letter and parent PID: the fields after its name, which may hold spaces
+    and parentheses, so it is cut at the last ``)``."""
+    fields = entry.joinpath("stat").read_text().rpartition(")")[2].split()
+    return fields[0], int(fields[1])
+
+
+def _ended(pid: int) -> bool:
+    """Gone, or a zombie (its parent may be slow to reap it; it holds nothing any more)."""
+    try:
+        return _stat(Path(f"/proc/{pid}"))[0] in ("Z", "X")
+    except (OSError, ValueError, IndexError):
+        return True
 
 
 def _output(result: subprocess.CompletedProcess) -> str:

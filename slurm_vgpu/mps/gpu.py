@@ -80,15 +80,31 @@ class GpuMps:
             if self.control.running():
                 return False
             self.control.pid_file.unlink(missing_ok=True)
-            self.control.ensure_running()
-            self.control.open_to(running_uids)
-            if running_uids:
-                with connect() as conn:
-                    for uid in sorted(running_uids):
-                        caps = slices.user_caps(conn, self.uuid, uid)
-                        if caps is not None:
-                            self._cap(self.control.ensure_server(uid), caps)
+            self._start_capped(running_uids, connect)
         return True
+
+    def restart_wedged(self, daemon_pid: int, running_uids: set[int], connect: Connect) -> list[int] | None:
+        """Kill the control daemon ``daemon_pid`` that stopped answering, and its servers, and start
+        it again as :meth:`restart_if_dead` does; returns the killed servers' PIDs, None when the
+        daemon was no longer ``daemon_pid`` once the GPU was locked (another step restarted it)."""
+        with self._locked():
+            if self.control.daemon_pid() != daemon_pid:
+                return None
+            servers = self.control.kill(daemon_pid)
+            self._start_capped(running_uids, connect)
+        return servers
+
+    def _start_capped(self, running_uids: set[int], connect: Connect) -> None:
+        """Start the daemon, open it to ``running_uids`` and start their servers with their slices'
+        caps: the restart of :meth:`restart_if_dead` and :meth:`restart_wedged`, under the lock."""
+        self.control.ensure_running()
+        self.control.open_to(running_uids)
+        if running_uids:
+            with connect() as conn:
+                for uid in sorted(running_uids):
+                    caps = slices.user_caps(conn, self.uuid, uid)
+                    if caps is not None:
+                        self._cap(self.control.ensure_server(uid), caps)
 
     def stop_idle(self, connect: Connect) -> list[int]:
         """Stop the servers whose user has no active slice on the GPU; returns their uids. The slices

@@ -200,6 +200,28 @@ def test_a_process_over_its_memory_cap_is_killed_with_a_reason_and_its_neighbour
     cancel(agents, neighbour)
 
 
+def test_a_jobs_processes_are_held_to_its_cap_together_and_the_largest_is_ended(agents):
+    """Each of two processes is under the job's 1 GiB cap (MPS's per-client limit would pass both);
+    together they are over it, and only the larger is ended: the rest fit."""
+    large = fake_client(agents, "agt1", mib=700, util=0.1)
+    small = fake_client(agents, "agt1", mib=500, util=0.1).replace("ready-$SLURM_JOB_ID", "ready-$SLURM_JOB_ID-small")
+    job_id = submit(agents, "--gres=vgpu:t4:30", "--vgpu-mem=1G", script=f"{large} & {small} & wait")
+    large_pid = client_pid(agents, job_id)
+    small_pid = int(until("the small client's report", lambda: _read(agents.dir / "out" / f"ready-{job_id}-small")))
+    (event,) = until("the cap enforced", lambda: events(agents, "memory-cap-exceeded", job_id=job_id))
+    assert "used 1200 MiB of GPU memory together" in event["message"] and f"terminated {large_pid}," in event["message"]
+    until("the larger client's end", lambda: not Path(f"/proc/{large_pid}").exists())
+    os.kill(small_pid, 0)  # still alive
+    state = job(agents, job_id)
+    assert state["JobState"] == "RUNNING"
+    assert 'agent="processes of the job used 1200 MiB' in state["AdminComment"]
+    cancel(agents, job_id)
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text().strip() or None if path.exists() else None
+
+
 def test_the_guard_freezes_best_effort_while_latency_is_busy_and_lets_go_when_it_idles(agents):
     latency = submit(agents, "--gres=vgpu:t4:30", "--vgpu-class=latency",
                      script=fake_client(agents, "agt1", mib=100, util=0.9))

@@ -1,6 +1,7 @@
-"""Faults on a real Slurm: a prolog whose database does not answer, and a slurmctld that lost its
-state and gives a job id out again. Neither may run a vgpu job without its slice, nor let two jobs
-share one; both heal without an admin."""
+"""Faults on a real Slurm: a prolog whose database does not answer, a slurmctld that lost its state
+and gives a job id out again, and a GPU's MPS control daemon that stops answering. None may run a
+vgpu job without its slice, nor let two jobs share one, nor leave a running slice uncapped; all heal
+without an admin."""
 from __future__ import annotations
 
 import shutil
@@ -12,10 +13,12 @@ import pytest
 import sqlalchemy as sa
 
 from slurm_vgpu.db import engine as db
+from slurm_vgpu.mps import GpuMps
 from slurm_vgpu_dev import cluster as devcluster
 
 from ..conftest import TEST_PORT, engine_for, own_cluster, slurm
 from .jobs import ensure_user, job, output, output_dir, submit, wait_for
+from .node_helpers import mps_state, node_config, placement, wait_started
 
 pytestmark = pytest.mark.e2e
 
@@ -146,3 +149,30 @@ def _all_ended(engine, job_id: int) -> bool:
         return not conn.scalar(sa.text(
             "SELECT count(*) FROM placements WHERE job_id = :j AND state IN ('placed', 'pinned', 'running')"),
             {"j": job_id})
+
+
+def test_a_wedged_mps_control_daemon_is_restarted_and_the_running_slice_capped_again(faulty, engine):
+    """The fake daemon's simulate_hang (fake only): it answers nothing more, its PID alive. The agent
+    asks it a question every 10 s within MpsHealthTimeout (10 s, the default) and restarts it at the
+    second miss in a row."""
+    running = submit(faulty, "--gres=vgpu:t4:40", "--vgpu-mem=1G", script="sleep 300", user=USER)
+    wait_started(faulty, [running])
+    uuid = placement(faulty, running)["gpu_uuid"]
+    control = GpuMps.of(node_config(faulty), uuid).control
+    wedged = control.daemon_pid()
+    control.command("simulate_hang")
+    wait_until("the wedged daemon's restart", lambda: control.daemon_pid() not in (None, wedged), timeout=120)
+    (server,) = wait_until("the user's server started again", lambda: list(control.servers().values()))
+    capped = {f"set_active_thread_percentage {server} 40", f"set_device_pinned_mem_limit {server} 0 1024M"}
+    wait_until("its caps set again", lambda: capped <= set(mps_state(faulty, uuid)["commands"]))
+
+    def recorded() -> list[str]:
+        with engine.connect() as conn:
+            return conn.scalars(sa.text("SELECT message FROM events WHERE kind = 'mps-wedged' AND gpu_uuid = :g"),
+                                {"g": uuid}).all()
+
+    (message,) = wait_until("the restart recorded", recorded)
+    assert f"MPS control daemon {wedged} answered no question" in message
+    assert job(faulty, running)["JobState"] == "RUNNING"
+    slurm(faulty, "scancel", str(running))
+    wait_for(faulty, [running])

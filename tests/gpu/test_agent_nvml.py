@@ -52,4 +52,4 @@ def test_nvml_reports_the_clients_memory_and_a_busy_gpu(gpu, client):
     view = NodeView("n", (GpuView(gpu, "up", None, False),),
                     (Slice(1, gpu.uuid, os.getuid(), 30, 512, SloClass.BEST_EFFORT, "running"),),
                     (Process(ours.pid, gpu.uuid, 1, ours.used_mib, ours.sm_util),))
-    assert [o.pid for o in over_cap(view)] == [client.pid]
+    assert [pid for o in over_cap(view) for pid in o.ended] == [client.pid]

@@ -61,6 +61,13 @@ def test_mps_max_clients_is_each_gpus_own_limit_unless_lowered_and_never_above_w
             parse(f"MpsMaxClients={too_many}\n", "site.conf")
 
 
+def test_an_mps_health_timeout_of_no_time_is_refused():
+    assert parse("MpsHealthTimeout=2.5\n").mps_health_timeout == 2.5
+    with pytest.raises(ConfigError, match="site.conf:1: MpsHealthTimeout: 0.0 seconds leaves no time to answer; "
+                                          "give a number of seconds above 0"):
+        parse("MpsHealthTimeout=0\n", "site.conf")
+
+
 def test_an_unknown_key_is_refused_naming_the_file_line_and_nearest_key():
     """As the SPANK plugin refuses an unknown argument: a misspelt key must not leave its default on."""
     with pytest.raises(ConfigError, match=r"^slurm-vgpu.conf:3: unknown key 'SloGaurd'; did you mean 'SloGuard'\?$"):

@@ -11,7 +11,7 @@ import pytest
 
 from slurm_vgpu_dev import fake_mps
 from slurm_vgpu.mps import GpuMps, MpsControl, MpsError, MpsUnavailable
-from slurm_vgpu.mps.control import process_uid
+from slurm_vgpu.mps.control import children, process_uid
 from slurm_vgpu.config import Config
 
 FAKE = f"{sys.executable} -m slurm_vgpu_dev.fake_mps"
@@ -145,3 +145,27 @@ def test_the_pipe_and_log_directories_are_open_to_the_gpus_users_only(control):
     assert acl_users(control.pipe_dir) is None
     control.open_to({1001})
     assert acl_users(control.pipe_dir) == {1001}
+
+
+def test_a_hung_daemon_lives_on_but_answers_nothing_and_kill_ends_it_with_its_servers(control):
+    daemon, server = control.daemon_pid(), control.ensure_server(UID)
+    assert control.answers(timeout=10)
+    assert control.command("simulate_hang") == []  # fake only: it answers this, then nothing
+    assert not control.answers(timeout=0.5)
+    assert control.daemon_pid() == daemon  # the PID alone says it is healthy
+    assert children(daemon) == [server]  # its servers are its children
+    assert control.kill(daemon) == [server]
+    assert control.daemon_pid() is None and not control.pid_file.exists()
+    assert process_uid(server) is None or _state(server) == "Z"
+    control.ensure_running()  # a new one starts where the wedged one was
+    assert control.answers(timeout=10) and control.daemon_pid() != daemon
+
+
+def test_a_daemon_whose_pipe_is_gone_does_not_answer(control):
+    (control.pipe_dir / fake_mps.SOCKET).unlink()
+    assert not control.answers(timeout=10)
+    control.kill(control.daemon_pid())
+
+
+def _state(pid: int) -> str:
+    return open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0]
