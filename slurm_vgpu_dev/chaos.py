@@ -7,8 +7,11 @@ What is checked, from three independent sources:
 - the slice files the prologs wrote: sampled likewise, no GPU with slices of two users;
 - Postgres: every placement interval replayed at the end, no GPU over 100 or holding two users.
 And per job: it completed with its own slice (its output names its share), or ended with a reason
-(``vgpu-state=failed`` with a ``wait=`` in its AdminComment), or is one Slurm itself lost (submitted
-just before a SIGKILLed slurmctld saved it: reported apart, since no slurm-vgpu component saw it).
+(``vgpu-state=failed`` with a ``wait=`` in its AdminComment), or is one Slurm itself lost or rolled
+back: a SIGKILLed slurmctld comes back from the state it last saved, so a job submitted just before
+is forgotten (and its id given to a later job), and one that ended just before is running again in
+its eyes. Those are reported apart, by what the job's own output says: no slurm-vgpu component can
+bring back what slurmctld forgot.
 
 "Postgres down" closes the cluster's own database to every client and ends its connections (the
 machine's server is shared with other clusters and cannot be stopped for one of them).
@@ -25,6 +28,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -44,6 +48,13 @@ ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
          "PREEMPTED"}
 
 
+@dataclass(frozen=True)
+class Submission:
+    job_id: int
+    options: str
+    out: Path  # the job's output file
+
+
 @dataclass
 class Report:
     jobs: int = 0
@@ -55,6 +66,7 @@ class Report:
     unfinished: list[int] = field(default_factory=list)
     # ran to their end with their slice, then a slurmctld killed before it saved so came back from
     # older state, where they had not ended (Slurm requeues them later, or holds them never runnable)
+    # or did not exist (their id given to a later job)
     rolled_back: list[int] = field(default_factory=list)
     unfinished_why: list[str] = field(default_factory=list)  # state, Slurm's reason, the AdminComment's wait
     over_100: list[str] = field(default_factory=list)  # what each violation looked like
@@ -99,7 +111,7 @@ class Chaos:
         self.out = cluster.dir / "chaos"
         self.out.mkdir(exist_ok=True)
         self.out.chmod(0o1777)
-        self.submitted: dict[int, str] = {}  # job id -> options
+        self.submitted: list[Submission] = []  # in submit order; a forgetful slurmctld gives ids out again
 
     # --- Slurm, as root or as a user ---------------------------------------------------------------
 
@@ -117,10 +129,11 @@ class Chaos:
             model = self.rng.choice(["", "", "h100:", "a100:", "t4:"])
             options = [f"--gres=vgpu:{model}{share}", f"--vgpu-class={klass}"]
             script = SCRIPT.replace("{sleep}", str(self.rng.choice([0, 1, 2, 3])))
-            result = self.slurm("sbatch", "--parsable", f"--output={self.out}/%j.out", *options, "--wrap", script,
+            out = self.out / f"{len(self.submitted)}.out"  # not %j: a reused id is another user's file
+            result = self.slurm("sbatch", "--parsable", f"--output={out}", *options, "--wrap", script,
                                 user=self.rng.choice(self.users))
             if result.returncode == 0:
-                self.submitted[int(result.stdout.strip().split(";")[0])] = " ".join(options)
+                self.submitted.append(Submission(int(result.stdout.strip().split(";")[0]), " ".join(options), out))
             else:  # slurmctld down this moment: a user would try again
                 time.sleep(0.5)
             time.sleep(self.rng.uniform(0, 2 * spread_s))
@@ -255,7 +268,8 @@ class Chaos:
         result = self.slurm("squeue", "--json", "--states=all")  # 23.02+ drop ended jobs without it
         if result.returncode != 0:
             return {}
-        return {j["job_id"]: j for j in json.loads(result.stdout)["jobs"] if j["job_id"] in self.submitted}
+        ids = {s.job_id for s in self.submitted}
+        return {j["job_id"]: j for j in json.loads(result.stdout)["jobs"] if j["job_id"] in ids}
 
     def wait_ended(self, timeout_s: float) -> None:
         """Until every job Slurm knows has ended (faults go on meanwhile), or the timeout."""
@@ -275,21 +289,26 @@ class Chaos:
                 "FROM placements")).all()
         placed = {r.job_id for r in rows}
         self.report.jobs = len(self.submitted)
-        for job_id in sorted(self.submitted):
+        latest = {s.job_id: s for s in self.submitted}  # Slurm's record of an id is its last submission's
+        for submission in self.submitted:
+            job_id, out = submission.job_id, submission.out
+            printed = out.read_text() if out.exists() else ""
+            ran_whole = DONE in printed and re.search(r"share=\d+ ", printed) is not None
+            if latest[job_id] is not submission:  # forgotten, its id given out again
+                (self.report.rolled_back if ran_whole else self.report.lost_by_slurmctld).append(job_id)
+                continue
             job = known.get(job_id)
-            out = self.out / f"{job_id}.out"
             if job is None:
                 (self.report.lost if job_id in placed else self.report.lost_by_slurmctld).append(job_id)
                 continue
             state, comment = _state(job), job.get("admin_comment") or ""
-            printed = out.read_text() if out.exists() else ""
             share = re.search(r"vgpu:(?:\w+:)?(\d+)", job.get("tres_per_node") or "")
-            if state not in ENDED and DONE in printed and re.search(r"share=\d+ ", printed):
+            why = f"{job_id} {state} {job.get('state_reason', '')} {job.get('nodes') or ''} {comment}".strip()
+            if state not in ENDED and ran_whole:
                 self.report.rolled_back.append(job_id)
             elif state not in ENDED:
                 self.report.unfinished.append(job_id)
-                self.report.unfinished_why.append(
-                    f"{job_id} {state} {job.get('state_reason', '')} {job.get('nodes') or ''} {comment}".strip())
+                self.report.unfinished_why.append(why)
             elif state == "COMPLETED":
                 if share and f"share={share.group(1)} " in printed:
                     self.report.completed_with_slice += 1
@@ -297,8 +316,9 @@ class Chaos:
                     self.report.ran_without_slice.append(job_id)
             elif "wait=" in comment or "agent=" in comment or state in ("NODE_FAIL", "CANCELLED"):
                 self.report.ended_with_reason += 1
-            else:
+            else:  # ended with no reason a user can read
                 self.report.unfinished.append(job_id)
+                self.report.unfinished_why.append(why)
         self.report.over_100 += [f"Postgres: {v}" for v in replay(rows, "over")]
         self.report.user_mixes += [f"Postgres: {v}" for v in replay(rows, "users")]
 
