@@ -153,7 +153,7 @@ def write_configs(cluster: Cluster, nodes: list[NodeSpec]) -> None:
     node_config = Config(
         database_url=cluster.database_url or Config.database_url,
         inventory=str(cluster.dir / "inventory" / "%n.json"),
-        mps_control=f"{sys.executable} -m slurm_vgpu_dev.fake_mps",
+        mps_control=f"{sys.executable} -m slurm_vgpu_dev.fake_mps --gpus {cluster.dir / 'inventory'}",
         run_dir=cluster.dir / "run" / "vgpu",
         slurm_conf=cluster.slurm_conf,
     )

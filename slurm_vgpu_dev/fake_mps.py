@@ -8,10 +8,17 @@ daemon and prints the replies. Servers are real processes (``sleep`` renamed
 for real servers. The daemon keeps what it was told in ``fake-mps-state.json`` in the pipe
 directory, so tests can assert the limits that were set.
 
-Stdlib only: the prolog runs this client several times per job.
+``--gpus DIR`` (before ``-d``) names the directory of the simulated inventory files: the daemon
+then finds its GPU there, and each server holds that simulated GPU's context while it runs, as a
+real MPS server holds its GPU's. On a GPU that is EXCLUSIVE_PROCESS, that context is the only one:
+a server that cannot get it does not start, and a client outside MPS gets none beside it
+(:meth:`slurm_vgpu.adapters.gpus.SimulatedInventory.hold_context`).
+
+Stdlib only on the client path: the prolog runs this client several times per job.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -52,10 +59,12 @@ def _memory_limit(text: str) -> str:
 
 
 class ControlState:
-    """What the daemon knows: default limits and, per server PID, its uid and limits."""
+    """What the daemon knows: default limits and, per server PID, its uid and limits; ``gpus``, the
+    simulated inventory holding its GPU, when there is one."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, gpus=None):
         self.path = directory / STATE_FILE
+        self.gpus = gpus
         self.doc = {
             "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "default_active_thread_percentage": 100.0,
@@ -112,9 +121,19 @@ def _start_server(state: ControlState, flag: str, uid_text: str) -> str:
     for pid in [p for p, s in state.servers.items() if s["uid"] != uid]:
         _stop_server(state, pid)  # the fake has no clients, so the other user's server is idle
     process = subprocess.Popen(
-        ["nvidia-cuda-mps-server", "infinity"], executable="sleep", user=uid,
+        ["nvidia-cuda-mps-server", "infinity"], executable="sleep", user=uid, preexec_fn=_end_with_daemon,
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    if state.gpus is not None:
+        from slurm_vgpu.adapters.gpus import ContextRefused
+
+        try:
+            state.gpus.hold_context(state.doc["visible_devices"], process.pid)
+        except ContextRefused as exc:
+            process.kill()
+            process.wait()
+            _log(f"Server for user {uid} failed to start: {exc}", name="server.log", who="Server")
+            return ""
     state.servers[str(process.pid)] = {
         "uid": uid,
         "active_thread_percentage": state.doc["default_active_thread_percentage"],
@@ -125,8 +144,16 @@ def _start_server(state: ControlState, flag: str, uid_text: str) -> str:
     return ""
 
 
+def _end_with_daemon() -> None:
+    """A server ends when its control daemon dies (killed, it cannot stop them), its GPU context
+    with it: assumed of NVIDIA's servers, not yet seen on a real GPU."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _stop_server(state: ControlState, pid: str) -> None:
     del state.servers[pid]
+    if state.gpus is not None:
+        state.gpus.release_context(state.doc["visible_devices"], int(pid))
     try:
         os.kill(int(pid), signal.SIGTERM)
         os.waitpid(int(pid), 0)
@@ -246,14 +273,39 @@ def _log(message: str, name: str = "control.log", who: str | None = None) -> Non
         log.write(f"[{stamp} {who or f'Control {os.getpid()}'}] {message}\n")
 
 
-def serve(directory: Path) -> None:
+def simulated_gpu(inventories: Path | None):
+    """The simulated inventory, among the files in ``inventories``, that lists this daemon's GPU."""
+    if inventories is None:
+        return None
+    from slurm_vgpu.adapters.gpus import InventoryError, SimulatedInventory
+
+    uuid = os.environ.get("CUDA_VISIBLE_DEVICES")
+    for path in sorted(inventories.glob("*.json")):
+        try:
+            if any(g.uuid == uuid for g in SimulatedInventory(path).gpus()):
+                return SimulatedInventory(path)
+        except InventoryError:
+            continue
+    return None
+
+
+def serves(directory: Path, gpu: str) -> bool:
+    """Whether a control daemon answers in ``directory`` for GPU ``gpu``: where a CUDA client with
+    that pipe directory becomes an MPS client."""
+    try:
+        return _running(directory) and json.loads((directory / STATE_FILE).read_text())["visible_devices"] == gpu
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def serve(directory: Path, inventories: Path | None = None) -> None:
     """The daemon's loop: one command per connection, reply, close."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     path = directory / SOCKET
     path.unlink(missing_ok=True)
     listener.bind(str(path))
     listener.listen(16)
-    state = ControlState(directory)
+    state = ControlState(directory, simulated_gpu(inventories))
     (directory / PID_FILE).write_text(f"{os.getpid()}\n")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     _log("Starting control daemon")
@@ -289,7 +341,7 @@ def send(directory: Path, line: str) -> str:
         return stream.read()
 
 
-def _daemonize(directory: Path) -> int:
+def _daemonize(directory: Path, inventories: Path | None) -> int:
     """Fork a session leader that serves; the parent returns once it has written its PID file."""
     read_end, write_end = os.pipe()
     if os.fork() == 0:
@@ -304,7 +356,7 @@ def _daemonize(directory: Path) -> int:
         os.write(write_end, f"{os.getpid()}\n".encode())
         os.close(write_end)
         try:
-            serve(directory)
+            serve(directory, inventories)
         finally:
             os._exit(0)
     os.close(write_end)
@@ -332,6 +384,9 @@ def _running(directory: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    inventories = None
+    if args[:1] == ["--gpus"] and len(args) >= 2:
+        inventories, args = Path(args[1]), args[2:]
     directory = pipe_dir()
     if args in (["-d"], ["-f"]):
         directory.mkdir(parents=True, exist_ok=True)
@@ -340,11 +395,11 @@ def main(argv: list[str] | None = None) -> int:
             print("An instance of this daemon is already running", file=sys.stderr)
             return 1
         if args == ["-d"]:
-            return _daemonize(directory)
-        serve(directory)
+            return _daemonize(directory, inventories)
+        serve(directory, inventories)
         return 0
     if args:
-        print(f"usage: {Path(sys.argv[0]).name} [-d | -f]  (commands on stdin)", file=sys.stderr)
+        print(f"usage: {Path(sys.argv[0]).name} [--gpus DIR] [-d | -f]  (commands on stdin)", file=sys.stderr)
         return 2
     for line in sys.stdin:
         if not line.strip():

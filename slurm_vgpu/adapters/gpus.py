@@ -1,6 +1,11 @@
-"""GPU inventory: NVML on a real node, an inventory file on a simulated one; same records either way."""
+"""GPU inventory: NVML on a real node, an inventory file on a simulated one; same records either way.
+
+Besides what a GPU is, what is set on it: its compute mode. A GPU that carries slices is
+EXCLUSIVE_PROCESS, so that only its MPS server may hold a context there (:mod:`slurm_vgpu.mps.gpu`).
+"""
 from __future__ import annotations
 
+import enum
 import json
 import os
 from collections.abc import Iterator
@@ -44,6 +49,14 @@ class GpuProcess:
     sm_util: float | None = None  # 0..1 of the whole GPU; None when NVML has no sample for it
 
 
+class ComputeMode(enum.Enum):
+    """NVML's compute modes (``nvmlComputeMode_t``; EXCLUSIVE_THREAD is gone since CUDA 8)."""
+
+    DEFAULT = 0  # any number of processes may hold a context on the GPU
+    PROHIBITED = 2  # no process may
+    EXCLUSIVE_PROCESS = 3  # one process may: under MPS, the MPS server, whose clients share its context
+
+
 class GpuInventory(Protocol):
     def gpus(self) -> list[GpuRecord]:
         """The node's healthy GPUs; a GPU NVML reports lost (or the file marks lost) is left out."""
@@ -55,9 +68,23 @@ class GpuInventory(Protocol):
         """The GPU's busy ratio (0..1) over NVML's last sample period; None when unknown."""
         ...
 
+    def compute_mode(self, uuid: str) -> ComputeMode: ...
+
+    def set_compute_mode(self, uuid: str, mode: ComputeMode) -> None:
+        """Set the GPU's compute mode; :class:`ComputeModeRefused` when the GPU or our rights do not allow it."""
+        ...
+
 
 class InventoryError(RuntimeError):
     pass
+
+
+class ComputeModeRefused(InventoryError):
+    """The GPU's compute mode cannot be set here (NVML: no permission, or not supported)."""
+
+
+class ContextRefused(RuntimeError):
+    """A simulated GPU refused a CUDA context, as CUDA does with cudaErrorDevicesUnavailable."""
 
 
 class SimulatedInventory:
@@ -66,14 +93,35 @@ class SimulatedInventory:
     Processes are what fake CUDA clients (``python -m slurm_vgpu_dev.fake_cuda``) report: one JSON
     file per process, ``<usage dir>/<gpu uuid>/<pid>`` = ``{"used_mib": N, "sm_util": 0..1}``, where
     the usage directory sits beside the inventory file (``node1.json`` -> ``node1.usage``).
+
+    This models a GPU's compute mode and contexts too. The mode is one small file per GPU,
+    ``<modes dir>/<gpu uuid>`` (``node1.modes``, root's, 0755; the file 0644, replaced whole): a
+    file per GPU, so prologs on different GPUs never write the same file, and two on one GPU are
+    serialised by that GPU's lock. No file: DEFAULT, as a GPU after boot. A context is held by a
+    process recorded in ``<contexts dir>/<gpu uuid>/<pid>`` while it lives (``node1.contexts``: a
+    fake CUDA client outside MPS records its own, the fake MPS daemon its servers'); under
+    EXCLUSIVE_PROCESS the GPU gives no second process one.
     """
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
 
+    @classmethod
+    def of_usage_dir(cls, usage_dir: Path) -> SimulatedInventory:
+        """The inventory whose usage directory that is (what a fake CUDA client is given)."""
+        return cls(usage_dir.with_suffix(".json"))
+
     @property
     def usage_dir(self) -> Path:
         return self.path.with_suffix(".usage")
+
+    @property
+    def modes_dir(self) -> Path:
+        return self.path.with_suffix(".modes")
+
+    @property
+    def contexts_dir(self) -> Path:
+        return self.path.with_suffix(".contexts")
 
     def gpus(self) -> list[GpuRecord]:
         try:
@@ -106,6 +154,45 @@ class SimulatedInventory:
 
     def utilization(self, uuid: str) -> float | None:
         return min(1.0, sum(p.sm_util or 0.0 for p in self.processes(uuid)))
+
+    def compute_mode(self, uuid: str) -> ComputeMode:
+        try:
+            return ComputeMode[(self.modes_dir / uuid).read_text().strip()]
+        except FileNotFoundError:
+            return ComputeMode.DEFAULT
+
+    def set_compute_mode(self, uuid: str, mode: ComputeMode) -> None:
+        """Only root may, as with NVML; the file is replaced whole, so a reader sees one mode or the other."""
+        if os.geteuid() != 0:
+            raise ComputeModeRefused(f"setting the compute mode of {uuid} needs root (NVML: Insufficient Permissions)")
+        self.modes_dir.mkdir(mode=0o755, exist_ok=True)
+        tmp = self.modes_dir / f".{uuid}.{os.getpid()}"
+        tmp.write_text(mode.name + "\n")
+        tmp.chmod(0o644)
+        tmp.replace(self.modes_dir / uuid)
+
+    def hold_context(self, uuid: str, pid: int) -> None:
+        """Give process ``pid`` a context on the GPU, as CUDA's first call does; :class:`ContextRefused`
+        while the GPU is EXCLUSIVE_PROCESS and another live process holds one."""
+        holders = [p for p in self.context_holders(uuid) if p != pid]
+        if self.compute_mode(uuid) is ComputeMode.EXCLUSIVE_PROCESS and holders:
+            raise ContextRefused(f"all CUDA-capable devices are busy or unavailable (cudaErrorDevicesUnavailable): "
+                                 f"{uuid} is EXCLUSIVE_PROCESS and process {holders[0]} holds its context")
+        directory = self.contexts_dir / uuid
+        for each in (self.contexts_dir, directory):  # any user's process may hold a context: sticky, as /tmp
+            try:
+                each.mkdir()
+                each.chmod(0o1777)
+            except FileExistsError:
+                pass
+        (directory / str(pid)).touch()
+
+    def release_context(self, uuid: str, pid: int) -> None:
+        (self.contexts_dir / uuid / str(pid)).unlink(missing_ok=True)
+
+    def context_holders(self, uuid: str) -> list[int]:
+        """Live processes holding a context on the GPU (a record left by a dead one is ignored)."""
+        return [int(path.name) for path in sorted((self.contexts_dir / uuid).glob("[0-9]*")) if _alive(int(path.name))]
 
 
 class NvmlInventory:
@@ -155,6 +242,19 @@ class NvmlInventory:
             return [GpuProcess(pid, mib, samples.get(pid)) for pid, mib in sorted(used.items())
                     if pid in client_pids or not _is_mps_server(pynvml, pid)]
 
+    def compute_mode(self, uuid: str) -> ComputeMode:
+        with _nvml() as pynvml:
+            return ComputeMode(pynvml.nvmlDeviceGetComputeMode(pynvml.nvmlDeviceGetHandleByUUID(uuid)))
+
+    def set_compute_mode(self, uuid: str, mode: ComputeMode) -> None:
+        """The mode applies to contexts created after it: one a process already holds stays (NVML
+        sets it all the same), which is why a GPU is checked for processes before it is made exclusive."""
+        with _nvml() as pynvml:
+            try:
+                pynvml.nvmlDeviceSetComputeMode(pynvml.nvmlDeviceGetHandleByUUID(uuid), mode.value)
+            except (pynvml.NVMLError_NoPermission, pynvml.NVMLError_NotSupported) as exc:
+                raise ComputeModeRefused(f"NVML refused compute mode {mode.name} on {uuid}: {exc}") from exc
+
     def utilization(self, uuid: str) -> float | None:
         with _nvml() as pynvml:
             try:
@@ -176,6 +276,16 @@ def _nvml() -> Iterator:
         yield pynvml
     finally:
         pynvml.nvmlShutdown()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def _text(value: str | bytes) -> str:
