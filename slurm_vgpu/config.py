@@ -39,6 +39,10 @@ class Config:
     # the most slices a GPU holds, below its MPS server's own limit (48 from compute capability 7.0,
     # 16 before); None: each GPU's own limit. A GPU whose limit is lower keeps its own.
     mps_max_clients: int | None = None
+    # a GPU that carries slices is EXCLUSIVE_PROCESS, so only its MPS server holds a context there;
+    # "no" leaves the compute mode alone (weaker: a task that unsets CUDA_MPS_PIPE_DIRECTORY gets an
+    # uncapped context of its own beside the server)
+    exclusive_compute_mode: bool = True
     run_dir: Path = Path(contract.RUN_DIR)  # per-GPU pipe/log dirs, slice files
     slurm_conf: Path | None = None  # passed to Slurm commands when set (dev clusters)
     node_name: str | None = None  # this node's Slurm name; default: the short hostname

@@ -214,8 +214,15 @@ class MpsControl:
         self._expect_set(f"shutdown_server {server_pid}")
 
     def quit(self) -> None:
-        if self.running():
-            self.command("quit")
+        """Stop the daemon and its servers; returns once it is gone (its PID file removed)."""
+        if not self.running():
+            return
+        self.command("quit")
+        deadline = time.monotonic() + self.timeout
+        while self.running():
+            if time.monotonic() > deadline:
+                raise MpsError(f"MPS control daemon for {self.gpu_uuid} did not quit in {self.timeout:g} s")
+            time.sleep(0.01)
 
     def _expect_set(self, line: str) -> None:
         """A set command answers nothing or the value it set; anything else is a refusal."""

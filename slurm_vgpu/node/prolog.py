@@ -1,7 +1,7 @@
 """Prolog: give a placed job its slice before any of its tasks starts.
 
-Reads the job's placement, makes sure the GPU's MPS control daemon runs, starts the job user's
-server and caps it, marks the placement running and writes the slice file. A job without a
+Reads the job's placement, makes sure the GPU is exclusive to MPS and its control daemon runs,
+starts the job user's server and caps it, marks the placement running and writes the slice file. A job without a
 placement is left alone: a plain job, which Slurm's device cgroup keeps off every GPU (gres.conf
 declares them all with File=), so it cannot reach one without a slice either.
 """
@@ -36,7 +36,7 @@ def run(config: Config, env: Mapping[str, str], node: str) -> int:
             log.error("job %d: %s; it gets no slice", job_id, refusal)
             store.record_event(conn, "prolog-refused", refusal, job_id, placement.gpu_uuid, node)
             return 0
-        gpu = GpuMps.of(config, placement.gpu_uuid)
+        gpu = GpuMps.of(config, placement.gpu_uuid, node)
         with gpu.serving(conn, uid, placement.id):
             if not store.mark_running(conn, placement):
                 log.error("job %d: its placement ended while the prolog ran; it gets no slice", job_id)

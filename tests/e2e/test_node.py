@@ -1,13 +1,18 @@
 """The node path on a real Slurm: SPANK options checked at submit, the prolog's MPS slice, the
-root-owned slice file, the task environment, device fencing with ConstrainDevices, the epilog."""
+root-owned slice file, the task environment, device fencing with ConstrainDevices, the GPU's
+compute mode, the epilog. The GPUs are simulated: their compute mode and contexts are modelled
+beside the inventory, and the fake CUDA client asks for a context as a real one does."""
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
+from slurm_vgpu.adapters.gpus import ComputeMode, SimulatedInventory
 from slurm_vgpu.db.engine import drop_database
 from slurm_vgpu_dev import cluster as devcluster
 
@@ -163,3 +168,27 @@ def test_srun_and_salloc_check_the_options_too(nodes, command):
     result = slurm(nodes, *command, "--vgpu-mem=eight", "true", user=USER, check=False)
     assert result.returncode != 0
     assert "slurm-vgpu: invalid --vgpu-mem='eight'" in result.stderr
+
+
+def test_a_task_that_drops_its_mps_variables_gets_no_gpu_context_beside_its_server(nodes):
+    """Outside MPS a CUDA client runs "as it normally would": the GPU, EXCLUSIVE_PROCESS while it
+    carries slices, gives it no context beside the MPS server. Root's jobs: the fake client is
+    this test's Python, which only root may run here."""
+    gpu = SimulatedInventory(node_config(nodes).inventory_for("solo"))
+    (uuid,) = [g.uuid for g in gpu.gpus()]
+    client = f"{sys.executable} -m slurm_vgpu_dev.fake_cuda --usage-dir {gpu.usage_dir} --mib 10 --seconds"
+    keeps = submit(nodes, output_option(nodes), "--gres=vgpu:t4:30", script=f"{client} 8")
+    drops = submit(nodes, output_option(nodes), "--gres=vgpu:t4:30",
+                   script=f"env -u CUDA_MPS_PIPE_DIRECTORY -u CUDA_MPS_LOG_DIRECTORY {client} 1")
+    wait_started(nodes, [keeps, drops])
+    assert gpu.compute_mode(uuid) is ComputeMode.EXCLUSIVE_PROCESS
+    ended = wait_for(nodes, [keeps, drops])
+    assert ended[drops]["JobState"] == "FAILED"
+    assert "all CUDA-capable devices are busy or unavailable" in job_output(nodes, drops)
+    assert "cudaErrorDevicesUnavailable" in job_output(nodes, drops)
+    assert ended[keeps]["JobState"] == "COMPLETED" and "(MPS client)" in job_output(nodes, keeps)
+    deadline = time.monotonic() + 30  # the last epilog on the GPU gives it back its DEFAULT mode
+    while gpu.compute_mode(uuid) is not ComputeMode.DEFAULT:
+        assert time.monotonic() < deadline, "the GPU stayed EXCLUSIVE_PROCESS after its last slice ended"
+        time.sleep(0.2)
+    assert not node_config(nodes).gpu_dir(uuid).joinpath("pipe", "nvidia-cuda-mps-control.pid").exists()
