@@ -6,6 +6,7 @@ EXCLUSIVE_PROCESS, so that only its MPS server may hold a context there (:mod:`s
 from __future__ import annotations
 
 import enum
+import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -173,11 +174,8 @@ class SimulatedInventory:
 
     def hold_context(self, uuid: str, pid: int) -> None:
         """Give process ``pid`` a context on the GPU, as CUDA's first call does; :class:`ContextRefused`
-        while the GPU is EXCLUSIVE_PROCESS and another live process holds one."""
-        holders = [p for p in self.context_holders(uuid) if p != pid]
-        if self.compute_mode(uuid) is ComputeMode.EXCLUSIVE_PROCESS and holders:
-            raise ContextRefused(f"all CUDA-capable devices are busy or unavailable (cudaErrorDevicesUnavailable): "
-                                 f"{uuid} is EXCLUSIVE_PROCESS and process {holders[0]} holds its context")
+        while the GPU is EXCLUSIVE_PROCESS and another live process holds one. Two at once are
+        told apart, as by the driver: the GPU's contexts directory is locked meanwhile."""
         directory = self.contexts_dir / uuid
         for each in (self.contexts_dir, directory):  # any user's process may hold a context: sticky, as /tmp
             try:
@@ -185,7 +183,16 @@ class SimulatedInventory:
                 each.chmod(0o1777)
             except FileExistsError:
                 pass
-        (directory / str(pid)).touch()
+        handle = os.open(directory, os.O_RDONLY)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            holders = [p for p in self.context_holders(uuid) if p != pid]
+            if self.compute_mode(uuid) is ComputeMode.EXCLUSIVE_PROCESS and holders:
+                raise ContextRefused("all CUDA-capable devices are busy or unavailable (cudaErrorDevicesUnavailable): "
+                                     f"{uuid} is EXCLUSIVE_PROCESS and process {holders[0]} holds its context")
+            (directory / str(pid)).touch()
+        finally:
+            os.close(handle)
 
     def release_context(self, uuid: str, pid: int) -> None:
         (self.contexts_dir / uuid / str(pid)).unlink(missing_ok=True)

@@ -72,6 +72,27 @@ def test_prologs_on_different_gpus_never_undo_each_others_mode(node):
     assert (node.compute_mode(first), node.compute_mode(second)) == (EXCLUSIVE, DEFAULT)
 
 
+def test_of_processes_racing_for_an_exclusive_gpu_one_gets_its_context(node):
+    uuid = uuids(node)[0]
+    node.set_compute_mode(uuid, EXCLUSIVE)
+    racer = ("import os, sys, time; from slurm_vgpu.adapters.gpus import *\n"
+             f"try: SimulatedInventory({str(node.path)!r}).hold_context({uuid!r}, os.getpid())\n"
+             "except ContextRefused: sys.exit(3)\n"
+             "time.sleep(60)")
+    racers = [subprocess.Popen([sys.executable, "-c", racer]) for _ in range(6)]
+    try:
+        deadline = time.monotonic() + 60
+        while sum(r.poll() is not None for r in racers) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (holder,) = [r for r in racers if r.poll() is None]
+        assert [r.returncode for r in racers if r is not holder] == [3] * 5
+        assert node.context_holders(uuid) == [holder.pid]
+    finally:
+        for r in racers:
+            r.kill()
+            r.wait()
+
+
 class FakeNvml(types.ModuleType):
     """A stand-in for pynvml that models one GPU's compute mode, refusing a set as a GPU or a user
     without the right does (NVML_ERROR_NOT_SUPPORTED / NO_PERMISSION)."""
