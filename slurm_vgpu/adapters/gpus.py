@@ -251,7 +251,10 @@ class NvmlInventory:
 
     def compute_mode(self, uuid: str) -> ComputeMode:
         with _nvml() as pynvml:
-            return ComputeMode(pynvml.nvmlDeviceGetComputeMode(pynvml.nvmlDeviceGetHandleByUUID(uuid)))
+            try:
+                return ComputeMode(pynvml.nvmlDeviceGetComputeMode(pynvml.nvmlDeviceGetHandleByUUID(uuid)))
+            except pynvml.NVMLError as exc:
+                raise InventoryError(f"NVML cannot read the compute mode of {uuid}: {exc}") from exc
 
     def set_compute_mode(self, uuid: str, mode: ComputeMode) -> None:
         """The mode applies to contexts created after it: one a process already holds stays (NVML
@@ -261,6 +264,8 @@ class NvmlInventory:
                 pynvml.nvmlDeviceSetComputeMode(pynvml.nvmlDeviceGetHandleByUUID(uuid), mode.value)
             except (pynvml.NVMLError_NoPermission, pynvml.NVMLError_NotSupported) as exc:
                 raise ComputeModeRefused(f"NVML refused compute mode {mode.name} on {uuid}: {exc}") from exc
+            except pynvml.NVMLError as exc:
+                raise InventoryError(f"NVML cannot set compute mode {mode.name} on {uuid}: {exc}") from exc
 
     def utilization(self, uuid: str) -> float | None:
         with _nvml() as pynvml:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..adapters.gpus import ComputeMode, ComputeModeRefused, GpuInventory, inventory_from
+from ..adapters.gpus import ComputeMode, ComputeModeRefused, GpuInventory, InventoryError, inventory_from
 from . import slices
 from .control import MpsControl, MpsError
 from .slices import Caps
@@ -159,8 +159,10 @@ class GpuMps:
         exclusive afresh must hold no process: NVML sets the mode all the same, but a context
         held already stays, and the MPS server could then get none."""
         running = self.control.running()
-        if self.exclusive and self.gpus.compute_mode(self.uuid) is not ComputeMode.EXCLUSIVE_PROCESS:
-            in_use = [] if running else [p.pid for p in self.gpus.processes(self.uuid)]
+        with _gpu_errors():
+            exclusive_now = not self.exclusive or self.gpus.compute_mode(self.uuid) is ComputeMode.EXCLUSIVE_PROCESS
+            in_use = [] if running or exclusive_now else [p.pid for p in self.gpus.processes(self.uuid)]
+        if not exclusive_now:
             if in_use:
                 raise MpsError(f"GPU {self.uuid} is in use outside MPS (pid {', '.join(map(str, in_use))}): its MPS "
                                "server could not hold it alone; end those processes")
@@ -179,13 +181,8 @@ class GpuMps:
             self._set_mode(ComputeMode.DEFAULT)
 
     def _set_mode(self, mode: ComputeMode) -> None:
-        try:
+        with _gpu_errors():
             self.gpus.set_compute_mode(self.uuid, mode)
-        except ComputeModeRefused as exc:
-            raise MpsError(f"{exc}. A slice without an exclusive GPU is not a slice: a task that unsets "
-                           "CUDA_MPS_PIPE_DIRECTORY would get an uncapped context beside the MPS server. Run "
-                           "slurm-vgpu as root on a GPU that supports compute modes, or set "
-                           "ExclusiveComputeMode=no in slurm-vgpu.conf to go without (weaker)") from None
 
     def _cap(self, server: int, caps: Caps) -> None:
         self.control.set_limits(server, caps.share, caps.memory_mib)
@@ -197,3 +194,17 @@ class GpuMps:
         with open(self.directory / "lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
+
+
+@contextmanager
+def _gpu_errors() -> Iterator[None]:
+    """The GPU adapter's failures as MPS's: the hooks and the agent fail a step on MpsError alike."""
+    try:
+        yield
+    except ComputeModeRefused as exc:
+        raise MpsError(f"{exc}. A slice without an exclusive GPU is not a slice: a task that unsets "
+                       "CUDA_MPS_PIPE_DIRECTORY would get an uncapped context beside the MPS server. Run "
+                       "slurm-vgpu as root on a GPU that supports compute modes, or set "
+                       "ExclusiveComputeMode=no in slurm-vgpu.conf to go without (weaker)") from None
+    except InventoryError as exc:
+        raise MpsError(str(exc)) from None

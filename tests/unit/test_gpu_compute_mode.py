@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from slurm_vgpu.adapters.gpus import ComputeMode, ComputeModeRefused, NvmlInventory, SimulatedInventory
+from slurm_vgpu.adapters.gpus import (ComputeMode, ComputeModeRefused, InventoryError, NvmlInventory,
+                                      SimulatedInventory)
 from slurm_vgpu.mps import MpsControl, MpsError
 from slurm_vgpu_dev.layout import simulated_gpu
 
@@ -143,6 +144,18 @@ def test_a_gpu_nvml_will_not_set_is_refused_by_name(monkeypatch, refusal):
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(getattr(FakeNvml, refusal)))
     with pytest.raises(ComputeModeRefused, match="NVML refused compute mode EXCLUSIVE_PROCESS on GPU-x"):
         NvmlInventory().set_compute_mode("GPU-x", EXCLUSIVE)
+
+
+def test_a_gpu_nvml_cannot_read_is_an_inventory_error(monkeypatch):
+    nvml = FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+
+    def lost(handle):
+        raise nvml.NVMLError("GPU is lost")
+
+    monkeypatch.setattr(nvml, "nvmlDeviceGetComputeMode", lost)
+    with pytest.raises(InventoryError, match="cannot read the compute mode of GPU-x: GPU is lost"):
+        NvmlInventory().compute_mode("GPU-x")
 
 
 def fake_cuda(node: SimulatedInventory, uuid: str, ready: Path, **env: str) -> subprocess.Popen:
