@@ -51,9 +51,10 @@ class GpuProcess:
 
 
 class ComputeMode(enum.Enum):
-    """NVML's compute modes (``nvmlComputeMode_t``; EXCLUSIVE_THREAD is gone since CUDA 8)."""
+    """NVML's compute modes (``nvmlComputeMode_t``)."""
 
     DEFAULT = 0  # any number of processes may hold a context on the GPU
+    EXCLUSIVE_THREAD = 1  # gone since CUDA 8; read, never set
     PROHIBITED = 2  # no process may
     EXCLUSIVE_PROCESS = 3  # one process may: under MPS, the MPS server, whose clients share its context
 

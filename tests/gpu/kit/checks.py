@@ -18,11 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from slurm_vgpu.adapters.gpus import GpuRecord, InventoryError, NvmlInventory
+from slurm_vgpu.adapters.gpus import ComputeMode, ComputeModeRefused, GpuRecord, InventoryError, NvmlInventory
 from slurm_vgpu.config import Config
 from slurm_vgpu.mps import GpuMps, MpsControl, MpsUnavailable
 
-from . import compute_mode
 from .clients import Client, ClientError, mps_env, plain_env, run_together, started, stop_all
 from .guard_driver import GuardDriver
 from .table import Row, verdict
@@ -170,9 +169,9 @@ class Kit:
 
     def measure_time_sliced(self) -> None:
         """The co-location baselines: the same clients with no MPS, before any daemon starts."""
-        mode = compute_mode.get(self.gpu.uuid)
-        if mode != compute_mode.DEFAULT:
-            why = f"skipped: compute mode is {compute_mode.NAMES.get(mode, mode)}: time-slicing needs DEFAULT"
+        mode = NvmlInventory().compute_mode(self.gpu.uuid)
+        if mode is not ComputeMode.DEFAULT:
+            why = f"skipped: compute mode is {mode.name}: time-slicing needs DEFAULT"
             self.time_sliced = dict.fromkeys(COLOCATED, why)
             return
         with tempfile.TemporaryDirectory(prefix="kit-no-pipe-") as no_pipe:
@@ -289,10 +288,11 @@ class Kit:
         if not self.change_compute_mode:
             raise Skip(f"changes the GPU's compute mode; run with {CONSENT_FLAG} where the site agrees")
         control, gpu = self.controls[0], self.gpu
-        prior = compute_mode.get(gpu.uuid)
+        nvml = NvmlInventory()
+        prior = nvml.compute_mode(gpu.uuid)
         try:
-            compute_mode.set_(gpu.uuid, compute_mode.EXCLUSIVE_PROCESS)
-        except compute_mode.refusals() as exc:
+            nvml.set_compute_mode(gpu.uuid, ComputeMode.EXCLUSIVE_PROCESS)
+        except ComputeModeRefused as exc:
             raise Skip(f"NVML refused to set EXCLUSIVE_PROCESS: {exc}") from None
         try:
             (served,) = started("infer", [mps_env(control, gpu, 100)], warmup_s=0.2, **INFER)
@@ -307,9 +307,9 @@ class Kit:
                     intruder.stop()
                     served.stop()
         finally:
-            compute_mode.set_(gpu.uuid, prior)
-            restored = compute_mode.get(gpu.uuid)
-        name = compute_mode.NAMES.get(restored, restored)
+            nvml.set_compute_mode(gpu.uuid, prior)
+            restored = nvml.compute_mode(gpu.uuid)
+        name = restored.name
         return verdict(refused is not None and restored == prior), (
             f"MPS client served; without the pipe: {'refused: ' + refused[:120] if refused else 'GOT A CONTEXT'}; "
             f"mode back to {name}")
