@@ -292,13 +292,12 @@ def _nvml() -> Iterator:
 
 
 def _alive(pid: int) -> bool:
+    """A process that runs, whoever's; an exited one not yet reaped (a zombie) holds nothing."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _text(value: str | bytes) -> str:

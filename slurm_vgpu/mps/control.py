@@ -214,12 +214,13 @@ class MpsControl:
         self._expect_set(f"shutdown_server {server_pid}")
 
     def quit(self) -> None:
-        """Stop the daemon and its servers; returns once it is gone (its PID file removed)."""
-        if not self.running():
+        """Stop the daemon and its servers; returns once its process has ended."""
+        pid = self.daemon_pid()
+        if pid is None:
             return
         self.command("quit")
         deadline = time.monotonic() + self.timeout
-        while self.running():
+        while not _ended(pid):
             if time.monotonic() > deadline:
                 raise MpsError(f"MPS control daemon for {self.gpu_uuid} did not quit in {self.timeout:g} s")
             time.sleep(0.01)

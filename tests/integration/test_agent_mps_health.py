@@ -47,7 +47,7 @@ def test_a_daemon_that_stops_answering_is_killed_with_its_servers_and_restarted_
         clean_db, database_url, run_dir, monkeypatch):
     monkeypatch.setattr(health, "HEALTH_CHECK", 0.0)  # a question every round
     config = Config(database_url=database_url, run_dir=run_dir, mps_control=FAKE, mps_health_timeout=0.5,
-                    node_name="gpu01")
+                    node_name="gpu01", inventory=str(run_dir / "%n.json"))  # a simulated GPU (its compute mode)
     insert_inventory(clean_db)
     place(clean_db, 7, "gpu01", 0, uid=UID, share=25, memory_mib=512, state="pinned")
     mps = GpuMps.of(config, GPU.uuid)
