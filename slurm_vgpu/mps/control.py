@@ -210,6 +210,13 @@ class MpsControl:
         if memory_mib is not None:
             self._expect_set(f"set_device_pinned_mem_limit {server_pid} 0 {mps_size(memory_mib)}")
 
+    def set_default_limits(self, percentage: int, memory_mib: int | None) -> None:
+        """The limits a server gets when it starts, before :meth:`set_limits` gives it its own: a
+        client that connects first makes the daemon start its user's server with these."""
+        self._expect_set(f"set_default_active_thread_percentage {percentage}")
+        if memory_mib is not None:
+            self._expect_set(f"set_default_device_pinned_mem_limit 0 {mps_size(memory_mib)}")
+
     def shutdown_server(self, server_pid: int) -> None:
         self._expect_set(f"shutdown_server {server_pid}")
 

@@ -65,9 +65,10 @@ class GpuMps:
         placement running before an epilog lowers the caps without it or :meth:`stop_idle` looks."""
         with self._locked():
             self._start()
-            self.control.open_to(slices.active_uids(conn, self.uuid) | {uid})
-            caps = slices.user_caps(conn, self.uuid, uid, including=placement_id)
-            self._cap(self.control.ensure_server(uid), caps)
+            users = slices.active_uids(conn, self.uuid) | {uid}
+            caps = {u: slices.user_caps(conn, self.uuid, u, including=placement_id) for u in users}
+            self._open_to(caps)
+            self._cap(self.control.ensure_server(uid), caps[uid])
             yield
 
     def job_ended(self, conn: psycopg.Connection, uid: int) -> Caps | None:
@@ -123,13 +124,12 @@ class GpuMps:
                     self._stop()
                     return False
         self._start()
-        self.control.open_to(running_uids)
-        if running_uids:
-            with connect() as conn:
-                for uid in sorted(running_uids):
-                    caps = slices.user_caps(conn, self.uuid, uid)
-                    if caps is not None:
-                        self._cap(self.control.ensure_server(uid), caps)
+        with connect() as conn:
+            caps = {uid: slices.user_caps(conn, self.uuid, uid) for uid in running_uids}
+        self._open_to(caps)
+        for uid in sorted(running_uids):
+            if caps[uid] is not None:
+                self._cap(self.control.ensure_server(uid), caps[uid])
         return True
 
     def stop_idle(self, connect: Connect) -> list[int]:
@@ -183,6 +183,16 @@ class GpuMps:
     def _set_mode(self, mode: ComputeMode) -> None:
         with _gpu_errors():
             self.gpus.set_compute_mode(self.uuid, mode)
+
+    def _open_to(self, caps: dict[int, Caps | None]) -> None:
+        """Let these users into the pipes once any server they make start can only be capped: a
+        client that connects before its user's server has its own caps makes the daemon start that
+        server with its default limits, which are set first to the tightest caps on the GPU."""
+        owed = [c for c in caps.values() if c is not None]
+        if owed:
+            tightest = slices.tightest(owed)
+            self.control.set_default_limits(tightest.share, tightest.memory_mib)
+        self.control.open_to(caps.keys())
 
     def _cap(self, server: int, caps: Caps) -> None:
         self.control.set_limits(server, caps.share, caps.memory_mib)

@@ -33,6 +33,15 @@ def caps_of(slices: Iterable[tuple[int, int | None]]) -> Caps | None:
     return Caps(max(share for share, _ in slices), None if None in memories else max(memories))
 
 
+def tightest(caps: Iterable[Caps]) -> Caps:
+    """Caps no larger than any of ``caps``: the smallest share, and the smallest memory cap (none
+    only when none of them has one: a slice without a memory cap never shares a GPU with another
+    user's capped one)."""
+    caps = list(caps)
+    memories = [c.memory_mib for c in caps if c.memory_mib is not None]
+    return Caps(min(c.share for c in caps), min(memories) if memories else None)
+
+
 def user_caps(conn: psycopg.Connection, gpu_uuid: str, uid: int, including: int | None = None) -> Caps | None:
     """:func:`caps_of` ``uid``'s running slices on a GPU, counting placement ``including`` as running."""
     return caps_of(conn.execute(

@@ -218,3 +218,24 @@ def test_only_servers_of_users_without_an_active_slice_are_stopped(gpu, clean_db
     end(conn, 4)
     assert gpu.stop_idle(connect) == [UID]
     assert not gpu.control.running() and gpu.gpus.compute_mode(GPU) is DEFAULT  # no slice left on the GPU
+
+
+def defaults(gpu: GpuMps) -> tuple[str, str]:
+    """The limits a server starts with before it gets its own (one a client's connect starts)."""
+    (share,) = gpu.control.command("get_default_active_thread_percentage")
+    (memory,) = gpu.control.command("get_default_device_pinned_mem_limit 0")
+    return share, memory
+
+
+def test_a_server_a_client_starts_before_its_caps_are_set_starts_capped(gpu, clean_db, conn, database_url):
+    """The pipes open to a GPU's user before the user's server has its caps: a client that connects
+    in between (a running job's, reconnecting after a restart) makes the daemon start the server
+    with the daemon's default limits, so those are the caps, never MPS's own 100% and no memory cap."""
+    place(clean_db, 1, "gpu01", 0, uid=UID, share=20, memory_mib=1024)
+    place(clean_db, 2, "gpu01", 0, uid=UID, share=40, memory_mib=2048, state="pinned")
+    with gpu.serving(conn, UID, placement_id(conn, 2)):
+        assert defaults(gpu) == ("40.0", "2048M") == caps(gpu)
+    end(conn, 2)
+    gpu.control.kill(gpu.control.daemon_pid())
+    assert gpu.restart_if_dead({UID}, partial(store.connect, database_url))
+    assert defaults(gpu) == ("20.0", "1024M") == caps(gpu)
