@@ -66,6 +66,7 @@ class Job:
     array_max_tasks: int = 0  # the ``%N`` throttle: at most N tasks run at once (0: none)
     # 26.05+: the job's SLUID, which also names its cgroup directory unless CgroupJobIdPaths=yes
     sluid: str = ""
+    restarts: int = 0  # times Slurm requeued it; a requeue also sets submit_time to its own time
 
     @property
     def ref(self) -> int | str:
@@ -106,7 +107,17 @@ class Job:
             return f"waits for its dependency {self.dependency}"
         if self.request is not None and self.request.begin is not None and self.request.begin > now_s:
             return f"waits for its --begin time ({self.request.begin})"
+        if self.restarts and now_s < self.submit_time + REQUEUE_DELAY_S:
+            return (f"requeued; Slurm starts a requeued job again {REQUEUE_DELAY_S} s after its requeue "
+                    f"at the earliest ({self.submit_time + REQUEUE_DELAY_S})")
         return None
+
+
+# Slurm delays a requeued job by its credentials' lifetime plus one second (AuthInfo cred_expire,
+# 120 s by default): seen as EligibleTime = requeue + 121 s. A pin sets StartTime=now, which undid
+# the delay: relaunched 12 s after its failed prolog on the same node, a job ran without any prolog
+# (slurmd: "reissued job credential"), so with no slice, and its task was refused.
+REQUEUE_DELAY_S = 121
 
 
 class Slurm:
@@ -307,6 +318,7 @@ def _job(doc: dict) -> Job:
         array_tasks=(doc.get("array_task_string") or "").split("%", 1)[0],
         array_max_tasks=number(doc.get("array_max_tasks")),
         sluid=str(doc.get("sluid") or (doc.get("step_id") or {}).get("sluid") or ""),
+        restarts=number(doc.get("restart_cnt")),
     )
 
 

@@ -86,7 +86,7 @@ def test_a_prolog_without_its_database_requeues_the_job_held_and_the_agent_heals
         assert not (output_dir(faulty) / f"{sliced}.out").exists(), "the job ran without its slice"
     finally:
         allow_connections(faulty.database_url, True)
-    done = wait_for(faulty, [sliced], timeout=120)[sliced]
+    done = wait_for(faulty, [sliced], timeout=300)[sliced]  # Slurm starts it 121 s after its requeue at the earliest
     assert done["JobState"] == "COMPLETED"
     assert output(faulty, sliced).strip() == "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30"
     wait_until("the node's resume", lambda: node_state(faulty)[0] in ("idle", "mix"))

@@ -31,6 +31,16 @@ def test_a_job_slurm_itself_would_not_start_says_why_and_is_not_placed():
     assert [r.job_id for r in requests] == ["4"]
 
 
+def test_a_requeued_job_is_placed_no_sooner_than_slurm_would_start_it_again():
+    """Slurm starts a requeued job (a failed prolog's, once released) 121 s after its requeue at
+    the earliest; a pin's StartTime=now would undo that, and slurmd then ran no prolog for it."""
+    requeued = squeue_job(5, restart_cnt=1, submit_time=NOW - 60)
+    assert "121 s after its requeue" in requeued.waits_on_slurm(NOW)
+    assert waiting_requests([requeued], set(), NOW) == []
+    assert requeued.waits_on_slurm(NOW + 61) is None
+    assert squeue_job(6, restart_cnt=0, submit_time=NOW - 60).waits_on_slurm(NOW) is None
+
+
 def test_waiting_jobs_are_placed_in_slurms_priority_order_then_oldest_first():
     jobs = [squeue_job(1, priority=10), squeue_job(2, priority=30), squeue_job(3, priority=30, submit_time=NOW - 99)]
     assert [r.job_id for r in waiting_requests(jobs, set(), NOW)] == ["3", "2", "1"]
