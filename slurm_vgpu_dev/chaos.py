@@ -130,7 +130,9 @@ class Chaos:
             options = [f"--gres=vgpu:{model}{share}", f"--vgpu-class={klass}"]
             script = SCRIPT.replace("{sleep}", str(self.rng.choice([0, 1, 2, 3])))
             out = self.out / f"{len(self.submitted)}.out"  # not %j: a reused id is another user's file
-            result = self.slurm("sbatch", "--parsable", f"--output={out}", *options, "--wrap", script,
+            # appended to: a relaunch by a slurmctld that rolled back does not wipe what the first run said
+            result = self.slurm("sbatch", "--parsable", f"--output={out}", "--open-mode=append", *options,
+                                "--wrap", script,
                                 user=self.rng.choice(self.users))
             if result.returncode == 0:
                 self.submitted.append(Submission(int(result.stdout.strip().split(";")[0]), " ".join(options), out))
@@ -304,7 +306,7 @@ class Chaos:
             state, comment = _state(job), job.get("admin_comment") or ""
             share = re.search(r"vgpu:(?:\w+:)?(\d+)", job.get("tres_per_node") or "")
             why = f"{job_id} {state} {job.get('state_reason', '')} {job.get('nodes') or ''} {comment}".strip()
-            if state not in ENDED and ran_whole:
+            if state != "COMPLETED" and ran_whole:  # and slurmctld, rolled back, started it again or keeps it
                 self.report.rolled_back.append(job_id)
             elif state not in ENDED:
                 self.report.unfinished.append(job_id)
