@@ -299,6 +299,13 @@ def tres_per_node(value: str | None) -> str:
 
 
 def _job(doc: dict) -> Job:
+    tasks = (doc.get("array_task_string") or "").split("%", 1)[0]
+    task_id = number(doc.get("array_task_id"), None)
+    if task_id is None and tasks.isdigit():
+        # 26.05: the array's record, down to its last pending task, names that task only here
+        # (22.05 gives it as array_task_id); pinned as JobId=<array>, it was refused "Job resizing
+        # not supported for job arrays"
+        task_id, tasks = int(tasks), ""
     return Job(
         job_id=int(doc["job_id"]),
         user_id=int(doc.get("user_id", 0)),
@@ -314,8 +321,8 @@ def _job(doc: dict) -> Job:
         partition=doc.get("partition") or "",
         excluded_nodes=doc.get("excluded_nodes") or "",
         array_job_id=number(doc.get("array_job_id")),
-        array_task_id=number(doc.get("array_task_id"), None),
-        array_tasks=(doc.get("array_task_string") or "").split("%", 1)[0],
+        array_task_id=task_id,
+        array_tasks=tasks,
         array_max_tasks=number(doc.get("array_max_tasks")),
         sluid=str(doc.get("sluid") or (doc.get("step_id") or {}).get("sluid") or ""),
         restarts=number(doc.get("restart_cnt")),

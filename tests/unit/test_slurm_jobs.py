@@ -122,6 +122,10 @@ def test_array_task_strings_read_as_slurm_writes_them():
     record = _job({"job_id": 5, "array_job_id": {"set": True, "number": 5}, "array_task_id": {"set": False, "number": 0},
                    "array_task_string": "1-2", "array_max_tasks": {"set": True, "number": 0}, "job_state": ["PENDING"]})
     assert (record.array_job_id, record.array_task_id, record.array_max_tasks) == (5, None, 0)
+    # 26.05: the record down to its last pending task names that task in array_task_string only
+    last = _job({"job_id": 1, "array_job_id": {"set": True, "number": 1}, "array_task_id": {"set": False, "number": 0},
+                 "array_task_string": "8", "array_max_tasks": {"set": True, "number": 0}, "job_state": ["PENDING"]})
+    assert (last.array_task_id, last.holds_array_tasks, last.ref) == (8, False, "1_8")
 
 
 def test_slurms_commands_name_an_array_task_alone_by_array_and_task():
