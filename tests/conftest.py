@@ -103,10 +103,13 @@ def engine_for(url: str):
 
 
 def stop_cluster(cluster) -> None:
+    """Stop it and drop its databases (placements on Postgres, Slurm's accounting on MariaDB)."""
+    from slurm_vgpu_dev import accounting
     from slurm_vgpu_dev import cluster as devcluster
 
     devcluster.down(cluster)
     db.drop_database(cluster.database_url)
+    accounting.drop(devcluster.database_name(cluster.dir))
     shutil.rmtree(cluster.dir, ignore_errors=True)
 
 
