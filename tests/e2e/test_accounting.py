@@ -3,14 +3,12 @@ and a user with heavy recorded use waits behind a light one (its waiting jobs ra
 priority, which the placement follows). One simulated H100 on one node, so waiting jobs compete."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from slurm_vgpu_dev import accounting
 
 from ..conftest import TEST_PORT, own_cluster, slurm
-from .jobs import ensure_user, job, submit, wait_for
+from .jobs import ensure_user, job, submit, wait_for, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -32,17 +30,6 @@ def solo():
         yield cluster
 
 
-def poll(what, timeout: float, every: float = 1.0):
-    """``what()`` once it is truthy; fails after ``timeout`` seconds with the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value or time.monotonic() > deadline:
-            assert value, f"still {value!r} after {timeout:.0f}s"
-            return value
-        time.sleep(every)
-
-
 def sacct_fields(cluster, job_id: int, fields: str) -> list[str] | None:
     """The job's allocation record as sacct shows it, once it has ended; None before."""
     out = slurm(cluster, "sacct", "-X", "-n", "-P", "-j", str(job_id), "-o", f"State,{fields}").stdout.split("\n")[0]
@@ -62,7 +49,8 @@ def priority(cluster, job_id: int) -> int:
 def test_a_finished_vgpu_job_is_recorded_with_its_vgpu_units(solo):
     job_id = submit(solo, "--gres=vgpu:h100:30", script="true", user=LIGHT)
     wait_for(solo, [job_id])
-    user, account, alloc = poll(lambda: sacct_fields(solo, job_id, "User,Account,AllocTRES"), 30)
+    user, account, alloc = wait_until("sacct's record", lambda: sacct_fields(solo, job_id, "User,Account,AllocTRES"),
+                                      30)
     assert (user, account) == (LIGHT, accounting.ACCOUNT)
     assert "gres/vgpu=30" in alloc.split(","), alloc
     # the partition bills a whole GPU as 10 CPUs: 1 CPU + 30 units
@@ -73,7 +61,8 @@ def test_the_light_users_waiting_job_is_placed_before_the_heavy_users_older_one(
     blocker = submit(solo, "--gres=vgpu:h100:100", script="sleep 600", user=HEAVY)
     wait_for(solo, [blocker], states={"RUNNING"})
     # slurmctld adds running jobs' use every PriorityCalcPeriod (a minute)
-    poll(lambda: raw_usage(solo, HEAVY) > 10 * raw_usage(solo, LIGHT), 150, every=3)
+    wait_until("the heavy user's recorded use", lambda: raw_usage(solo, HEAVY) > 10 * raw_usage(solo, LIGHT), 150,
+               every=3)
     heavy = submit(solo, "--gres=vgpu:h100:100", script="true", user=HEAVY)
     light = submit(solo, "--gres=vgpu:h100:100", script="sleep 5", user=LIGHT)
     assert priority(solo, light) > priority(solo, heavy)
