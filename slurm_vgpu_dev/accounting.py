@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .cluster import Cluster
+    from .cluster import Cluster, Service
 
 MARIADB_HOST = "127.0.0.1"
 MARIADB_PORT = 3306
@@ -95,9 +95,9 @@ def drop(database: str) -> None:
     mariadb(f"DROP DATABASE IF EXISTS `{database}`; DROP USER IF EXISTS '{database}'@'{MARIADB_HOST}'")
 
 
-def service(cluster: Cluster):
+def service(cluster: Cluster) -> Service:
     """slurmdbd in the foreground; it finds slurmdbd.conf beside SLURM_CONF's slurm.conf."""
-    from .cluster import Service
+    from .cluster import Service  # imported here: cluster.py imports this module
 
     return Service(SERVICE, [cluster.slurm.program("slurmdbd"), "-D"], uts="localhost")
 
