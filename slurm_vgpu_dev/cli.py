@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
+from . import accounting, releases
 from . import cluster as devcluster
-from . import releases
 from .layout import DEFAULT_LAYOUT, LayoutError
 
 
@@ -70,6 +70,12 @@ def down(directory: Path, port: int, drop_database: bool) -> None:
         url = _make_cluster(directory, port).database_url
         engine.drop_database(url)
         click.echo(f"dropped database {engine.database_url(url).database}", err=True)
+        accounting_database = devcluster.database_name(directory.resolve())
+        try:
+            accounting.drop(accounting_database)
+        except accounting.AccountingError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"dropped accounting database {accounting_database} and its MariaDB user", err=True)
 
 
 @main.command()

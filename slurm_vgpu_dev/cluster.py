@@ -32,7 +32,7 @@ from slurm_vgpu.render import NodeSpec
 from slurm_vgpu.node.hooks import hook_script
 from slurm_vgpu.node.slice import NVIDIA_MAJOR
 from slurm_vgpu.spank_build import PLUGIN, SpankBuildError, build_plugin
-from . import releases
+from . import accounting, releases
 from .layout import DEFAULT_LAYOUT, load_layout
 
 TEMPLATES = render.environment(Path(__file__).with_name("templates"))  # slurm.conf of a dev cluster
@@ -158,9 +158,10 @@ def write_configs(cluster: Cluster, nodes: list[NodeSpec]) -> None:
         slurm_conf=cluster.slurm_conf,
     )
     context = dict(
-        cluster_name="vgpu-dev",
+        cluster_name=accounting.CLUSTER_NAME,
         dir=str(cluster.dir),
         ctld_port=cluster.port,
+        dbd_port=accounting.dbd_port(cluster),
         plugin_dir=str(cluster.slurm.plugin_dir or ""),
         munge_socket=str(cluster.munge_socket),
         nodes=nodes,
@@ -282,11 +283,21 @@ def build_cgroup2_view(cluster: Cluster) -> Path:
 
 
 def all_services(cluster: Cluster, nodes: list[NodeSpec]) -> list[Service]:
-    """Slurm's daemons first, then the rest of the system, in start order."""
-    services = slurm_services(cluster, nodes)
+    """Slurm's daemons first (slurmdbd before slurmctld), then the rest of the system, in start order."""
+    services = [accounting.service(cluster), *slurm_services(cluster, nodes)]
     for extra in cluster.extra_services:
         services += extra(cluster)
     return services
+
+
+def database_name(directory: Path) -> str:
+    """Each dev cluster's own database, on the Postgres server (placements) and on the MariaDB one
+    (Slurm's accounting), so two clusters on one machine never share state: ``slurm_vgpu_dev`` for
+    the default directory, ``slurm_vgpu_dev_<hash of the directory>`` for any other. ``down`` leaves
+    them (like the cluster's spool); dropping them is ``down --drop-database``."""
+    if Path(directory).resolve() == DEFAULT_DIR.resolve():
+        return "slurm_vgpu_dev"
+    return f"slurm_vgpu_dev_{hashlib.sha256(str(Path(directory).resolve()).encode()).hexdigest()[:10]}"
 
 
 def up(cluster: Cluster, timeout: float = 60.0) -> None:
@@ -306,6 +317,10 @@ def up(cluster: Cluster, timeout: float = 60.0) -> None:
         raise ClusterError(str(exc)) from exc
     nodes = cluster.nodes()
     write_configs(cluster, nodes)
+    try:
+        accounting.prepare(cluster, database_name(cluster.dir))
+    except accounting.AccountingError as exc:
+        raise ClusterError(str(exc)) from exc
     (cluster.dir / "release").write_text(cluster.release + "\n")
     for prepare in cluster.before_start:
         prepare(cluster)
@@ -326,6 +341,8 @@ def start_services(cluster: Cluster, services: list[Service], timeout: float) ->
             _write_state(cluster, started)
             if service.name == "slurmctld":
                 _wait_ctld(cluster, timeout)
+            elif service.name == accounting.SERVICE:
+                accounting.register(cluster, timeout)
         wait_idle(cluster, timeout)
         for ready in cluster.after_start:
             ready(cluster, timeout)

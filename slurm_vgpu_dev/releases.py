@@ -22,12 +22,14 @@ from pathlib import Path
 
 ROOTFS_CACHE = Path(os.environ.get("SLURM_VGPU_ROOTFS_CACHE", "/var/cache/slurm-vgpu/rootfs"))
 MIRROR = os.environ.get("SLURM_VGPU_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-# What the root filesystem holds besides Debian's essential set: the daemons, the client commands,
-# and the headers our SPANK plugin is built against (munge and lua come as their dependencies).
-PACKAGES = ("slurmd", "slurmctld", "slurm-client", "libslurm-dev", "munge")
+# What the root filesystem holds besides Debian's essential set: the daemons (slurmdbd for the
+# cluster's accounting), the client commands, and the headers our SPANK plugin is built against
+# (munge, lua and slurmdbd's MariaDB plugin come as their dependencies).
+PACKAGES = ("slurmd", "slurmctld", "slurmdbd", "slurm-client", "libslurm-dev", "munge")
 CLIENTS = ("sacct", "sacctmgr", "salloc", "sattach", "sbatch", "sbcast", "scancel", "scontrol", "sdiag", "sinfo",
            "sprio", "squeue", "sreport", "srun", "sshare", "sstat", "strigger")
-DAEMONS = ("slurmctld", "slurmd", "slurmstepd")
+# Each daemon and the file Debian installs it as in /usr/sbin (the -wlm ones through /etc/alternatives).
+DAEMONS = {"slurmctld": "slurmctld-wlm", "slurmd": "slurmd-wlm", "slurmstepd": "slurmstepd-wlm", "slurmdbd": "slurmdbd"}
 BIN = "slurm-vgpu-bin"  # in the root filesystem: one link per program, named as Slurm expects
 # Bumped when the way a root filesystem is made changes (the steps below), so old caches are not reused.
 RECIPE = "1"
@@ -158,7 +160,7 @@ def _patch(root: Path, final: Path) -> None:
     libdirs = [final / "usr/lib/x86_64-linux-gnu/slurm-wlm", final / "usr/lib/x86_64-linux-gnu"]
     rpath = ":".join(map(str, libdirs))
     loader = final / "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
-    programs = [root / "usr/bin" / c for c in CLIENTS] + [root / "usr/sbin" / f"{d}-wlm" for d in DAEMONS]
+    programs = [root / "usr/bin" / c for c in CLIENTS] + [root / "usr/sbin" / f for f in DAEMONS.values()]
     for program in programs:
         if _elf(program):
             subprocess.run(["patchelf", "--set-interpreter", str(loader), "--force-rpath", "--set-rpath", rpath,
@@ -178,8 +180,8 @@ def _links(root: Path) -> None:
     for client in CLIENTS:
         if (root / "usr/bin" / client).exists():
             (bin_dir / client).symlink_to(f"../usr/bin/{client}")
-    for daemon in DAEMONS:
-        (bin_dir / daemon).symlink_to(f"../usr/sbin/{daemon}-wlm")
+    for daemon, installed in DAEMONS.items():
+        (bin_dir / daemon).symlink_to(f"../usr/sbin/{installed}")
 
 
 def _check(release: Release, root: Path, final: Path) -> None:

@@ -1,7 +1,6 @@
 """The whole slurm-vgpu system on a dev cluster: Slurm plus our database and daemons."""
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -9,7 +8,7 @@ from pathlib import Path
 
 from slurm_vgpu.db import engine
 from . import releases
-from .cluster import DEFAULT_DIR, Cluster, ClusterError, Service
+from .cluster import Cluster, ClusterError, Service, database_name
 from .layout import DEFAULT_LAYOUT
 
 
@@ -26,15 +25,6 @@ def dev_cluster(directory: Path, port: int, layout: Path = DEFAULT_LAYOUT, datab
         dir=directory, port=port, layout=layout, database_url=database_url, release=releases.get(release).name,
         before_start=[_migrate], extra_services=[_vgpu_services], after_start=[_wait_registered],
     )
-
-
-def database_name(directory: Path) -> str:
-    """Each dev cluster's own database, so two clusters on one machine never share state:
-    ``slurm_vgpu_dev`` for the default directory, ``slurm_vgpu_dev_<hash of the directory>`` for any
-    other. ``down`` leaves it (like the cluster's spool); dropping it is ``down --drop-database``."""
-    if Path(directory).resolve() == DEFAULT_DIR.resolve():
-        return "slurm_vgpu_dev"
-    return f"slurm_vgpu_dev_{hashlib.sha256(str(Path(directory).resolve()).encode()).hexdigest()[:10]}"
 
 
 def _migrate(cluster: Cluster) -> None:

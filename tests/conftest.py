@@ -69,24 +69,28 @@ def cluster_dir(name: str) -> Path:
     return path
 
 
-def start_cluster(directory: Path, database_url: str, layout: Path | None = None, port: int = TEST_PORT):
-    """Bring up the whole system (Slurm, placement, agents) on a dev cluster for tests."""
+def start_cluster(directory: Path, database_url: str, layout: Path | None = None, port: int = TEST_PORT,
+                  before_start=()):
+    """Bring up the whole system (Slurm, placement, agents) on a dev cluster for tests;
+    ``before_start``: changes to its configs once written (Cluster.before_start)."""
     from slurm_vgpu_dev import cluster as devcluster
     from slurm_vgpu_dev.system import dev_cluster
 
     kwargs = {"layout": layout} if layout else {}
     cluster = dev_cluster(directory, port, database_url=database_url, release=TEST_SLURM, **kwargs)
+    cluster.before_start.extend(before_start)
     devcluster.up(cluster)
     return cluster
 
 
 @contextmanager
-def own_cluster(name: str, layout: str, port: int):
+def own_cluster(name: str, layout: str, port: int, before_start=()):
     """A cluster of the given layout TOML, with its own directory, database and ports, for one
     module's tests; stopped when the block ends."""
     directory = cluster_dir(name)
     (directory / "layout.toml").write_text(layout)
-    cluster = start_cluster(directory, new_database(), layout=directory / "layout.toml", port=port)
+    cluster = start_cluster(directory, new_database(), layout=directory / "layout.toml", port=port,
+                            before_start=before_start)
     try:
         yield cluster
     finally:
@@ -103,10 +107,13 @@ def engine_for(url: str):
 
 
 def stop_cluster(cluster) -> None:
+    """Stop it and drop its databases (placements on Postgres, Slurm's accounting on MariaDB)."""
+    from slurm_vgpu_dev import accounting
     from slurm_vgpu_dev import cluster as devcluster
 
     devcluster.down(cluster)
     db.drop_database(cluster.database_url)
+    accounting.drop(devcluster.database_name(cluster.dir))
     shutil.rmtree(cluster.dir, ignore_errors=True)
 
 

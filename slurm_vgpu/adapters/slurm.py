@@ -96,6 +96,14 @@ class Job:
             allowed &= set(hostlist.expand(self.request.nodelist))
         return frozenset(allowed)
 
+    @property
+    def held_by_limit(self) -> bool:
+        """Whether Slurm holds this pending job back for a limit of its QoS or association
+        (``QOSMaxGRESPerUser``, ``AssocGrpGRES``, ...: each such reason starts so). A vgpu job
+        carries its units only once pinned, so Slurm holds it so only then; it starts on its pin
+        once the limit allows."""
+        return self.state == "PENDING" and self.reason.startswith(("QOS", "Assoc"))
+
     def waits_on_slurm(self, now_s: float) -> str | None:
         """Why Slurm itself would not start this pending job yet, whatever its GPU: a user or
         admin hold (priority 0), a dependency not met, the user's own --begin still ahead. None

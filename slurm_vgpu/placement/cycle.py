@@ -157,14 +157,16 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
     A job Slurm itself would not start yet (held, its dependency unmet, its --begin ahead) is left
     out: a pin would hold a GPU no job uses. So is the record of an array's tasks not yet split
     off (each task is placed as its own job: :func:`array_splits`), and a task beyond its array's
-    ``%N`` throttle (Slurm would keep it pending, pinned). A job may use the nodes of ``gpu_nodes``
+    ``%N`` throttle (Slurm would keep it pending, pinned), and every job of a user whose pinned job
+    Slurm holds back for a QoS or association limit (pinned, it would wait as well). A job may use the nodes of ``gpu_nodes``
     that Slurm would run it on (its partitions, --exclude, --nodelist, by ``nodes``) and that did
     not refuse its pin lately (``refused``).
     """
+    at_limit = {j.user_id for j in jobs if j.held_by_limit}
     waiting = [
         j for j in jobs
         if j.state == "PENDING" and j.request.state == UNPLACED and j.job_id not in placed_jobs
-        and not j.holds_array_tasks and j.waits_on_slurm(now_s) is None
+        and not j.holds_array_tasks and j.waits_on_slurm(now_s) is None and j.user_id not in at_limit
     ]
     waiting.sort(key=lambda j: (-j.priority, j.submit_time, j.array_task_id or 0, j.job_id))
     waiting = _within_throttles(waiting, jobs, placed_jobs)
@@ -415,6 +417,9 @@ def _reconcile(session, jobs: dict[int, Job], now: datetime, config: Config, rep
         elif (
             job.state == "PENDING" and placement.state == "pinned"
             and placement.pinned_at < now - timedelta(seconds=config.pin_timeout)
+            # held for a QoS or association limit, it starts on its pin once the limit allows;
+            # placed again, it would only be pinned and held again
+            and not job.held_by_limit
         ):
             store.end_placement(
                 session, placement, "failed",

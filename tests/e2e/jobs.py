@@ -76,6 +76,15 @@ def wait_for(cluster, job_ids, states=ENDED, timeout: float = 120.0) -> dict[int
     return seen
 
 
+def wait_until(what: str, check, timeout: float = 60.0, every: float = 0.5):
+    """``check()``'s value once it is truthy; fails naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(every)
+    return found
+
+
 def output(cluster, job_id: int) -> str:
     return (output_dir(cluster) / f"{job_id}.out").read_text()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -18,14 +17,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from slurm_vgpu.adapters.gpus import SimulatedInventory
-from slurm_vgpu.db.engine import drop_database
 from slurm_vgpu.mps import GpuMps
 from slurm_vgpu_dev import cluster as devcluster
 from slurm_vgpu_dev.cluster import unified_hierarchy
 from slurm_vgpu_dev.system import agent_metrics_port, dev_cluster
 from slurm_vgpu.node.store import connect
 
-from ..conftest import TEST_PORT, TEST_SLURM, new_database, slurm
+from ..conftest import TEST_PORT, TEST_SLURM, new_database, slurm, stop_cluster
 from .jobs import job, submit, wait_for
 from .node_helpers import mps_state, node_config, placement, wait_started
 
@@ -69,9 +67,7 @@ def agents():
     cluster.before_start.append(agent_settings)
     devcluster.up(cluster)
     yield cluster
-    devcluster.down(cluster)
-    drop_database(url)
-    shutil.rmtree(directory)
+    stop_cluster(cluster)
 
 
 def gpu_uuid(cluster, node: str, model: str) -> str:

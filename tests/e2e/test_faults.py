@@ -5,7 +5,6 @@ without an admin."""
 from __future__ import annotations
 
 import shutil
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from slurm_vgpu.mps import GpuMps
 from slurm_vgpu_dev import cluster as devcluster
 
 from ..conftest import TEST_PORT, engine_for, own_cluster, slurm
-from .jobs import ensure_user, job, output, output_dir, submit, wait_for
+from .jobs import ensure_user, job, output, output_dir, submit, wait_for, wait_until
 from .node_helpers import mps_state, node_config, placement, wait_started
 
 pytestmark = pytest.mark.e2e
@@ -62,14 +61,6 @@ def node_state(cluster) -> tuple[str, str]:
     out = slurm(cluster, "sinfo", "--noheader", "--Node", "--format=%t|%E").stdout.strip().splitlines()[0]
     state, _, reason = out.partition("|")
     return state, reason
-
-
-def wait_until(what, check, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.5)
-    return found
 
 
 def test_a_prolog_without_its_database_requeues_the_job_held_and_the_agent_heals_it(faulty):

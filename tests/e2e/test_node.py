@@ -4,7 +4,6 @@ compute mode, the epilog. The GPUs are simulated: their compute mode and context
 beside the inventory, and the fake CUDA client asks for a context as a real one does."""
 from __future__ import annotations
 
-import shutil
 import sys
 import tempfile
 import time
@@ -13,10 +12,8 @@ from pathlib import Path
 import pytest
 
 from slurm_vgpu.adapters.gpus import ComputeMode, SimulatedInventory
-from slurm_vgpu.db.engine import drop_database
-from slurm_vgpu_dev import cluster as devcluster
 
-from ..conftest import TEST_PORT, new_database, slurm, start_cluster
+from ..conftest import TEST_PORT, new_database, slurm, start_cluster, stop_cluster
 from .jobs import ensure_user, submit, wait_for
 from .node_helpers import (env_lines, job_output, mps_state, node_config, node_gpus, output_option, placement,
                            wait_started)
@@ -48,13 +45,10 @@ def nodes():
     directory.chmod(0o755)
     layout = directory / "layout.toml"
     layout.write_text(LAYOUT)
-    url = new_database()
-    cluster = start_cluster(directory, url, layout=layout, port=TEST_PORT + 60)
+    cluster = start_cluster(directory, new_database(), layout=layout, port=TEST_PORT + 60)
     ensure_user(USER)
     yield cluster
-    devcluster.down(cluster)
-    drop_database(url)
-    shutil.rmtree(directory)
+    stop_cluster(cluster)
 
 
 def print_slice(extra: str = "") -> str:

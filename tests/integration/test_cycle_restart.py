@@ -44,11 +44,11 @@ def job_pinned_by_slurm(pin_reached: bool) -> Job:
                partition="debug")
 
 
-def placed(engine) -> None:
+def placed(engine, **values) -> None:
     with engine.begin() as conn:
         conn.execute(sa.insert(Placement).values(
             job_id=7, job_submit_time=100, gpu_uuid="GPU-1", uid=1000, share=30, requested_share=30,
-            slo_class="throughput", state="placed"))
+            slo_class="throughput", **{"state": "placed", **values}))
 
 
 def state_of_7(engine) -> str:
@@ -56,10 +56,11 @@ def state_of_7(engine) -> str:
         return conn.scalar(sa.text("SELECT state FROM placements WHERE job_id = 7"))
 
 
-def one_cycle(engine, job: Job) -> RecordingSlurm:
-    """A GPU, job 7's placement on it as a killed daemon left it (placed), and one cycle."""
+def one_cycle(engine, job: Job, **placement) -> RecordingSlurm:
+    """A GPU, job 7's placement on it as a killed daemon left it (placed, unless ``placement``
+    says otherwise), and one cycle."""
     add_gpu(engine)
-    placed(engine)
+    placed(engine, **placement)
     slurm = RecordingSlurm([job])
     try:
         run_cycle(engine, slurm, Config())
@@ -107,3 +108,19 @@ def test_a_pin_slurm_holds_as_never_runnable_counts_as_refused_on_that_node(clea
         gc.unfreeze()
     assert [name for name, _ in slurm.calls if name == "pin"] == []  # node1 is left out for it a while
     assert any("refused its pin on every node" in str(args) for name, args in slurm.calls if name == "set_comment")
+
+
+def test_a_pin_slurm_holds_for_a_qos_limit_stays_past_pin_timeout_and_another_reason_does_not(clean_db):
+    """Slurm sees a vgpu job's units only once it is pinned, so a QoS limit on gres/vgpu
+    (``MaxTRESPerUser=gres/vgpu=100``) holds the pin; it starts there once the limit allows, and
+    placing it again would only pin it again, every PinTimeout."""
+    long_ago = sa.text("now() - interval '1 hour'")
+    held = replace(job_pinned_by_slurm(pin_reached=True), reason="QOSMaxGRESPerUser")
+    slurm = one_cycle(clean_db, held, state="pinned", pinned_at=long_ago)
+    assert state_of_7(clean_db) == "pinned" and [name for name, _ in slurm.calls if name in ("pin", "unpin")] == []
+    with clean_db.begin() as conn:
+        conn.execute(sa.text("TRUNCATE events, placements, gpus, nodes RESTART IDENTITY CASCADE"))
+    waiting = replace(job_pinned_by_slurm(pin_reached=True), reason="Resources")
+    one_cycle(clean_db, waiting, state="pinned", pinned_at=long_ago)
+    with clean_db.connect() as conn:
+        assert conn.scalar(sa.text("SELECT count(*) FROM placements WHERE job_id = 7 AND state = 'failed'")) == 1

@@ -11,8 +11,7 @@ from click.testing import CliRunner
 
 from slurm_vgpu_dev import releases
 from slurm_vgpu_dev.cli import main
-from slurm_vgpu_dev.cluster import unified_hierarchy
-from slurm_vgpu_dev.system import database_name
+from slurm_vgpu_dev.cluster import database_name, unified_hierarchy
 
 
 def test_an_unoffered_release_is_refused_with_the_offered_ones():

@@ -3,6 +3,8 @@ which nodes, and what it takes from a pinned job's GRES. Jobs are built as ``squ
 shows them."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from slurm_vgpu.adapters.slurm import Node, _job, array_task_ids, parse_request
 from slurm_vgpu.placement.cycle import array_splits, parse_pinned_gres, unusable_nodes, waiting_requests
 
@@ -44,6 +46,17 @@ def test_a_requeued_job_is_placed_no_sooner_than_slurm_would_start_it_again():
 def test_waiting_jobs_are_placed_in_slurms_priority_order_then_oldest_first():
     jobs = [squeue_job(1, priority=10), squeue_job(2, priority=30), squeue_job(3, priority=30, submit_time=NOW - 99)]
     assert [r.job_id for r in waiting_requests(jobs, set(), NOW)] == ["3", "2", "1"]
+
+
+def test_a_user_whose_pin_slurm_holds_for_a_qos_limit_gets_no_new_pin_until_it_starts():
+    held = squeue_job(1, comment="vgpu-state=pinned share=50 class=throughput gpu=GPU-1",
+                      tres_per_node="gres:vgpu:a100_1:50", state_reason="QOSMaxGRESPerUser")
+    same_user = squeue_job(2)
+    other_user = squeue_job(3, user_id=1001)
+    assert held.held_by_limit and not same_user.held_by_limit
+    assert [r.job_id for r in waiting_requests([held, same_user, other_user], {1}, NOW)] == ["3"]
+    started = replace(held, state="RUNNING", reason="None")
+    assert [r.job_id for r in waiting_requests([started, same_user], {1}, NOW)] == ["2"]
 
 
 def test_partition_exclude_and_the_users_nodelist_restrict_the_nodes():
