@@ -73,7 +73,7 @@ class Report:
     user_mixes: list[str] = field(default_factory=list)
     samples: int = 0
     faults: Counter = field(default_factory=Counter)
-    admin_resumes: int = 0  # nodes Slurm drained for a duplicate job id, resumed once the faults were over
+    admin_resumes: int = 0  # nodes Slurm drained for a duplicate job id, resumed after the faults
 
     @property
     def held(self) -> bool:
@@ -230,9 +230,10 @@ class Chaos:
     # --- the run ------------------------------------------------------------------------------------
 
     def run(self, jobs: int, submit_over_s: float, fault_every_s: float, timeout_s: float) -> Report:
-        """Faults while the jobs are submitted; then, faults over, what an admin would do after a
-        slurmctld that lost its state (resume the nodes Slurm drained for a duplicate job id); then
-        wait for every job to end, still watching."""
+        """Faults while the jobs are submitted; then, faults over, wait for every job to end, still
+        watching, and doing what an admin would after a slurmctld that lost its state: resume the
+        nodes Slurm drains for a duplicate job id (it may find one minutes later, when it starts a
+        rolled-back job again)."""
         faults = threading.Thread(target=self.inject, args=(fault_every_s,), daemon=True)
         watcher = threading.Thread(target=self.watch, args=(0.5,), daemon=True)
         faults.start()
@@ -245,7 +246,6 @@ class Chaos:
             allow_connections(self.cluster.database_url, True)
         try:
             devcluster._wait_ctld(self.cluster, 60)
-            self.resume_duplicate_drains()
             self.wait_ended(timeout_s)
         finally:
             self.stop.set()
@@ -258,7 +258,7 @@ class Chaos:
         """A slurmctld killed before it saved an allocation starts that job a second time on its
         node; the node's slurmd refuses ("Job N already running") and slurmctld drains the node with
         "Duplicate jobid". That drain is Slurm's own, left to an admin: the run does the admin's
-        part once the faults are over, and counts it."""
+        part while it waits for the jobs, and counts it."""
         out = self.slurm("sinfo", "--noheader", "--Node", "--format=%N|%t|%E").stdout
         for line in out.splitlines():
             node, state, reason = line.split("|", 2)
@@ -277,6 +277,7 @@ class Chaos:
         """Until every job Slurm knows has ended (faults go on meanwhile), or the timeout."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            self.resume_duplicate_drains()
             known = self.slurm_jobs()
             if known and all(_state(j) in ENDED for j in known.values()):
                 return
