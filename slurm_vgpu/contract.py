@@ -182,7 +182,7 @@ RUN_DIR = "/run/slurm-vgpu"  # RunDir= by default
 SLICE_DIR = "jobs"  # under RunDir: one file per job, named by its id
 # The variables a slice file may set in a task; the plugin refuses any other key.
 SLICE_VARS = ("CUDA_VISIBLE_DEVICES", "CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY",
-              "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT")
+              "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", "SLURM_STEP_GRES")
 DEVICE_ALLOW = "DEVICE_ALLOW"  # "c MAJOR:MINOR ACCESS": a device the task may open
 DEVICE_DENY = "DEVICE_DENY"  # the same form: a device the task may not
 SLICE_HEADER = "# slurm-vgpu slice of job {job_id}{placement}; written by the prolog, applied by the SPANK plugin"

@@ -29,7 +29,11 @@ class Slice:
 
 def render(slice_: Slice, node_minors: list[int], uvm_major: int | None) -> str:
     """Variables for the task, then device rules: allow the job's GPU (and the control devices),
-    deny every other GPU of the node."""
+    deny every other GPU of the node.
+
+    ``SLURM_STEP_GRES=none``: an srun step takes all of its job's GRES unless told otherwise, so a
+    second step would wait for the first one's vgpu units; the slice belongs to the job and every
+    step shares it, so steps claim none and run side by side as far as CPUs and memory allow."""
     lines = [
         slice_header(slice_.job_id, slice_.placement_id),
         f"CUDA_VISIBLE_DEVICES={slice_.gpu_uuid}",
@@ -39,6 +43,7 @@ def render(slice_: Slice, node_minors: list[int], uvm_major: int | None) -> str:
     ]
     if slice_.memory_mib is not None:
         lines.append(f"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0={mps_size(slice_.memory_mib)}")
+    lines.append("SLURM_STEP_GRES=none")
     allowed = [(NVIDIA_MAJOR, slice_.gpu_minor), (NVIDIA_MAJOR, NVIDIACTL_MINOR)]
     if uvm_major is not None:
         allowed += [(uvm_major, 0), (uvm_major, 1)]

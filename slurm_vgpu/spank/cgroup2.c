@@ -299,7 +299,7 @@ int cgroup2_fence(const struct slice *slice, pid_t task)
 		return 0;
 	/* <job>/step_<s>/user/task_<n>, the job's directory being job_<id> or (26.05) its SLUID: the
 	 * step is the last step_ directory with a directory above it. A task in a v1 job cgroup, or in
-	 * none, is slice_apply_devices' (task_init_privileged). */
+	 * none, is slice_apply_devices'. */
 	task_cgroups(task, devices, sizeof(devices), cgroup, sizeof(cgroup));
 	for (const char *c = strstr(cgroup, "/step_"); c; c = strstr(c + 1, "/step_"))
 		if (c != cgroup)

@@ -55,7 +55,7 @@ struct device_rule {
 int slice_read(const char *dir, unsigned int job_id, struct slice *slice);
 int device_rule_parse(const char *rule, struct device_rule *parsed);  /* 0 for "c 195:3 rw" */
 void task_cgroups(pid_t pid, char *devices, size_t devices_len, char *unified, size_t unified_len);
-int slice_apply_devices(const struct slice *slice, const char *devices_root);
+int slice_apply_devices(const struct slice *slice, const char *devices_root, pid_t task);
 
 /* cgroup2.c: the same rules as BPF device programs, for a task in a cgroup v2 job cgroup. */
 int cgroup2_fence(const struct slice *slice, pid_t task);

@@ -5,7 +5,7 @@
  * them in spank_job_env and the prolog as SPANK_VGPU_* variables.
  * Remote (slurmstepd, each task): the slice file the prolog wrote decides the task's GPU devices
  * and its CUDA/MPS variables, replacing whatever the user set. The devices are fenced in
- * task_init_privileged on cgroup v1 and in task_post_fork on v2 (cgroup2.c says why). */
+ * task_post_fork, once Slurm has set the step's own device rules (slice.c and cgroup2.c say why). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,7 +103,7 @@ int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av)
 	if (slice_read(config.slice_dir, job_id, &task_slice) < 0)
 		return -1;
 	if (task_slice.found)
-		return slice_apply_devices(&task_slice, config.devices_cgroup);
+		return 0;
 	if (option_class != NULL || option_memory != NULL) {
 		/* The user asked for a slice and the prolog set none up: fail rather than run unfenced. */
 		log_error("job %u has --vgpu-class/--vgpu-mem but no GPU slice on this node: ask for one with "
@@ -131,7 +131,11 @@ int slurm_spank_task_post_fork(spank_t sp, int ac, char **av)
 	}
 	if (slice_read(config.slice_dir, job_id, &slice) < 0)
 		return -1;
-	return slice.found ? cgroup2_fence(&slice, task) : 0;
+	if (!slice.found)
+		return 0;
+	if (slice_apply_devices(&slice, config.devices_cgroup, task) < 0)
+		return -1;
+	return cgroup2_fence(&slice, task);
 }
 
 int slurm_spank_task_init(spank_t sp, int ac, char **av)

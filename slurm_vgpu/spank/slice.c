@@ -1,6 +1,8 @@
 /* The slice file: KEY=VALUE lines written by the prolog (slurm_vgpu/node). Trusted only when it is
  * a regular file owned by root and writable by nobody else; every key must be on the allowlist. */
+#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -151,17 +153,54 @@ static int write_rule(const char *file_path, const char *rule)
 	return 0;
 }
 
-/* Allow the job's GPU and deny the node's other GPUs in this task's devices cgroup. An allow must
- * hold at every level from the job's cgroup down (a v1 child never gets more than its parent).
- * A task in a cgroup v2 job cgroup is left to cgroup2_fence (from task_post_fork). */
-int slice_apply_devices(const struct slice *slice, const char *devices_root)
+/* Write the allow rules into dir and every cgroup below it, parents first (a v1 child never gets
+ * more than its parent). */
+static int allow_below(const struct slice *slice, const char *dir, int depth)
+{
+	char file_path[PATH_MAX], child[PATH_MAX];
+	struct dirent *entry;
+	DIR *listing;
+	int rc = 0;
+
+	if ((size_t)snprintf(file_path, sizeof(file_path), "%s/devices.allow", dir) >= sizeof(file_path))
+		return -1;
+	for (size_t i = 0; i < slice->nallow; i++)
+		if (write_rule(file_path, slice->allow[i]) < 0)
+			return -1;
+	if (depth >= 4)  /* job_<id>/step_<s>/task_<n> is as deep as Slurm goes */
+		return 0;
+	listing = opendir(dir);
+	if (listing == NULL) {
+		log_error("cannot list %s: %s", dir, strerror(errno));
+		return -1;
+	}
+	while (rc == 0 && (entry = readdir(listing)) != NULL) {
+		if (entry->d_type != DT_DIR || entry->d_name[0] == '.')
+			continue;
+		if ((size_t)snprintf(child, sizeof(child), "%s/%s", dir, entry->d_name) >= sizeof(child))
+			rc = -1;
+		else if (allow_below(slice, child, depth + 1) < 0 && errno != ENOENT)
+			rc = -1;  /* a step that ended meanwhile took its cgroup with it: not an error */
+	}
+	closedir(listing);
+	return rc;
+}
+
+/* Allow the job's GPU in the job's devices cgroup and every cgroup below it, and deny the node's
+ * other GPUs in the task's own. On v1 Slurm writes its device rules into the job's cgroup again
+ * at every step's start, denying the GPU device files of GRES the job was not given (a slice is
+ * vgpu, not gpu), and a deny on a parent takes the device from every step below it: so each new
+ * step's task gives the GPU back to all of its job's steps, the batch step included. Run from
+ * task_post_fork, after Slurm's own rules for the step. A task in a cgroup v2 job cgroup is left
+ * to cgroup2_fence. */
+int slice_apply_devices(const struct slice *slice, const char *devices_root, pid_t task)
 {
 	char cgroup[VALUE_MAX], unified[4096], dir[2 * VALUE_MAX], file_path[2 * VALUE_MAX + 16];
-	char *job_level;
+	char *job_level, *job_end;
 
 	if (slice->nallow == 0 && slice->ndeny == 0)
 		return 0;
-	task_cgroups(0, cgroup, sizeof(cgroup), unified, sizeof(unified));
+	task_cgroups(task, cgroup, sizeof(cgroup), unified, sizeof(unified));
 	job_level = strstr(cgroup, "/job_");
 	if (job_level == NULL && strstr(unified, "/step_") != NULL)
 		return 0;
@@ -170,22 +209,11 @@ int slice_apply_devices(const struct slice *slice, const char *devices_root)
 		log_info("task is in no job devices cgroup (ConstrainDevices=no?): GPU device rules not applied");
 		return 0;
 	}
-	for (size_t i = 0; i < slice->nallow; i++) {
-		/* From the job level down to the task's own cgroup. */
-		char *end = job_level ? strchr(job_level + 1, '/') : NULL;
-
-		for (;;) {
-			size_t prefix = end ? (size_t)(end - cgroup) : strlen(cgroup);
-
-			snprintf(dir, sizeof(dir), "%s%.*s", devices_root, (int)prefix, cgroup);
-			snprintf(file_path, sizeof(file_path), "%s/devices.allow", dir);
-			if (write_rule(file_path, slice->allow[i]) < 0)
-				return -1;
-			if (end == NULL)
-				break;
-			end = strchr(end + 1, '/');
-		}
-	}
+	job_end = strchr(job_level + 1, '/');
+	snprintf(dir, sizeof(dir), "%s%.*s", devices_root,
+		 (int)(job_end ? (size_t)(job_end - cgroup) : strlen(cgroup)), cgroup);
+	if (allow_below(slice, dir, 1) < 0)
+		return -1;
 	for (size_t i = 0; i < slice->ndeny; i++) {
 		snprintf(file_path, sizeof(file_path), "%s%s/devices.deny", devices_root, cgroup);
 		if (write_rule(file_path, slice->deny[i]) < 0)

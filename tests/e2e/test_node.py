@@ -123,6 +123,52 @@ def test_a_vgpu_job_reaches_its_own_gpu_device_and_no_other(nodes):
     assert seen == {str(devices / f"nvidia{m}"): "allowed" if m == own else "denied" for m in minors}
 
 
+def test_srun_steps_one_after_another_and_side_by_side_use_the_jobs_slice(nodes):
+    """Every step of a vgpu job (the batch step, two srun steps in turn, two at once) gets the
+    job's slice: its variables and its GPU's device node, no other."""
+    devices = nodes.device_dir
+    minors = [g["minor"] for g in node_gpus(nodes, "pair")]
+    probe = (f"for f in {devices}/nvidia*; do if (exec 3<$f) 2>/dev/null; then echo $f=open; "
+             f"else (exec 3<$f) 2>&1 | grep -q 'not permitted' && echo $f=denied || echo $f=allowed; fi; done")
+    script = Path(nodes.dir) / "steps.sh"
+    script.write_text("\n".join([
+        "report() { (" + print_slice() + "; " + probe + ") | sed \"s/^/$1:/\"; }",
+        # two steps meet: each marks its arrival and waits (30 s at most) for the other's
+        "meet() { touch $D/$1; for i in $(seq 300); do [ -e $D/$2 ] && break; sleep 0.1; done; "
+        "[ -e $D/$2 ] && echo $1:together=yes || echo $1:together=no; }",
+        "D=$(mktemp -d); export D; export -f report meet",
+        "report batch",
+        "srun -n1 bash -c 'report first'", "srun -n1 bash -c 'report second'",
+        # side by side: each takes one of the job's two tasks and half its memory
+        "for s in 'left right' 'right left'; do srun -n1 --exact --mem=50M bash -c \"report ${s% *}; meet $s\" & done; wait",
+        "report batch-end",  # on cgroup v1 each step's start had taken the GPU from the steps before
+    ]) + "\n")
+    script.chmod(0o644)
+    job_id = submit(nodes, output_option(nodes), "-n2", "--mem=100M", "--gres=vgpu:a100:20", "--vgpu-mem=2G",
+                    script=f"bash {script}", user=USER)
+    assert wait_for(nodes, [job_id])[job_id]["JobState"] == "COMPLETED"
+    row = placement(nodes, job_id)
+    gpu_dir = node_config(nodes).gpu_dir(row["gpu_uuid"])
+    expected = {
+        "CUDA_VISIBLE_DEVICES": row["gpu_uuid"],
+        "CUDA_MPS_PIPE_DIRECTORY": str(gpu_dir / "pipe"),
+        "CUDA_MPS_LOG_DIRECTORY": str(gpu_dir / "log"),
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "20",
+        "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": "0=2048M",
+        **{str(devices / f"nvidia{m}"): "allowed" if m == row["gpu_minor"] else "denied" for m in minors},
+    }
+    text = job_output(nodes, job_id)
+    steps = ("batch", "first", "second", "left", "right", "batch-end")
+    seen: dict[str, dict[str, str]] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in steps and "=" in rest:
+            seen.setdefault(name, {}).update([rest.split("=", 1)])
+    assert seen.keys() == set(steps), text
+    for name, values in seen.items():
+        assert values == {**expected, **({"together": "yes"} if name in ("left", "right") else {})}, text
+
+
 def test_a_step_that_asks_for_a_slice_its_job_has_not_fails_with_a_reason(nodes):
     # sbatch refuses --vgpu-class without --gres=vgpu; an srun step inside a plain job can still
     # name it, and its tasks must not start as if they had a slice.

@@ -26,6 +26,7 @@ def test_slice_names_the_gpu_its_share_memory_and_pipe_dir():
         ["CUDA_MPS_LOG_DIRECTORY", "/run/v/mps/GPU-abc/log"],
         ["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "30"],
         ["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", "0=8192M"],
+        ["SLURM_STEP_GRES", "none"],  # srun steps share the job's slice rather than queue for it
         ["DEVICE_ALLOW", "c 195:1 rw"],
         ["DEVICE_ALLOW", "c 195:255 rw"],
         ["DEVICE_DENY", "c 195:0 rwm"],

@@ -1,6 +1,6 @@
 /* The SPANK plugin's device code (slice.c, cgroup2.c) without Slurm, for tests:
  *   fence_harness SLICE_DIR JOB_ID DEVICE...  apply the job's slice file to this process's cgroups,
- *                                             as task_init_privileged (v1) and task_post_fork (v2) do
+ *                                             as task_post_fork does (v1 and v2)
  *   fence_harness - - DEVICE...               only try the devices
  * then open each DEVICE read-write and print "<path> <errno>" (0: it opened). */
 #include <errno.h>
@@ -44,7 +44,7 @@ int main(int argc, char **argv)
 	if (strcmp(argv[1], "-") != 0) {
 		if (slice_read(argv[1], (unsigned int)strtoul(argv[2], NULL, 10), &slice) < 0 || !slice.found)
 			return 3;
-		if (slice_apply_devices(&slice, "/sys/fs/cgroup/devices") < 0 || cgroup2_fence(&slice, getpid()) < 0)
+		if (slice_apply_devices(&slice, "/sys/fs/cgroup/devices", getpid()) < 0 || cgroup2_fence(&slice, getpid()) < 0)
 			return 4;
 	}
 	for (int i = 3; i < argc; i++) {
