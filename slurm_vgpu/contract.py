@@ -76,9 +76,13 @@ PLACEMENT_DECIDES = (UNPLACED, PINNED)
 # The record's keys, in the order written. Values never hold a space, except quoted ones
 # (QUOTED_KEYS) which never hold a double quote (quote() turns it into a single one).
 COMMENT_KEYS = {"state": "vgpu-state", "share": "share", "slo_class": "class", "memory_mib": "mem_mib",
-                "model": "model", "begin": "begin", "nodelist": "nodelist", "gpu": "gpu", "wait": "wait"}
+                "model": "model", "gpus": "gpus", "begin": "begin", "nodelist": "nodelist", "gpu": "gpu",
+                "wait": "wait"}
 QUOTED_KEYS = ("wait", "agent")
 SHARE_MAX = 100  # a share is a percentage of one GPU
+# A job may ask for whole GPUs (--gres=gpu:N, --gpus=N) instead of a slice: up to this many, on one
+# node, handed out natively (Slurm's gres/gpu, no MPS) on GPUs that carry no slice.
+WHOLE_GPUS_MAX = 1
 _KEY = re.compile(r"([a-z_-]+)=")
 _WHOLE = re.compile(r"[0-9]+")
 
@@ -131,6 +135,7 @@ class VgpuRequest:
     slo_class: str
     memory_mib: int | None = None
     model: str | None = None
+    gpus: int | None = None  # whole GPUs asked for (share is then SHARE_MAX); None: a slice
     gpu: str | None = None  # the GPU UUID once pinned
     wait: str | None = None  # why it waits, as last told to the user
     begin: int | None = None  # the user's own --begin (epoch seconds), kept from submit
@@ -149,19 +154,23 @@ class VgpuRequest:
 def parse_request(admin_comment: str | None) -> VgpuRequest | None:
     """``vgpu-state=unplaced share=30 class=latency mem_mib=8192 model=h100`` -> VgpuRequest; None
     when the comment holds no request: no or an unknown vgpu-state, a share that is not 1..100,
-    no or an unknown class, a mem_mib or begin that is not a whole number."""
+    no or an unknown class, a mem_mib or begin that is not a whole number, a gpus that is not
+    1..WHOLE_GPUS_MAX or comes with a share below 100 or a mem_mib."""
     raw = comment_fields(admin_comment or "")
     value = {name: raw.get(key) for name, key in COMMENT_KEYS.items()}  # None: not in the record
     share = _whole(value["share"], 1, SHARE_MAX)
     memory = _whole(value["memory_mib"], 1)
     begin = _whole(value["begin"], 0)
+    gpus = _whole(value["gpus"], 1, WHOLE_GPUS_MAX)
     if value["state"] not in REQUEST_STATES or share is None or value["slo_class"] not in SLO_CLASSES:
         return None
     if (memory is None and value["memory_mib"] is not None) or (begin is None and value["begin"] is not None):
         return None
+    if value["gpus"] is not None and (gpus is None or share != SHARE_MAX or memory is not None):
+        return None
     return VgpuRequest(state=value["state"], share=share, slo_class=value["slo_class"], memory_mib=memory,
-                       model=value["model"] or None, gpu=value["gpu"] or None, wait=value["wait"] or None,
-                       begin=begin, nodelist=value["nodelist"] or None)
+                       model=value["model"] or None, gpus=gpus, gpu=value["gpu"] or None,
+                       wait=value["wait"] or None, begin=begin, nodelist=value["nodelist"] or None)
 
 
 # job_submit.lua holds a vgpu job by setting its begin time this far ahead (Slurm keeps it pending

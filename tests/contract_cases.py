@@ -53,6 +53,13 @@ COMMENTS = [
     ("vgpu-state=unplaced share=30 class=latency begin=soon", None),
     ('wait="never closed vgpu-state=unplaced share=30 class=latency', None),  # the quote runs to the end
     ('VGPU-STATE=unplaced share=30 class=latency', None),
+    ("vgpu-state=unplaced share=100 class=throughput gpus=1",
+     dict(state="unplaced", share=100, slo_class="throughput", gpus=1)),
+    ("vgpu-state=unplaced share=50 class=throughput gpus=1", None),  # whole GPUs are all of their units
+    ("vgpu-state=unplaced share=100 class=throughput gpus=1 mem_mib=8192", None),  # and all of their memory
+    ("vgpu-state=unplaced share=100 class=throughput gpus=0", None),
+    ("vgpu-state=unplaced share=100 class=throughput gpus=9", None),  # above WHOLE_GPUS_MAX
+    ("vgpu-state=unplaced share=100 class=throughput gpus=one", None),
 ]
 
 # a request (VgpuRequest's fields) -> the admin_comment written for it; read back, it is the same
@@ -68,6 +75,8 @@ ROUND_TRIPS = [
      "vgpu-state=unplaced share=5 class=latency wait=\"every GPU is busy; 'a100' too\""),
     (dict(state="failed", share=50, slo_class="latency", wait="no GPU has 50% and share=10 room"),
      'vgpu-state=failed share=50 class=latency wait="no GPU has 50% and share=10 room"'),
+    (dict(state="pinned", share=100, slo_class="throughput", model="a100", gpus=1, gpu="GPU-3"),
+     "vgpu-state=pinned share=100 class=throughput model=a100 gpus=1 gpu=GPU-3"),
 ]
 
 # what a user submits: (tres_per_node as Slurm gives it for --gres, --vgpu-class, --vgpu-mem,
@@ -78,4 +87,10 @@ SUBMITS = [
     ("gres:vgpu:h100:30", "latency", "8G", "n[1-2]", 4102444800),
     ("gres/vgpu:100", "best-effort", "1K", None, None),
     ("gres:vgpu", None, None, None, None),
+    # whole GPUs (--gres=gpu:N, --gpus-per-node=N): recorded as all of one GPU, gpus=N
+    ("gres:gpu:1", None, None, None, None),
+    ("gres/gpu:h100:1", "latency", None, "n[1-2]", 4102444800),
+    ("gres:gpu", None, None, None, None),
+    ("gres:gpu:2", None, None, None, None),
+    ("gres/gpu:0", None, None, None, None),
 ]

@@ -156,9 +156,11 @@ class Slurm:
         return [j for j in self.jobs() if j.request is not None]
 
     def pin(self, job_id: int | str, gres_type: str, share: int, node: str, request: VgpuRequest) -> None:
-        """Give a waiting job its typed per-GPU GRES, its node and StartTime=now, in one update."""
+        """Give a waiting job its typed per-GPU GRES (its slice's vgpu units, or the whole GPU as
+        gres/gpu, whose device file Slurm then opens to it), its node and StartTime=now, in one update."""
+        gres = f"gpu:{gres_type}:1" if request.gpus else f"vgpu:{gres_type}:{share}"
         self._run(
-            "scontrol", "update", f"JobId={job_id}", f"Gres=vgpu:{gres_type}:{share}",
+            "scontrol", "update", f"JobId={job_id}", f"Gres={gres}",
             f"NodeList={node}", "StartTime=now", f"AdminComment={request.comment()}",
         )
 

@@ -136,7 +136,8 @@ class Agent:
         slices' caps set again (:class:`GpuMps`)."""
         connect = partial(node_store.connect, self.config.database_url)
         gpus = {gpu.uuid: GpuMps.of(self.config, gpu.uuid) for gpu in present}
-        running = {uuid: {s.uid for s in slices if s.gpu_uuid == uuid and s.state == "running"} for uuid in gpus}
+        running = {uuid: {s.uid for s in slices if s.gpu_uuid == uuid and s.state == "running" and not s.whole}
+                   for uuid in gpus}
         for uuid, mps in gpus.items():
             if mps.restart_if_dead(running[uuid], connect):
                 log.warning("MPS control daemon of %s had died; restarted (pid %s)", uuid, mps.control.daemon_pid())

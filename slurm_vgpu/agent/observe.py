@@ -29,6 +29,7 @@ class Slice:
     memory_mib: int | None
     slo_class: SloClass
     state: str  # placed | pinned | running
+    whole: bool = False  # a whole GPU, given natively: no MPS server to run or restart for it
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ def node_slices(session: Session, node: str) -> list[Slice]:
         sa.select(Placement).join(Gpu, Gpu.uuid == Placement.gpu_uuid)
         .where(Gpu.node == node, Placement.state.in_(ACTIVE_STATES)).order_by(Placement.job_id)
     ).scalars()
-    return [Slice(p.job_id, p.gpu_uuid, p.uid, p.share, p.memory_mib, SloClass(p.slo_class), p.state) for p in rows]
+    return [Slice(p.job_id, p.gpu_uuid, p.uid, p.share, p.memory_mib, SloClass(p.slo_class), p.state, p.whole)
+            for p in rows]
 
 
 def gpu_states(session: Session, node: str) -> dict[str, str]:

@@ -77,6 +77,7 @@ class Placement(Base):
     __table_args__ = (
         sa.CheckConstraint("share BETWEEN 1 AND 100", name="share"),
         sa.CheckConstraint("memory_mib IS NULL OR memory_mib > 0", name="memory"),
+        sa.CheckConstraint("NOT whole OR (share = 100 AND memory_mib IS NULL)", name="whole"),
         sa.CheckConstraint(f"state IN {PLACEMENT_STATES}", name="state"),
         sa.CheckConstraint(f"slo_class IN {SLO_CLASSES}", name="slo_class"),
         sa.Index(
@@ -95,6 +96,8 @@ class Placement(Base):
     share: Mapped[int] = mapped_column(sa.SmallInteger)  # vgpu units (% of SMs) on this GPU
     requested_share: Mapped[int] = mapped_column(sa.SmallInteger)  # what the user asked (reference units)
     memory_mib: Mapped[int | None] = mapped_column(sa.Integer)
+    # a whole GPU (--gres=gpu:1), given natively by Slurm's gres/gpu: all 100 units, no MPS, no memory cap
+    whole: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
     slo_class: Mapped[str] = mapped_column(sa.Text)
     state: Mapped[str] = mapped_column(sa.Text, server_default="placed")
     reason: Mapped[str | None] = mapped_column(sa.Text)

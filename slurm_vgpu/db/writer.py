@@ -21,13 +21,15 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import pq
 
-PLACEMENT_COLUMNS = ("job_id", "job_submit_time", "gpu_uuid", "uid", "share", "requested_share", "memory_mib", "slo_class", "state")
+PLACEMENT_COLUMNS = ("job_id", "job_submit_time", "gpu_uuid", "uid", "share", "requested_share", "memory_mib",
+                     "whole", "slo_class", "state")
+# What a row that leaves a column out gets: the column's default.
+_DEFAULTS = {"job_submit_time": "0", "whole": "false"}
 
-# One parameter, the rows as JSON, whatever their number: the statement's text never changes. A row
-# without a submit time (0: not known) gets the column's default.
+# One parameter, the rows as JSON, whatever their number: the statement's text never changes.
 INSERT_PLACEMENTS = (
     f"INSERT INTO placements ({', '.join(PLACEMENT_COLUMNS)}) "
-    f"SELECT {', '.join(c if c != 'job_submit_time' else 'coalesce(job_submit_time, 0)' for c in PLACEMENT_COLUMNS)} "
+    f"SELECT {', '.join(f'coalesce({c}, {_DEFAULTS[c]})' if c in _DEFAULTS else c for c in PLACEMENT_COLUMNS)} "
     "FROM jsonb_populate_recordset(NULL::placements, $1) "
     "RETURNING job_id, id"
 ).encode()

@@ -71,6 +71,22 @@ class GpuMps:
             self._cap(self.control.ensure_server(uid), caps[uid])
             yield
 
+    @contextmanager
+    def handed_over_whole(self, conn: psycopg.Connection) -> Iterator[None]:
+        """The GPU for a whole-GPU job, which Slurm gives the job natively: no MPS daemon on it (one
+        left from the GPU's last slices is quit) and its DEFAULT compute mode back. Locked until the
+        block ends, so the caller marks the placement running before a slice's prolog could look. A
+        GPU that still carries slices (never, while the capacity guard holds) is refused."""
+        with self._locked():
+            users = slices.active_uids(conn, self.uuid)
+            if users:
+                raise MpsError(f"GPU {self.uuid} carries slices of uids {sorted(users)}; it cannot be given whole")
+            with _gpu_errors():
+                exclusive = self.exclusive and self.gpus.compute_mode(self.uuid) is not ComputeMode.DEFAULT
+            if self.control.running() or exclusive:
+                self._stop()
+            yield
+
     def job_ended(self, conn: psycopg.Connection, uid: int) -> Caps | None:
         """After one of ``uid``'s slices ended: lower its server to the slices it still runs, or stop
         it when none is left, and the daemon when the GPU carries no slice at all. Returns the caps

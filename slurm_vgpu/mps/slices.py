@@ -45,12 +45,15 @@ def tightest(caps: Iterable[Caps]) -> Caps:
 def user_caps(conn: psycopg.Connection, gpu_uuid: str, uid: int, including: int | None = None) -> Caps | None:
     """:func:`caps_of` ``uid``'s running slices on a GPU, counting placement ``including`` as running."""
     return caps_of(conn.execute(
-        "SELECT share, memory_mib FROM placements WHERE gpu_uuid = %s AND uid = %s AND (state = 'running' OR id = %s)",
+        "SELECT share, memory_mib FROM placements WHERE gpu_uuid = %s AND uid = %s AND NOT whole "
+        "AND (state = 'running' OR id = %s)",
         (gpu_uuid, uid, including),
     ).fetchall())
 
 
 def active_uids(conn: psycopg.Connection, gpu_uuid: str) -> set[int]:
-    """The users with a slice placed, pinned or running on a GPU: those whose server is not idle."""
-    return {r[0] for r in conn.execute("SELECT DISTINCT uid FROM placements WHERE gpu_uuid = %s AND state = ANY(%s)",
-                                       (gpu_uuid, list(ACTIVE_STATES)))}
+    """The users with a slice placed, pinned or running on a GPU: those whose server is not idle (a
+    whole-GPU placement is no slice: its job runs without MPS)."""
+    return {r[0] for r in conn.execute(
+        "SELECT DISTINCT uid FROM placements WHERE gpu_uuid = %s AND state = ANY(%s) AND NOT whole",
+        (gpu_uuid, list(ACTIVE_STATES)))}

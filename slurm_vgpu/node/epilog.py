@@ -29,9 +29,12 @@ def run(config: Config, env: Mapping[str, str], node: str) -> int:
         if placement is None or placement.id != placement_id:
             return 0
         store.mark_released(conn, placement)
-        remaining = GpuMps.of(config, placement.gpu_uuid, node).job_ended(conn, placement.uid)
-        message = f"released {placement.share}% of {placement.gpu_uuid}" + (
-            "" if remaining else f"; uid {placement.uid}'s server stopped")
+        if placement.whole:
+            message = f"released the whole GPU {placement.gpu_uuid}"
+        else:
+            remaining = GpuMps.of(config, placement.gpu_uuid, node).job_ended(conn, placement.uid)
+            message = f"released {placement.share}% of {placement.gpu_uuid}" + (
+                "" if remaining else f"; uid {placement.uid}'s server stopped")
         store.record_event(conn, "slice-released", message, job_id, placement.gpu_uuid, node)
         log.info("job %d: %s", job_id, message)
     return 0

@@ -3,7 +3,10 @@
 Reads the job's placement, makes sure the GPU is exclusive to MPS and its control daemon runs,
 starts the job user's server and caps it, marks the placement running and writes the slice file. A job without a
 placement is left alone: a plain job, which Slurm's device cgroup keeps off every GPU (gres.conf
-declares them all with File=), so it cannot reach one without a slice either.
+declares them all with File=), so it cannot reach one without a slice either. A whole-GPU job gets
+its GPU from Slurm (gres/gpu: the device file, CUDA_VISIBLE_DEVICES): the prolog only makes sure
+no MPS daemon holds the GPU and its mode is DEFAULT, and writes a slice file that sets nothing and
+names the placement for the epilog.
 """
 from __future__ import annotations
 
@@ -37,18 +40,22 @@ def run(config: Config, env: Mapping[str, str], node: str) -> int:
             store.record_event(conn, "prolog-refused", refusal, job_id, placement.gpu_uuid, node)
             return 0
         gpu = GpuMps.of(config, placement.gpu_uuid, node)
-        with gpu.serving(conn, uid, placement.id):
+        with gpu.handed_over_whole(conn) if placement.whole else gpu.serving(conn, uid, placement.id):
             if not store.mark_running(conn, placement):
                 log.error("job %d: its placement ended while the prolog ran; it gets no slice", job_id)
                 return 0
-        text = slices.render(
-            slices.Slice(job_id, placement.gpu_uuid, placement.gpu_minor, placement.share,
-                         placement.memory_mib, gpu.control.pipe_dir, gpu.control.log_dir, placement.id),
-            store.node_gpu_minors(conn, node),
-            slices.char_major("nvidia-uvm"),
-        )
+        if placement.whole:
+            text = slices.render_whole(job_id, placement.id)
+        else:
+            text = slices.render(
+                slices.Slice(job_id, placement.gpu_uuid, placement.gpu_minor, placement.share,
+                             placement.memory_mib, gpu.control.pipe_dir, gpu.control.log_dir, placement.id),
+                store.node_gpu_minors(conn, node),
+                slices.char_major("nvidia-uvm"),
+            )
         path = slices.write(config.slice_dir, job_id, text)
-        message = f"slice {placement.share}% of {placement.gpu_uuid} for uid {uid} ({path})"
+        what = "the whole GPU" if placement.whole else f"slice {placement.share}% of"
+        message = f"{what} {placement.gpu_uuid} for uid {uid} ({path})"
         store.record_event(conn, "slice-started", message, job_id, placement.gpu_uuid, node)
         log.info("job %d: %s", job_id, message)
     return 0

@@ -52,6 +52,13 @@ def render(slice_: Slice, node_minors: list[int], uvm_major: int | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_whole(job_id: int, placement_id: int) -> str:
+    """A whole-GPU job's file: only the header naming its placement (what the epilog releases). It
+    sets no variable and no device rule: Slurm's gres/gpu gives the job its GPU and
+    CUDA_VISIBLE_DEVICES, and its steps their GRES as for any GPU job."""
+    return slice_header(job_id, placement_id) + "\n"
+
+
 def char_major(name: str, proc_devices: Path = Path("/proc/devices")) -> int | None:
     """The major number the kernel gave a character driver (nvidia-uvm's is dynamic)."""
     in_chars = False

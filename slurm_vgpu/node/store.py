@@ -23,11 +23,12 @@ class JobPlacement:
     gpu_minor: int
     node: str
     job_submit_time: int  # with job_id, names the job (0: written before it was recorded)
+    whole: bool  # a whole GPU, given natively (no MPS)
 
 
 # A JobPlacement's columns, in order.
-_SELECT = ("SELECT p.id, p.job_id, p.uid, p.share, p.memory_mib, p.state, g.uuid, g.minor, g.node, p.job_submit_time "
-           "FROM placements p JOIN gpus g ON g.uuid = p.gpu_uuid ")
+_SELECT = ("SELECT p.id, p.job_id, p.uid, p.share, p.memory_mib, p.state, g.uuid, g.minor, g.node, p.job_submit_time, "
+           "p.whole FROM placements p JOIN gpus g ON g.uuid = p.gpu_uuid ")
 
 
 def connect(database_url: str, timeout: float = 3.0) -> psycopg.Connection:

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from ..adapters.slurm import ENDED_STATES, Job, Node, Slurm, SlurmError
 from ..config import Config
-from ..contract import FAILED, PINNED, UNPLACED
+from ..contract import FAILED, PINNED, SHARE_MAX, UNPLACED
 from ..db import store
 from ..db.engine import session_scope
 from ..db.writer import PlacementWriter, placement_writer
@@ -186,6 +186,7 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
             slo_class=SloClass(j.request.slo_class),
             memory_mib=j.request.memory_mib,
             models=frozenset({j.request.model}) if j.request.model else frozenset(),
+            whole=j.request.gpus is not None,
             waited_s=max(0.0, now_s - j.submit_time),
             nodes=allowed(j),
         )
@@ -267,7 +268,7 @@ def placement_rows(decisions: Sequence[Decision], by_id: Mapping[str, Request],
 def _placement_row(d: Decision, req: Request, submit_times: Mapping[int, int]) -> dict:
     return dict(job_id=int(d.job_id), job_submit_time=submit_times.get(int(d.job_id), 0), gpu_uuid=d.gpu_uuids[0],
                 uid=req.user, share=d.share, requested_share=req.share, memory_mib=req.memory_mib,
-                slo_class=req.slo_class.value, state="placed")
+                whole=req.whole, slo_class=req.slo_class.value, state="placed")
 
 
 def commit_as_decided(writer: PlacementWriter, outcomes: Iterator[Decision | Blocked],
@@ -473,11 +474,14 @@ def _repair_running(session, jobs: dict[int, Job], placed_jobs: set[int], report
 
 
 def parse_pinned_gres(tres_per_node: str) -> tuple[str, int] | None:
-    """(gres type, share) of a pinned job's ``gres:vgpu:h100_0:30`` (``gres/vgpu:...`` from 23.11)."""
+    """(gres type, share) of a pinned job's ``gres:vgpu:h100_0:30`` (``gres/vgpu:...`` from 23.11);
+    a whole GPU's ``gres:gpu:h100_0:1`` is all of its units."""
     for item in tres_per_node.split(","):
         parts = item.replace("gres/", "gres:", 1).split(":")
         if len(parts) == 4 and parts[:2] == ["gres", "vgpu"] and parts[3].isdigit():
             return parts[2], int(parts[3])
+        if len(parts) == 4 and parts[:2] == ["gres", "gpu"] and parts[3] == "1":
+            return parts[2], SHARE_MAX
     return None
 
 

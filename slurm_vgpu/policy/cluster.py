@@ -259,7 +259,7 @@ class _Pairs:
         """The ranking of ``user``'s pool for the request's shape, with every class the pool got
         since its last use scored."""
         req = ask.request
-        shape = (req.share, req.gpus, req.cpu_milli)
+        shape = (req.share, req.gpus, req.whole, req.cpu_milli)
         rankings = self.rankings.setdefault(user, {})
         ranking = rankings.get(shape)
         if ranking is None:
@@ -304,7 +304,7 @@ class _Pairs:
         req = ask.request
         # Outside multi-user mode a request looks only at free GPUs and its user's own; in it, at
         # every GPU. What fits a shape is kept per shape (``_fit`` asks the per-user rules anew).
-        fits = self.fits.setdefault((req.share, req.gpus, req.memory_mib, req.models, req.slo_class), {})
+        fits = self.fits.setdefault((req.share, req.gpus, req.whole, req.memory_mib, req.models, req.slo_class), {})
         users = [None, *(u for u in self.by_user if u is not None)] if state.ctx.config.multi_user \
             else [None, req.user]
         # Whether the request takes a slice or a whole GPU depends only on the GPU's capacity and

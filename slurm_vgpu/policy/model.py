@@ -75,8 +75,10 @@ class Request:
     """A pending request. ``share`` is in the capacity units of the GPUs (or reference units).
 
     ``gpus > 1`` asks for that many whole GPUs on one node (trace replay only: a vgpu slice is
-    always ``gpus == 1``). ``models`` restricts the GPU model; empty means any. ``nodes``
-    restricts the nodes (Slurm refused the job's pin elsewhere); None means any.
+    always ``gpus == 1``); ``whole`` asks for whole GPUs even when ``gpus == 1`` (a job's
+    ``--gres=gpu:1``: all of a GPU's units, whatever its speed). ``models`` restricts the GPU model;
+    empty means any. ``nodes`` restricts the nodes (Slurm refused the job's pin elsewhere); None
+    means any.
     """
 
     job_id: str
@@ -86,6 +88,7 @@ class Request:
     memory_mib: int | None = None
     models: frozenset[str] = frozenset()
     gpus: int = 1
+    whole: bool = False
     cpu_milli: int = 0
     node_memory_mib: int = 0
     waited_s: float = 0.0  # time since submission, for anti-starvation

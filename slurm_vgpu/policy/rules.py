@@ -29,12 +29,12 @@ class Ask:
 
     @property
     def whole_gpus(self) -> bool:
-        """Multi-GPU trace tasks take whole GPUs."""
-        return self.request.gpus > 1
+        """Multi-GPU trace tasks and whole-GPU jobs take whole GPUs."""
+        return self.request.gpus > 1 or self.request.whole
 
     def __post_init__(self) -> None:
         # In plain units a slice takes its share on any GPU: worked out once, asked very often.
-        plain = not self.config.reference_model and self.request.gpus <= 1
+        plain = not self.config.reference_model and not self.whole_gpus
         object.__setattr__(self, "_plain_units", self.request.share if plain else None)
         object.__setattr__(self, "models", frozenset(m.lower() for m in self.request.models))
 
@@ -54,6 +54,10 @@ class Ask:
 
 def _label(ask: Ask) -> str:
     return "|".join(sorted(ask.request.models)) + " " if ask.request.models else ""
+
+
+def _whole_free(gpus: int) -> str:
+    return f"{gpus} whole free GPUs" if gpus > 1 else "a whole GPU that carries no slice"
 
 
 def _pct(units: int, gpu: GpuState) -> str:
@@ -133,7 +137,7 @@ GPU_RULES: tuple[GpuRule, ...] = (
         lambda a, left: (
             f"needs {_pct(min(a.units(g) for g in left), left[0])} of one GPU; the most free on any "
             f"eligible GPU is {_pct(max(g.free for g in left), left[0])}"
-            if not a.whole_gpus else f"needs {a.request.gpus} whole free GPUs; no eligible GPU is free"),
+            if not a.whole_gpus else f"needs {_whole_free(a.request.gpus)}; no eligible GPU is free"),
         capacity=True,
     ),
     GpuRule(

@@ -20,7 +20,8 @@ def placement(cluster, job_id: int) -> dict:
     with connect(cluster.database_url) as conn:
         conn.row_factory = psycopg.rows.dict_row
         return conn.execute(
-            "SELECT p.*, g.index AS gpu_index, g.minor AS gpu_minor, g.node FROM placements p JOIN gpus g ON g.uuid = p.gpu_uuid "
+            "SELECT p.*, g.index AS gpu_index, g.minor AS gpu_minor, g.node, g.gres_type FROM placements p "
+            "JOIN gpus g ON g.uuid = p.gpu_uuid "
             "WHERE p.job_id = %s ORDER BY p.id DESC LIMIT 1", (job_id,),
         ).fetchone()
 

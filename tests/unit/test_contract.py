@@ -134,10 +134,18 @@ def expected_submit(gres: str, vgpu_class: str | None, vgpu_mem: str | None, nod
         memory = python_size(vgpu_mem)
         if memory is None:
             return "refused", contract.SIZE_HINT
-    fields = re.fullmatch(r"gres[:/]vgpu(.*)", gres).group(1).split(":")[1:]
-    share = int(fields[-1]) if fields else 1
+    name, rest = re.fullmatch(r"gres[:/](v?gpu)(.*)", gres).groups()
+    fields = rest.split(":")[1:]
+    count = int(fields[-1]) if fields else 1
     model = fields[0] if len(fields) == 2 else None
-    request = VgpuRequest(UNPLACED, share, vgpu_class or DEFAULT_CLASS, memory, model, begin=begin, nodelist=nodelist)
+    if name == "gpu":
+        if not 1 <= count <= contract.WHOLE_GPUS_MAX:
+            return "refused", f"write --gres=gpu:N or --gpus=N with 1 <= N <= {contract.WHOLE_GPUS_MAX}"
+        request = VgpuRequest(UNPLACED, contract.SHARE_MAX, vgpu_class or DEFAULT_CLASS, model=model, gpus=count,
+                              begin=begin, nodelist=nodelist)
+    else:
+        request = VgpuRequest(UNPLACED, count, vgpu_class or DEFAULT_CLASS, memory, model, begin=begin,
+                              nodelist=nodelist)
     return "ok", request.comment()
 
 
