@@ -18,7 +18,7 @@ PLACEMENT_COLUMNS = (
     Column("USER", lambda p: p["user"] or p["uid"]),
     Column("NODE", lambda p: p["node"]),
     Column("GPU", lambda p: f"{p['gpu_index']} ({p['gres_type']})"),
-    Column("SHARE", lambda p: p["share"], "right"),
+    Column("SHARE", lambda p: "whole" if p["whole"] else p["share"], "right"),
     Column("MEMORY", lambda p: gib(p["memory_mib"]), "right"),
     Column("CLASS", lambda p: p["slo_class"]),
     Column("STATE", lambda p: p["state"]),

@@ -167,6 +167,7 @@ def placement_records(session: Session, *, active_only: bool = True, nodes: Sequ
             "share": p.share,
             "requested_share": p.requested_share,
             "memory_mib": p.memory_mib,
+            "whole": p.whole,
             "slo_class": p.slo_class,
             "state": p.state,
             "reason": p.reason,

@@ -463,7 +463,7 @@ def _repair_running(session, jobs: dict[int, Job], placed_jobs: set[int], report
         gpu = store.gpu_by_type(session, job.nodes, pinned[0]) if pinned else None
         row = None if gpu is None else dict(
             job_id=job.job_id, job_submit_time=job.submit_time, gpu_uuid=gpu.uuid, uid=job.user_id, share=pinned[1],
-            requested_share=job.request.share, memory_mib=job.request.memory_mib,
+            requested_share=job.request.share, memory_mib=job.request.memory_mib, whole=job.request.gpus is not None,
             slo_class=job.request.slo_class, state="running", started_at=store.now())
         if row is not None and store.insert_placement(session, row):
             store.log_event(session, "placement-repaired", f"job {job.job_id} ran on {gpu.gres_type} of {job.nodes} "

@@ -42,12 +42,13 @@ def insert_inventory(engine: sa.Engine, heartbeat_age_s: dict[str, float] | None
 
 
 def place(engine: sa.Engine, job_id: int, node: str, index: int, *, uid: int = 0, share: int = 30,
-          memory_mib: int | None = None, slo_class: str = "throughput", state: str = "running") -> None:
-    """Insert a placement; it goes through the capacity guard like any writer's."""
+          memory_mib: int | None = None, slo_class: str = "throughput", state: str = "running",
+          whole: bool = False) -> None:
+    """Insert a placement (``whole``: of a whole GPU); it goes through the capacity guard like any writer's."""
     with engine.begin() as conn:
         conn.execute(sa.insert(Placement).values(
             job_id=job_id, gpu_uuid=gpu_uuid(node, index), uid=uid, share=share, requested_share=share,
-            memory_mib=memory_mib, slo_class=slo_class, state=state,
+            memory_mib=memory_mib, slo_class=slo_class, state=state, whole=whole,
         ))
 
 

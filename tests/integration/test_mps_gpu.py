@@ -144,6 +144,33 @@ def test_the_gpu_is_exclusive_before_its_daemon_starts_and_default_after_it_quit
     assert device.context_holders(GPU) == []
 
 
+def test_a_whole_gpu_is_handed_over_without_mps_and_in_default_mode(gpu, device, clean_db, conn, database_url):
+    """A whole-GPU job's prolog after the GPU's last slice ended but its daemon stayed (an epilog
+    that did not run): the daemon is quit and the mode DEFAULT again before the job is marked
+    running; and the agent starts no daemon for the whole GPU's running placement."""
+    place(clean_db, 1, "gpu01", 0, uid=UID, share=30)
+    with gpu.serving(conn, UID, placement_id(conn, 1)):
+        pass
+    end(conn, 1)
+    place(clean_db, 2, "gpu01", 0, uid=UID, share=100, state="pinned", whole=True)
+    with gpu.handed_over_whole(conn):
+        assert locked(gpu)
+        assert not gpu.control.running() and device.compute_mode(GPU) is DEFAULT
+    conn.execute("UPDATE placements SET state = 'running' WHERE job_id = 2")
+    assert gpu.stop_idle(partial(store.connect, database_url)) == []
+    assert not gpu.restart_if_dead(set(), never)  # the agent's running uids leave whole GPUs out
+
+
+def test_a_gpu_that_carries_a_slice_is_not_handed_over_whole(gpu, clean_db, conn):
+    place(clean_db, 1, "gpu01", 0, uid=UID, share=30)
+    with gpu.serving(conn, UID, placement_id(conn, 1)):
+        pass
+    with pytest.raises(MpsError, match="carries slices of uids"):
+        with gpu.handed_over_whole(conn):
+            pass
+    assert gpu.control.running()  # the slice keeps its server
+
+
 def test_a_gpu_whose_mode_cannot_be_set_fails_the_start_unless_the_admin_opted_out(clean_db, tmp_path, device, conn):
     insert_inventory(clean_db)
     place(clean_db, 1, "gpu01", 0, uid=UID, share=30)

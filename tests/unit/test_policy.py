@@ -1,6 +1,8 @@
 """The placement policy's rules and reasons, as users and the daemon depend on them."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from slurm_vgpu.policy import (
@@ -299,3 +301,24 @@ def test_unknown_policy_is_refused_with_the_choices():
 def test_a_share_outside_one_to_capacity_is_never_satisfiable():
     b = only_blocked(place_slices([gpu()], [req(share=0)], PolicyConfig()))
     assert b.never and b.reason == "share 0 is not 1..capacity of any GPU"
+
+
+@pytest.mark.parametrize("reference_model", [None, "A100"])
+def test_a_whole_gpu_request_takes_all_of_a_free_gpus_units_whatever_its_speed(reference_model):
+    """--gres=gpu:1: the GPU itself, so all of its units even where reference units would make
+    100 of them fewer (a GPU twice the reference's speed), and never a GPU that carries a slice."""
+    config = PolicyConfig(reference_model=reference_model)
+    gpus = [gpu("n0", index=0, model="H100", speed=2.0, used=10), gpu("n0", index=1, model="H100", speed=2.0),
+            gpu("n1", model="A100", speed=1.0)]
+    result = place_slices(gpus, [req("w", share=100, whole=True, models=frozenset({"h100"}))], config)
+    (d,) = result.decisions
+    assert d.gpu_uuids == ("n0-1",) and d.share == 100
+    after = place_slices([replace(g, used=100) if g.uuid == "n0-1" else g for g in gpus],
+                         [req("s", share=10, models=frozenset({"h100"}))], config)
+    assert after.decisions[0].gpu_uuids == ("n0-0",)
+
+
+def test_a_whole_gpu_request_waits_while_every_gpu_carries_a_slice():
+    b = only_blocked(place_slices([gpu(index=0, used=5), gpu(index=1, used=1)], [req(share=100, whole=True)],
+                                  PolicyConfig()))
+    assert b.reason == "needs a whole GPU that carries no slice; no eligible GPU is free" and not b.never

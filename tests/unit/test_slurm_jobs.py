@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from slurm_vgpu.adapters.slurm import Node, _job, array_task_ids, parse_request
+from slurm_vgpu.adapters.slurm import Node, Slurm, _job, array_task_ids, parse_request
 from slurm_vgpu.placement.cycle import array_splits, parse_pinned_gres, unusable_nodes, waiting_requests
 
 NOW = 1_800_000_000
@@ -83,6 +83,23 @@ def test_the_pinned_gres_reads_in_each_releases_spelling():
     assert parse_pinned_gres("gres/gpu:1,gres/vgpu:t4_7:100") == ("t4_7", 100)
     assert parse_pinned_gres("gres:vgpu:30") is None
     assert parse_pinned_gres("") is None
+    assert parse_pinned_gres("gres/gpu:a100_1:1") == ("a100_1", 100)  # a whole GPU: all of its units
+
+
+def test_a_whole_gpu_job_is_placed_as_a_whole_gpu_and_pinned_as_gres_gpu():
+    job = squeue_job(5, "vgpu-state=unplaced share=100 class=throughput model=a100 gpus=1")
+    (request,) = waiting_requests([job], set(), NOW)
+    assert request.whole and request.share == 100 and request.models == frozenset({"a100"})
+    said = []
+
+    class Recording(Slurm):
+        def _run(self, *argv, env=None):
+            said.append(argv)
+            return ""
+
+    Recording().pin(5, "a100_1", 100, "a1", job.request)
+    Recording().pin(6, "a100_0", 30, "a1", squeue_job(6).request)
+    assert [a[3] for a in said] == ["Gres=gpu:a100_1:1", "Gres=vgpu:a100_0:30"]
 
 
 def test_the_admin_comment_keeps_the_users_begin_and_nodelist_across_a_pin():
