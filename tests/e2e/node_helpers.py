@@ -61,5 +61,13 @@ def job_output(cluster, job_id: int) -> str:
     return (Path(cluster.dir) / "out" / f"{job_id}.out").read_text()
 
 
+def device_probe(cluster) -> str:
+    """A shell loop that opens each simulated GPU device file and prints ``<path>=<verdict>``:
+    ``denied`` (EPERM: the device cgroup fences it), ``allowed`` (the fence let it through; a
+    device node without a driver then fails with ENXIO) or ``open``."""
+    return (f"for f in {cluster.device_dir}/nvidia*; do if (exec 3<$f) 2>/dev/null; then echo $f=open; "
+            "else (exec 3<$f) 2>&1 | grep -q 'not permitted' && echo $f=denied || echo $f=allowed; fi; done")
+
+
 def env_lines(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)

@@ -15,8 +15,8 @@ from slurm_vgpu.adapters.gpus import ComputeMode, SimulatedInventory
 
 from ..conftest import TEST_PORT, new_database, slurm, start_cluster, stop_cluster
 from .jobs import ensure_user, submit, wait_for
-from .node_helpers import (env_lines, job_output, mps_state, node_config, node_gpus, output_option, placement,
-                           wait_started)
+from .node_helpers import (device_probe, env_lines, job_output, mps_state, node_config, node_gpus, output_option,
+                           placement, wait_started)
 
 pytestmark = pytest.mark.e2e
 
@@ -114,12 +114,11 @@ def test_slice_file_is_root_owned_and_read_only_to_the_job_user(nodes):
 def test_a_vgpu_job_reaches_its_own_gpu_device_and_no_other(nodes):
     devices = nodes.device_dir
     minors = [g["minor"] for g in node_gpus(nodes, "pair")]
-    probe = (f"for f in {devices}/nvidia*; do if (exec 3<$f) 2>/dev/null; then echo $f open; "
-             f"else (exec 3<$f) 2>&1 | grep -q 'not permitted' && echo $f denied || echo $f allowed; fi; done")
+    probe = device_probe(nodes)
     fenced = submit(nodes, output_option(nodes), "--gres=vgpu:a100:20", script=probe, user=USER)
     wait_for(nodes, [fenced])
     own = placement(nodes, fenced)["gpu_minor"]
-    seen = dict(line.split() for line in job_output(nodes, fenced).splitlines())
+    seen = env_lines(job_output(nodes, fenced))
     assert seen == {str(devices / f"nvidia{m}"): "allowed" if m == own else "denied" for m in minors}
 
 
@@ -128,8 +127,7 @@ def test_srun_steps_one_after_another_and_side_by_side_use_the_jobs_slice(nodes)
     job's slice: its variables and its GPU's device node, no other."""
     devices = nodes.device_dir
     minors = [g["minor"] for g in node_gpus(nodes, "pair")]
-    probe = (f"for f in {devices}/nvidia*; do if (exec 3<$f) 2>/dev/null; then echo $f=open; "
-             f"else (exec 3<$f) 2>&1 | grep -q 'not permitted' && echo $f=denied || echo $f=allowed; fi; done")
+    probe = device_probe(nodes)
     script = Path(nodes.dir) / "steps.sh"
     script.write_text("\n".join([
         "report() { (" + print_slice() + "; " + probe + ") | sed \"s/^/$1:/\"; }",

@@ -15,7 +15,8 @@ from slurm_vgpu.adapters.gpus import ComputeMode, SimulatedInventory
 
 from ..conftest import TEST_PORT, new_database, slurm, start_cluster, stop_cluster
 from .jobs import ensure_user, submit, submit_fails, wait_for, wait_until
-from .node_helpers import job_output, node_config, node_gpus, output_option, placement, wait_started
+from .node_helpers import (device_probe, env_lines, job_output, node_config, node_gpus, output_option, placement,
+                           wait_started)
 
 pytestmark = pytest.mark.e2e
 
@@ -60,8 +61,7 @@ def test_a_whole_gpu_job_gets_a_gpu_without_slices_and_slices_keep_off_it(pair, 
     inventory = SimulatedInventory(node_config(pair).inventory_for("pair"))
     devices = pair.device_dir
     minors = {g["uuid"]: g["minor"] for g in node_gpus(pair, "pair")}
-    probe = (f"for f in {devices}/nvidia*; do if (exec 3<$f) 2>/dev/null; then echo $f=open; "
-             f"else (exec 3<$f) 2>&1 | grep -q 'not permitted' && echo $f=denied || echo $f=allowed; fi; done")
+    probe = device_probe(pair)
     first = submit(pair, output_option(pair), "--gres=vgpu:a100:30", script="sleep 12", user=USER)
     wait_started(pair, [first])
     sliced = placement(pair, first)["gpu_uuid"]
@@ -83,7 +83,7 @@ def test_a_whole_gpu_job_gets_a_gpu_without_slices_and_slices_keep_off_it(pair, 
 
     ended = wait_for(pair, [first, whole, second])
     assert {ended[j]["JobState"] for j in (first, whole, second)} == {"COMPLETED"}
-    seen = dict(line.split("=", 1) for line in job_output(pair, whole).splitlines() if "=" in line)
+    seen = env_lines(job_output(pair, whole))
     assert seen.pop("CUDA_VISIBLE_DEVICES") != ""  # Slurm's own, from its gres/gpu
     assert seen == {str(devices / f"nvidia{m}"): "allowed" if uuid == row["gpu_uuid"] else "denied"
                     for uuid, m in minors.items()}
