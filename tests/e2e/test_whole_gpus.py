@@ -5,15 +5,13 @@ the inventory, their device files made with mknod)."""
 from __future__ import annotations
 
 import re
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from slurm_vgpu.adapters.gpus import ComputeMode, SimulatedInventory
 
-from ..conftest import TEST_PORT, new_database, slurm, start_cluster, stop_cluster
+from ..conftest import TEST_PORT, own_cluster, slurm
 from .jobs import ensure_user, submit, submit_fails, wait_for, wait_until
 from .node_helpers import (device_probe, env_lines, job_output, node_config, node_gpus, output_option, placement,
                            wait_started)
@@ -31,14 +29,9 @@ gpus = { a100 = 2 }
 
 @pytest.fixture(scope="module")
 def pair():
-    directory = Path(tempfile.mkdtemp(prefix="vgpu-whole-test-", dir="/var/tmp"))
-    directory.chmod(0o755)
-    layout = directory / "layout.toml"
-    layout.write_text(LAYOUT)
-    cluster = start_cluster(directory, new_database(), layout=layout, port=TEST_PORT + 70)
     ensure_user(USER)
-    yield cluster
-    stop_cluster(cluster)
+    with own_cluster("whole", LAYOUT, TEST_PORT + 100) as cluster:
+        yield cluster
 
 
 def gres_in_use(cluster) -> dict[str, dict[str, int]]:
