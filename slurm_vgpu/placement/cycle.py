@@ -34,6 +34,10 @@ ENDED = ENDED_STATES
 # sinfo's compact node states (``%t``) in which a node takes new jobs; any other (drain, drng,
 # down, fail, maint, ...) or a flag such as ``*`` (not responding) keeps slices off its GPUs.
 USABLE_NODE_STATES = {"idle", "mix", "alloc", "comp"}
+# The one flag that does not: ``-``, planned, which the backfill scheduler sets on a node it holds
+# resources of for a pending job; the node goes on taking the jobs that fit beside them (a burst of
+# vgpu jobs, CPUs of some waiting, showed every node ``mix-`` and left every slice waiting).
+PLANNED = "-"
 REFUSAL_MEMORY = timedelta(minutes=10)  # how long a node that refused a job's pin is left out for it
 NEVER_RUNNABLE = "BadConstraints"  # the reason of a job Slurm holds as never runnable where it is pinned
 ARRAY_SPLIT = 32  # at most this many tasks of one array are split off per cycle
@@ -136,7 +140,7 @@ class KeptPlacer:
 def unusable_nodes(nodes: Mapping[str, Node]) -> dict[str, str]:
     """Node -> why Slurm would start no job there (``sinfo``'s state), for the nodes it would not."""
     return {name: f"Slurm reports node {name} {node.state}" for name, node in nodes.items()
-            if node.state not in USABLE_NODE_STATES}
+            if node.state.removesuffix(PLANNED) not in USABLE_NODE_STATES}
 
 
 def cycle_gpus(session, config: Config, unusable: Mapping[str, str]) -> list[GpuState]:

@@ -78,6 +78,12 @@ def test_nodes_slurm_would_start_nothing_on_are_named_with_their_state():
     assert unusable_nodes(NODES) == {"b1": "Slurm reports node b1 drain", "b2": "Slurm reports node b2 down*"}
 
 
+def test_a_node_the_backfill_scheduler_planned_for_a_waiting_job_still_takes_slices():
+    planned = {"a1": Node("mix-", frozenset({"gpu"})), "a2": Node("idle-", frozenset({"gpu"})),
+               "b1": Node("drain-", frozenset({"gpu"}))}
+    assert unusable_nodes(planned) == {"b1": "Slurm reports node b1 drain-"}
+
+
 def test_the_pinned_gres_reads_in_each_releases_spelling():
     assert parse_pinned_gres("gres:vgpu:h100_0:30") == ("h100_0", 30)
     assert parse_pinned_gres("gres/gpu:1,gres/vgpu:t4_7:100") == ("t4_7", 100)
