@@ -166,7 +166,9 @@ class MpsControl:
         """Kill a daemon that no longer answers (``quit`` would not be heard) and its servers: they
         are its children, read from /proc while the daemon is stopped (SIGSTOP), so it neither
         starts another nor reaps one, and no PID is reused before it is killed. The PID file is
-        removed, as ``quit`` would; returns the servers' PIDs."""
+        removed, as ``quit`` would; returns the servers' PIDs once they and the daemon have ended (a
+        server killed but not yet gone still holds its GPU context, which a restarted daemon's new
+        server would not get on an EXCLUSIVE_PROCESS GPU)."""
         try:
             os.kill(daemon_pid, signal.SIGSTOP)
         except ProcessLookupError:
@@ -176,9 +178,10 @@ class MpsControl:
             with contextlib.suppress(ProcessLookupError):  # a child of the stopped daemon stays a zombie
                 os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + self.timeout
-        while not _ended(daemon_pid):  # its socket and pipes are closed once it has exited
+        while left := [pid for pid in [daemon_pid, *servers] if not _ended(pid)]:  # sockets, pipes, contexts closed
             if time.monotonic() > deadline:
-                raise MpsError(f"MPS control daemon {daemon_pid} of {self.gpu_uuid} outlived SIGKILL")
+                raise MpsError(f"MPS control daemon {daemon_pid} of {self.gpu_uuid} or its servers outlived SIGKILL "
+                               f"(pid {', '.join(map(str, left))})")
             time.sleep(0.01)
         self.pid_file.unlink(missing_ok=True)
         return servers
