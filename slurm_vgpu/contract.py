@@ -82,7 +82,7 @@ QUOTED_KEYS = ("wait", "agent")
 SHARE_MAX = 100  # a share is a percentage of one GPU
 # A job may ask for whole GPUs (--gres=gpu:N, --gpus=N) instead of a slice: up to this many, on one
 # node, handed out natively (Slurm's gres/gpu, no MPS) on GPUs that carry no slice.
-WHOLE_GPUS_MAX = 1
+WHOLE_GPUS_MAX = 8
 _KEY = re.compile(r"([a-z_-]+)=")
 _WHOLE = re.compile(r"[0-9]+")
 
@@ -136,7 +136,7 @@ class VgpuRequest:
     memory_mib: int | None = None
     model: str | None = None
     gpus: int | None = None  # whole GPUs asked for (share is then SHARE_MAX); None: a slice
-    gpu: str | None = None  # the GPU UUID once pinned
+    gpu: str | None = None  # the GPU UUID once pinned (a job of several whole GPUs: their UUIDs, comma-separated)
     wait: str | None = None  # why it waits, as last told to the user
     begin: int | None = None  # the user's own --begin (epoch seconds), kept from submit
     nodelist: str | None = None  # the user's own --nodelist (a hostlist), kept from submit

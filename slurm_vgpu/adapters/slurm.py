@@ -10,7 +10,7 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -155,10 +155,15 @@ class Slurm:
     def vgpu_jobs(self) -> list[Job]:
         return [j for j in self.jobs() if j.request is not None]
 
-    def pin(self, job_id: int | str, gres_type: str, share: int, node: str, request: VgpuRequest) -> None:
-        """Give a waiting job its typed per-GPU GRES (its slice's vgpu units, or the whole GPU as
-        gres/gpu, whose device file Slurm then opens to it), its node and StartTime=now, in one update."""
-        gres = f"gpu:{gres_type}:1" if request.gpus else f"vgpu:{gres_type}:{share}"
+    def pin(self, job_id: int | str, gres_types: Sequence[str], share: int, node: str, request: VgpuRequest) -> None:
+        """Give a waiting job its typed per-GPU GRES (its slice's vgpu units on its one GPU, or each
+        whole GPU as gres/gpu, whose device file Slurm then opens to it), its node and
+        StartTime=now, in one update."""
+        if request.gpus:
+            gres = ",".join(f"gpu:{gres_type}:1" for gres_type in gres_types)
+        else:
+            (gres_type,) = gres_types
+            gres = f"vgpu:{gres_type}:{share}"
         self._run(
             "scontrol", "update", f"JobId={job_id}", f"Gres={gres}",
             f"NodeList={node}", "StartTime=now", f"AdminComment={request.comment()}",

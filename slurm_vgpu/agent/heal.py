@@ -102,7 +102,7 @@ def lost_jobs(config: Config, slurm: Slurm, node: str, job_of_sluid: procs.JobOf
             node_store.mark_released(conn, placement)
             node_store.record_event(conn, "slice-released", "released by the agent: the job has no process left on "
                                     "the node and no epilog released it", placement.job_id, placement.gpu_uuid, node)
-    return sorted(p.job_id for p in lost)
+    return sorted({p.job_id for p in lost})  # a job of several whole GPUs once
 
 
 def jobs_with_processes(node: str, job_of_sluid: procs.JobOfSluid, proc: Path = Path("/proc")) -> set[int]:

@@ -80,8 +80,13 @@ class Placement(Base):
         sa.CheckConstraint("NOT whole OR (share = 100 AND memory_mib IS NULL)", name="whole"),
         sa.CheckConstraint(f"state IN {PLACEMENT_STATES}", name="state"),
         sa.CheckConstraint(f"slo_class IN {SLO_CLASSES}", name="slo_class"),
+        # a slice job holds one active placement; a job of N whole GPUs one per GPU
         sa.Index(
-            "uq_placements_active_job", "job_id", unique=True,
+            "uq_placements_active_slice", "job_id", unique=True,
+            postgresql_where=sa.text(f"state IN {ACTIVE_STATES} AND NOT whole"),
+        ),
+        sa.Index(
+            "uq_placements_active_job_gpu", "job_id", "gpu_uuid", unique=True,
             postgresql_where=sa.text(f"state IN {ACTIVE_STATES}"),
         ),
         sa.Index("ix_placements_active_gpu", "gpu_uuid", postgresql_where=sa.text(f"state IN {ACTIVE_STATES}")),

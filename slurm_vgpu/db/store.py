@@ -139,11 +139,12 @@ def gpu_by_type(session: Session, node: str, gres_type: str) -> Gpu | None:
     return session.scalar(sa.select(Gpu).where(Gpu.node == node, Gpu.gres_type == gres_type))
 
 
-def insert_placement(session: Session, row: dict) -> bool:
-    """Write one placement under the capacity guard; False (nothing written) when it refuses."""
+def insert_placements(session: Session, rows: Sequence[dict]) -> bool:
+    """Write one job's placements under the capacity guard, all or none; False (nothing written)
+    when it refuses one."""
     try:
         with session.begin_nested():
-            session.add(Placement(**row))
+            session.add_all([Placement(**row) for row in rows])
             session.flush()
     except sa.exc.IntegrityError:
         return False

@@ -31,7 +31,7 @@ INSERT_PLACEMENTS = (
     f"INSERT INTO placements ({', '.join(PLACEMENT_COLUMNS)}) "
     f"SELECT {', '.join(f'coalesce({c}, {_DEFAULTS[c]})' if c in _DEFAULTS else c for c in PLACEMENT_COLUMNS)} "
     "FROM jsonb_populate_recordset(NULL::placements, $1) "
-    "RETURNING job_id, id"
+    "RETURNING job_id, gpu_uuid, id"
 ).encode()
 
 
@@ -76,8 +76,10 @@ class PlacementWriter:
         rows, self._sent = self._sent, None
         if result.status != pq.ExecStatus.TUPLES_OK:
             raise _dbapi_error(psycopg.errors.error_from_result(result, self._driver.info.encoding), rows)
-        ids = {int(result.get_value(i, 0)): int(result.get_value(i, 1)) for i in range(result.ntuples)}
-        return [dict(row, id=ids[row["job_id"]]) for row in rows]
+        # a job of several whole GPUs has a row per GPU: a row is its job and GPU
+        ids = {(int(result.get_value(i, 0)), result.get_value(i, 1).decode()): int(result.get_value(i, 2))
+               for i in range(result.ntuples)}
+        return [dict(row, id=ids[row["job_id"], row["gpu_uuid"]]) for row in rows]
 
     def wait(self) -> list[dict]:
         """:meth:`poll`, waiting for the server."""

@@ -25,13 +25,17 @@ def run(config: Config, env: Mapping[str, str], node: str) -> int:
     if placement_id is None:
         return 0
     with store.connect(config.database_url) as conn:
-        placement = store.active_placement(conn, job_id)
-        if placement is None or placement.id != placement_id:
+        placements = store.active_placements(conn, job_id)
+        if not placements or placements[0].id != placement_id:
             return 0
-        store.mark_released(conn, placement)
-        if placement.whole:
-            message = f"released the whole GPU {placement.gpu_uuid}"
+        placement = placements[0]
+        if placement.whole:  # all of the job's GPUs: the file names the first
+            for whole in placements:
+                store.mark_released(conn, whole)
+            message = f"released the whole GPU{'s' if len(placements) > 1 else ''} " + \
+                ",".join(p.gpu_uuid for p in placements)
         else:
+            store.mark_released(conn, placement)
             remaining = GpuMps.of(config, placement.gpu_uuid, node).job_ended(conn, placement.uid)
             message = f"released {placement.share}% of {placement.gpu_uuid}" + (
                 "" if remaining else f"; uid {placement.uid}'s server stopped")

@@ -50,12 +50,13 @@ def connect_retrying(database_url: str, within: float) -> psycopg.Connection:
             time.sleep(0.5)
 
 
-def active_placement(conn: psycopg.Connection, job_id: int) -> JobPlacement | None:
-    row = conn.execute(
-        _SELECT + "WHERE p.job_id = %s AND p.state = ANY(%s)",
+def active_placements(conn: psycopg.Connection, job_id: int) -> list[JobPlacement]:
+    """The job's active placements, oldest first: one for a slice, one per GPU for whole GPUs."""
+    rows = conn.execute(
+        _SELECT + "WHERE p.job_id = %s AND p.state = ANY(%s) ORDER BY p.id",
         (job_id, list(ACTIVE_STATES)),
-    ).fetchone()
-    return JobPlacement(*row) if row else None
+    ).fetchall()
+    return [JobPlacement(*row) for row in rows]
 
 
 def mark_running(conn: psycopg.Connection, placement: JobPlacement) -> bool:

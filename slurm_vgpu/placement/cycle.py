@@ -25,6 +25,7 @@ from ..db.writer import PlacementWriter, placement_writer
 from ..db.models import Placement
 from ..policy import Blocked, Decision, GpuState, PolicyConfig, Request, SloClass
 from ..policy.placement import Placer
+from .wait_notes import WaitNotes
 
 log = logging.getLogger("slurm_vgpu.placement")
 
@@ -59,12 +60,27 @@ class CycleReport:
 
 @dataclass(frozen=True)
 class Pin:
+    """One job's pin: its placements' GPUs (several for a job of several whole GPUs), on one node."""
+
     job_id: int
-    placement_id: int
-    gres_type: str
+    placement_ids: tuple[int, ...]
+    gres_types: tuple[str, ...]
     node: str
     share: int
-    gpu_uuid: str
+    gpu_uuids: tuple[str, ...]
+
+
+def pins(placed: Iterable[tuple[int, int, str, int]], gpus_by_uuid: Mapping[str, object]) -> list[Pin]:
+    """The pins of placements given as (job id, placement id, GPU uuid, share), one per job, in
+    the order of each job's first placement; ``gpus_by_uuid`` gives each GPU's gres type and node."""
+    by_job: dict[int, list[tuple[int, str, int]]] = {}
+    for job_id, placement_id, gpu, share in placed:
+        by_job.setdefault(job_id, []).append((placement_id, gpu, share))
+    return [
+        Pin(job_id, tuple(p for p, _, _ in rows), tuple(gpus_by_uuid[g].gres_type for _, g, _ in rows),
+            gpus_by_uuid[rows[0][1]].node, rows[0][2], tuple(g for _, g, _ in rows))
+        for job_id, rows in by_job.items()
+    ]
 
 
 def policy_config(config: Config) -> PolicyConfig:
@@ -190,6 +206,7 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
             slo_class=SloClass(j.request.slo_class),
             memory_mib=j.request.memory_mib,
             models=frozenset({j.request.model}) if j.request.model else frozenset(),
+            gpus=j.request.gpus or 1,
             whole=j.request.gpus is not None,
             waited_s=max(0.0, now_s - j.submit_time),
             nodes=allowed(j),
@@ -265,12 +282,13 @@ def array_splits(jobs: list[Job], placed_jobs: set[int], now_s: float, most: int
 def placement_rows(decisions: Sequence[Decision], by_id: Mapping[str, Request],
                    submit_times: Mapping[int, int] = {}) -> list[dict]:
     """The placements rows of a cycle's decisions (state ``placed``: not yet pinned in Slurm), given
-    their requests by job id and their jobs' submit times (which, with the id, name a job)."""
-    return [_placement_row(d, by_id[d.job_id], submit_times) for d in decisions]
+    their requests by job id and their jobs' submit times (which, with the id, name a job): one row
+    per GPU, so a job of several whole GPUs has several."""
+    return [_placement_row(d, gpu, by_id[d.job_id], submit_times) for d in decisions for gpu in d.gpu_uuids]
 
 
-def _placement_row(d: Decision, req: Request, submit_times: Mapping[int, int]) -> dict:
-    return dict(job_id=int(d.job_id), job_submit_time=submit_times.get(int(d.job_id), 0), gpu_uuid=d.gpu_uuids[0],
+def _placement_row(d: Decision, gpu: str, req: Request, submit_times: Mapping[int, int]) -> dict:
+    return dict(job_id=int(d.job_id), job_submit_time=submit_times.get(int(d.job_id), 0), gpu_uuid=gpu,
                 uid=req.user, share=d.share, requested_share=req.share, memory_mib=req.memory_mib,
                 whole=req.whole, slo_class=req.slo_class.value, state="placed")
 
@@ -322,13 +340,16 @@ def commit_as_decided(writer: PlacementWriter, outcomes: Iterator[Decision | Blo
 
 
 def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool = True,
-              kept: KeptPlacer | None = None) -> CycleReport:
+              kept: KeptPlacer | None = None, notes: WaitNotes | None = None) -> CycleReport:
     """``may_cancel`` is False until the agents have had time to register: a request that looks
     impossible against a half-registered inventory is told it waits, not cancelled. ``kept`` is
-    the daemon's placer (a fresh one when not given)."""
+    the daemon's placer and ``notes`` when it last wrote each wait reason (fresh ones when not
+    given)."""
     kept = kept or KeptPlacer(config)
+    notes = notes if notes is not None else WaitNotes()
     report = CycleReport()
     jobs = {j.job_id: j for j in slurm.vgpu_jobs()}
+    notes.keep_only(jobs)
     nodes = slurm.nodes()
     unusable = unusable_nodes(nodes)
     now = store.now()
@@ -347,26 +368,21 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
                                                  blocked, submit_times) for row in rows]
     with session_scope(engine) as session:
         gpus_by_uuid = store.gpus_by_uuid(session, {p["gpu_uuid"] for p in new} | {p.gpu_uuid for p in repin})
-        pins = [
-            Pin(job_id, placement_id, gpus_by_uuid[gpu].gres_type, gpus_by_uuid[gpu].node, share, gpu)
-            for job_id, placement_id, gpu, share in [
-                *((p["job_id"], p["id"], p["gpu_uuid"], p["share"]) for p in new),
-                *((p.job_id, p.id, p.gpu_uuid, p.share) for p in repin),
-            ]
-        ]
-        report.placed = [p["job_id"] for p in new]
-    for job_id in unpin:
+        to_pin = pins([*((p["job_id"], p["id"], p["gpu_uuid"], p["share"]) for p in new),
+                       *((p.job_id, p.id, p.gpu_uuid, p.share) for p in repin)], gpus_by_uuid)
+        report.placed = list(dict.fromkeys(p["job_id"] for p in new))
+    for job_id in dict.fromkeys(unpin):  # a job of several whole GPUs is named once per placement
         _unpin(slurm, jobs[job_id], report)
     for job_id, why in report.requeue.items():
         try:
             slurm.send_back(jobs[job_id], jobs[job_id].request, why)
         except SlurmError as exc:
             log.warning("job %d: could not requeue it (%s): %s", job_id, why, exc)
-    for pin in pins:
-        _pin(engine, slurm, jobs[pin.job_id], pin, report)
+    for pin in to_pin:
+        _pin(engine, slurm, jobs[pin.job_id], pin, report, notes)
     for waiting in blocked:
         never = waiting.never and may_cancel
-        _tell_waiting(engine, slurm, jobs[int(waiting.job_id)], waiting.reason, never, report)
+        _tell_waiting(engine, slurm, jobs[int(waiting.job_id)], waiting.reason, never, report, notes)
     for record, task in array_splits(list(jobs.values()), placed_jobs | set(report.placed), now.timestamp()):
         try:
             slurm.split_task(record.array_job_id, task, record.request)
@@ -451,9 +467,8 @@ def _held_reason(session, job: Job, placement: Placement) -> str:
 def _pin_reached_slurm(job: Job, placement: Placement) -> bool:
     """Whether Slurm already holds this placement's pin (its GPU in the AdminComment, its share in
     the typed GRES): both are set by the one update of :meth:`Slurm.pin`."""
-    pinned = parse_pinned_gres(job.tres_per_node)
-    return (job.request.state == PINNED and job.request.gpu == placement.gpu_uuid
-            and pinned is not None and pinned[1] == placement.share)
+    return (job.request.state == PINNED and placement.gpu_uuid in (job.request.gpu or "").split(",")
+            and any(share == placement.share for _, share in pinned_gres(job.tres_per_node)))
 
 
 def _repair_running(session, jobs: dict[int, Job], placed_jobs: set[int], report: CycleReport) -> None:
@@ -463,53 +478,58 @@ def _repair_running(session, jobs: dict[int, Job], placed_jobs: set[int], report
     for job in jobs.values():
         if job.state != "RUNNING" or job.request.state != PINNED or job.job_id in placed_jobs:
             continue
-        pinned = parse_pinned_gres(job.tres_per_node)
-        gpu = store.gpu_by_type(session, job.nodes, pinned[0]) if pinned else None
-        row = None if gpu is None else dict(
-            job_id=job.job_id, job_submit_time=job.submit_time, gpu_uuid=gpu.uuid, uid=job.user_id, share=pinned[1],
+        pinned = pinned_gres(job.tres_per_node)
+        gpus = [store.gpu_by_type(session, job.nodes, gres_type) for gres_type, _ in pinned]
+        rows = [] if None in gpus else [dict(
+            job_id=job.job_id, job_submit_time=job.submit_time, gpu_uuid=gpu.uuid, uid=job.user_id, share=share,
             requested_share=job.request.share, memory_mib=job.request.memory_mib, whole=job.request.gpus is not None,
             slo_class=job.request.slo_class, state="running", started_at=store.now())
-        if row is not None and store.insert_placement(session, row):
-            store.log_event(session, "placement-repaired", f"job {job.job_id} ran on {gpu.gres_type} of {job.nodes} "
-                            "with no placement; written again from Slurm", job_id=job.job_id, gpu_uuid=gpu.uuid)
+            for gpu, (_, share) in zip(gpus, pinned)]
+        if rows and store.insert_placements(session, rows):
+            types = ",".join(gres_type for gres_type, _ in pinned)
+            store.log_event(session, "placement-repaired", f"job {job.job_id} ran on {types} of {job.nodes} "
+                            "with no placement; written again from Slurm", job_id=job.job_id, gpu_uuid=gpus[0].uuid)
             placed_jobs.add(job.job_id)
         else:
             report.requeue[job.job_id] = "it ran on a GPU with no placement behind it, and the GPU has no room for it"
 
 
-def parse_pinned_gres(tres_per_node: str) -> tuple[str, int] | None:
-    """(gres type, share) of a pinned job's ``gres:vgpu:h100_0:30`` (``gres/vgpu:...`` from 23.11);
-    a whole GPU's ``gres:gpu:h100_0:1`` is all of its units."""
+def pinned_gres(tres_per_node: str) -> list[tuple[str, int]]:
+    """(gres type, share) of each GPU a pinned job holds: a slice's ``gres:vgpu:h100_0:30``
+    (``gres/vgpu:...`` from 23.11); each whole GPU's ``gres:gpu:h100_0:1``, all of its units."""
+    pinned = []
     for item in tres_per_node.split(","):
         parts = item.replace("gres/", "gres:", 1).split(":")
         if len(parts) == 4 and parts[:2] == ["gres", "vgpu"] and parts[3].isdigit():
-            return parts[2], int(parts[3])
-        if len(parts) == 4 and parts[:2] == ["gres", "gpu"] and parts[3] == "1":
-            return parts[2], SHARE_MAX
-    return None
+            pinned.append((parts[2], int(parts[3])))
+        elif len(parts) == 4 and parts[:2] == ["gres", "gpu"] and parts[3] == "1":
+            pinned.append((parts[2], SHARE_MAX))
+    return pinned
 
 
-def _pin(engine: sa.Engine, slurm: Slurm, job: Job, pin: Pin, report: CycleReport) -> None:
-    """Pin the job in Slurm; a pin Slurm refuses ends the placement as failed with Slurm's words
-    (the node is then left out for that job a while: :data:`REFUSAL_MEMORY`), and the job is told."""
-    request = replace(job.request, state=PINNED, gpu=pin.gpu_uuid, wait=None)
+def _pin(engine: sa.Engine, slurm: Slurm, job: Job, pin: Pin, report: CycleReport, notes: WaitNotes) -> None:
+    """Pin the job in Slurm; a pin Slurm refuses ends the job's placements as failed with Slurm's
+    words (the node is then left out for that job a while: :data:`REFUSAL_MEMORY`), and the job is told."""
+    request = replace(job.request, state=PINNED, gpu=",".join(pin.gpu_uuids), wait=None)
     try:
-        slurm.pin(job.ref, pin.gres_type, pin.share, pin.node, request)
+        slurm.pin(job.ref, pin.gres_types, pin.share, pin.node, request)
     except SlurmError as exc:
         why = f"{store.PIN_REFUSED} on {pin.node}: {str(exc).splitlines()[0]}"
         log.warning("job %d: %s", pin.job_id, why)
         with session_scope(engine) as session:
-            placement = session.get(Placement, pin.placement_id)
-            if placement.state in ("placed", "pinned"):
-                store.end_placement(session, placement, "failed", why)
-        _tell_waiting(engine, slurm, job, why, False, report)
+            for placement_id in pin.placement_ids:
+                placement = session.get(Placement, placement_id)
+                if placement.state in ("placed", "pinned"):
+                    store.end_placement(session, placement, "failed", why)
+        _tell_waiting(engine, slurm, job, why, False, report, notes)
         return
     with session_scope(engine) as session:
-        placement = session.get(Placement, pin.placement_id)
-        if placement.state == "placed":
-            placement.state, placement.pinned_at = "pinned", store.now()
-        store.log_event(session, "pinned", f"job {pin.job_id} -> {pin.node} {pin.gres_type} ({pin.share}%)",
-                        job_id=pin.job_id, gpu_uuid=pin.gpu_uuid, node=pin.node)
+        for placement_id in pin.placement_ids:
+            placement = session.get(Placement, placement_id)
+            if placement.state == "placed":
+                placement.state, placement.pinned_at = "pinned", store.now()
+        store.log_event(session, "pinned", f"job {pin.job_id} -> {pin.node} {','.join(pin.gres_types)} ({pin.share}%)",
+                        job_id=pin.job_id, gpu_uuid=pin.gpu_uuids[0], node=pin.node)
     report.pinned.append(pin.job_id)
 
 
@@ -521,16 +541,19 @@ def _unpin(slurm: Slurm, job: Job, report: CycleReport) -> None:
         log.warning("job %d: could not take its pin back: %s", job.job_id, exc)
 
 
-def _tell_waiting(engine, slurm: Slurm, job: Job, reason: str, never: bool, report: CycleReport) -> None:
-    """Say why a job waits (in its AdminComment), once per change; end it if it can never run."""
+def _tell_waiting(engine, slurm: Slurm, job: Job, reason: str, never: bool, report: CycleReport,
+                  notes: WaitNotes) -> None:
+    """Say why a job waits (in its AdminComment) when ``notes`` finds it due; end it if it can
+    never run."""
     try:
         if never:
             slurm.cancel(job.ref, replace(job.request, state=FAILED, wait=reason))
             report.cancelled[job.job_id] = reason
             with session_scope(engine) as session:
                 store.log_event(session, "cancelled", reason, job_id=job.job_id)
-        elif job.request.wait != reason.replace('"', "'"):  # as it reads back from AdminComment
-            slurm.set_comment(job.ref, replace(job.request, wait=reason))
+        elif notes.due(job.job_id, job.request.wait, reason.replace('"', "'"), time.monotonic()):
+            slurm.set_comment(job.ref, replace(job.request, wait=reason))  # reads back with ' for "
+            notes.written(job.job_id, time.monotonic())
             report.waiting[job.job_id] = reason
     except SlurmError as exc:
         log.warning("job %d: could not record why it waits: %s", job.job_id, exc)

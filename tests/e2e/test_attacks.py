@@ -113,7 +113,7 @@ BAD_SUBMISSIONS = [
     (["--gres=vgpu:10", "--vgpu-mem=200G"], "fits no GPU here"),
     (["--vgpu-class=latency"], "add --gres=vgpu:N, or drop them"),
     (["--vgpu-mem=8G"], "add --gres=vgpu:N, or drop them"),
-    (["--gres=gpu:2"], "write --gres=gpu:N or --gpus=N with 1 <= N <= 1"),
+    (["--gres=gpu:9"], "write --gres=gpu:N or --gpus=N with 1 <= N <= 8"),
     (["--gres=gpu:1,vgpu:30"], "a job takes a slice or whole GPUs, not both"),
     (["--gres=gpu:1", "--gpus=1"], "whole GPUs are asked for twice"),
     (["--gres=gpu:1", "--vgpu-mem=8G"], "a whole GPU comes with all of its memory; drop --vgpu-mem"),

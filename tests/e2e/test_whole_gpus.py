@@ -1,15 +1,17 @@
-"""Whole GPUs beside slices on a real Slurm: a job's --gres=gpu:1 or --gpus=1 gets a GPU that carries
-no slice, natively (Slurm's gres/gpu: its device file, no MPS daemon, DEFAULT compute mode), and no
-slice is placed on it while it runs. The GPUs are simulated (their compute mode modelled beside
+"""Whole GPUs beside slices on a real Slurm: a job's --gres=gpu:N or --gpus=N gets N GPUs of one node
+that carry no slice, natively (Slurm's gres/gpu: their device files, no MPS daemon, DEFAULT compute
+mode), beside slices on the node's other GPUs, and no slice is placed on them while it runs. The GPUs are simulated (their compute mode modelled beside
 the inventory, their device files made with mknod)."""
 from __future__ import annotations
 
 import re
 import time
 
+import psycopg
 import pytest
 
 from slurm_vgpu.adapters.gpus import ComputeMode, SimulatedInventory
+from slurm_vgpu.node.store import connect
 
 from ..conftest import TEST_PORT, own_cluster, slurm
 from .jobs import ensure_user, submit, submit_fails, wait_for, wait_until
@@ -24,6 +26,11 @@ LAYOUT = """
 name = "pair"
 cpus = 8
 gpus = { a100 = 2 }
+
+[[node]]
+name = "quad"
+cpus = 8
+gpus = { l40s = 4 }
 """
 
 
@@ -34,18 +41,18 @@ def pair():
         yield cluster
 
 
-def gres_in_use(cluster) -> dict[str, dict[str, int]]:
+def gres_in_use(cluster, node: str = "pair") -> dict[str, dict[str, int]]:
     """Slurm's GresUsed of the node: gres type -> {"gpu": whole GPUs, "vgpu": units}."""
-    text = slurm(cluster, "scontrol", "show", "node", "-d", "pair").stdout
+    text = slurm(cluster, "scontrol", "show", "node", "-d", node).stdout
     used: dict[str, dict[str, int]] = {}
     for name, kind, count in re.findall(r"\b(v?gpu):(\w+):(\d+)", re.search(r"GresUsed=(\S+)", text).group(1)):
         used.setdefault(kind, {"gpu": 0, "vgpu": 0})[name] = int(count)
     return used
 
 
-def never_shared(cluster) -> None:
+def never_shared(cluster, node: str = "pair") -> None:
     """No GPU is held whole by Slurm while it also carries vgpu units."""
-    for kind, used in gres_in_use(cluster).items():
+    for kind, used in gres_in_use(cluster, node).items():
         assert not (used["gpu"] and used["vgpu"]), f"{kind} is given whole and as slices at once: {used}"
 
 
@@ -59,7 +66,7 @@ def test_a_whole_gpu_job_gets_a_gpu_without_slices_and_slices_keep_off_it(pair, 
     wait_started(pair, [first])
     sliced = placement(pair, first)["gpu_uuid"]
 
-    whole = submit(pair, output_option(pair), *ask,
+    whole = submit(pair, output_option(pair), *ask, "--nodelist=pair",
                    script=f"echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES; {probe}; sleep 6", user=USER)
     wait_started(pair, [whole])
     row = placement(pair, whole)
@@ -78,8 +85,9 @@ def test_a_whole_gpu_job_gets_a_gpu_without_slices_and_slices_keep_off_it(pair, 
     assert {ended[j]["JobState"] for j in (first, whole, second)} == {"COMPLETED"}
     seen = env_lines(job_output(pair, whole))
     assert seen.pop("CUDA_VISIBLE_DEVICES") != ""  # Slurm's own, from its gres/gpu
-    assert seen == {str(devices / f"nvidia{m}"): "allowed" if uuid == row["gpu_uuid"] else "denied"
-                    for uuid, m in minors.items()}
+    node_devices = {str(devices / f"nvidia{m}"): uuid for uuid, m in minors.items()}  # the other node's are not here
+    assert {path: verdict for path, verdict in seen.items() if path in node_devices} == {
+        path: "allowed" if uuid == row["gpu_uuid"] else "denied" for path, uuid in node_devices.items()}
     assert placement(pair, whole)["state"] == "released"
 
 
@@ -90,7 +98,7 @@ def test_a_whole_gpu_job_waits_while_every_gpu_carries_a_slice(pair):
               for _ in range(2)]
     wait_started(pair, slices)
     assert len({placement(pair, j)["gpu_uuid"] for j in slices}) == 2
-    whole = submit(pair, output_option(pair), "--gres=gpu:1", script="true", user=USER)
+    whole = submit(pair, output_option(pair), "--gres=gpu:1", "--nodelist=pair", script="true", user=USER)
     assert wait_until("the whole-GPU job's reason", lambda: "whole GPU that carries no slice" in
                       slurm(pair, "scontrol", "show", "job", str(whole)).stdout)
     while slurm(pair, "squeue", "-h", "-j", ",".join(map(str, slices)), "-o", "%i").stdout.split():
@@ -99,9 +107,64 @@ def test_a_whole_gpu_job_waits_while_every_gpu_carries_a_slice(pair):
     assert wait_for(pair, [whole])[whole]["JobState"] == "COMPLETED"
 
 
+def placements(cluster, job_id: int) -> list[dict]:
+    """Every placement row of the job, with its GPU's gres type."""
+    with connect(cluster.database_url) as conn:
+        conn.row_factory = psycopg.rows.dict_row
+        return conn.execute("SELECT p.*, g.gres_type, g.node FROM placements p JOIN gpus g ON g.uuid = p.gpu_uuid "
+                            "WHERE p.job_id = %s ORDER BY p.id", (job_id,)).fetchall()
+
+
+def test_a_job_of_two_whole_gpus_starts_beside_slices_on_the_nodes_other_gpus(pair):
+    inventory = SimulatedInventory(node_config(pair).inventory_for("quad"))
+    minors = {g["uuid"]: g["minor"] for g in node_gpus(pair, "quad")}
+    probe = device_probe(pair)
+    sliced = [submit(pair, output_option(pair), "--gres=vgpu:l40s:60", script="sleep 15", user=USER)
+              for _ in range(2)]
+    wait_started(pair, sliced)
+    sliced_gpus = {placement(pair, j)["gpu_uuid"] for j in sliced}
+    assert len(sliced_gpus) == 2
+
+    duo = submit(pair, output_option(pair), "--gres=gpu:l40s:2",
+                 script=f"echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES; {probe}; sleep 4", user=USER)
+    wait_started(pair, [duo])
+    rows = placements(pair, duo)
+    taken = {r["gpu_uuid"] for r in rows}
+    assert len(rows) == 2 and all(r["whole"] and r["share"] == 100 and r["node"] == "quad" for r in rows)
+    assert taken == set(minors) - sliced_gpus  # the two GPUs beside the slices
+    assert all(inventory.compute_mode(uuid) is ComputeMode.DEFAULT for uuid in taken)
+    never_shared(pair, "quad")
+    used = gres_in_use(pair, "quad")
+    assert {r["gres_type"]: used[r["gres_type"]] for r in rows} == {r["gres_type"]: {"gpu": 1, "vgpu": 0} for r in rows}
+
+    ended = wait_for(pair, [duo, *sliced])
+    assert {ended[j]["JobState"] for j in (duo, *sliced)} == {"COMPLETED"}
+    seen = env_lines(job_output(pair, duo))
+    assert len(seen.pop("CUDA_VISIBLE_DEVICES").split(",")) == 2  # Slurm's own, from its gres/gpu
+    quad_devices = {str(pair.device_dir / f"nvidia{m}"): uuid for uuid, m in minors.items()}
+    assert {path: verdict for path, verdict in seen.items() if path in quad_devices} == {
+        path: "allowed" if uuid in taken else "denied" for path, uuid in quad_devices.items()}
+    assert {r["state"] for r in placements(pair, duo)} == {"released"}
+
+
+def test_a_job_of_two_whole_gpus_waits_while_only_one_is_free_of_slices(pair):
+    sliced = [submit(pair, output_option(pair), "--gres=vgpu:l40s:60", script="sleep 15", user=USER)
+              for _ in range(3)]
+    wait_started(pair, sliced)
+    duo = submit(pair, output_option(pair), "--gres=gpu:l40s:2", script="true", user=USER)
+    assert wait_until("the two-GPU job's reason", lambda: "needs 2 whole free GPUs" in
+                      slurm(pair, "scontrol", "show", "job", str(duo)).stdout)
+    assert placements(pair, duo) == []
+    while slurm(pair, "squeue", "-h", "-j", ",".join(map(str, sliced)), "-o", "%i").stdout.split():
+        never_shared(pair, "quad")
+        time.sleep(0.5)
+    assert wait_for(pair, [duo])[duo]["JobState"] == "COMPLETED"
+    assert len(placements(pair, duo)) == 2
+
+
 @pytest.mark.parametrize("options, message", [
-    (["--gres=gpu:2"], "write --gres=gpu:N or --gpus=N with 1 <= N <= 1"),
-    (["--gpus=2"], "write --gres=gpu:N or --gpus=N with 1 <= N <= 1"),
+    (["--gres=gpu:9"], "write --gres=gpu:N or --gpus=N with 1 <= N <= 8"),
+    (["--gpus=9"], "write --gres=gpu:N or --gpus=N with 1 <= N <= 8"),
     (["--gres=gpu:1,vgpu:30"], "a job takes a slice or whole GPUs, not both"),
     (["--gres=gpu:1", "--vgpu-mem=8G"], "a whole GPU comes with all of its memory; drop --vgpu-mem"),
     (["--gres=gpu:a100_1:1"], "write --gres=gpu:a100:1 for any a100"),

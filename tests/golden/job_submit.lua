@@ -35,7 +35,7 @@ local UNPLACED = "unplaced"
 local REQUEST_STATES = { ["unplaced"] = true, ["pinned"] = true, ["failed"] = true, }
 local PLACEMENT_DECIDES = { ["unplaced"] = true, ["pinned"] = true, }
 local SHARE_MAX = 100
-local WHOLE_GPUS_MAX = 1
+local WHOLE_GPUS_MAX = 8
 local HOLD_SECONDS = 365 * 86400
 local TAG = "slurm-vgpu"
 local NO_VAL = 4294967294
@@ -84,7 +84,7 @@ local COUNTS = {
              hint = "write --gres=vgpu:N with 1 <= N <= " .. SHARE_MAX .. " (a slice never spans GPUs)" },
     gpu = { max = WHOLE_GPUS_MAX, what = "is more whole GPUs than a job gets here",
             hint = "write --gres=gpu:N or --gpus=N with 1 <= N <= " .. WHOLE_GPUS_MAX ..
-                " (one job per GPU beyond that), or --gres=vgpu:N for N% of one GPU" },
+                " (all on one node), or --gres=vgpu:N for N% of one GPU" },
 }
 
 -- (name "vgpu" or "gpu") ":30" -> nil, 30; ":h100:30" -> "h100", 30; "" -> nil, 1 (Slurm's default count)

@@ -77,7 +77,7 @@ def test_a_pin_that_reached_slurm_is_written_down_not_sent_again(clean_db):
 
 def test_a_pin_that_did_not_reach_slurm_is_sent_again(clean_db):
     slurm = one_cycle(clean_db, job_pinned_by_slurm(pin_reached=False))
-    assert [args[:4] for name, args in slurm.calls if name == "pin"] == [(7, "a100_1", 30, "node1")]
+    assert [args[:4] for name, args in slurm.calls if name == "pin"] == [(7, ("a100_1",), 30, "node1")]
     assert state_of_7(clean_db) == "pinned"
 
 

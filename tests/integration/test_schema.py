@@ -143,7 +143,7 @@ def test_our_engines_write_under_read_committed_whatever_the_server_default():
         with ours.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:  # the writer's
             assert conn.scalar(sa.text("SHOW transaction_isolation")) == "read committed"
         with node_store.connect(url) as conn:  # the prolog's
-            node_store.mark_running(conn, node_store.active_placement(conn, 2))
+            node_store.mark_running(conn, node_store.active_placements(conn, 2)[0])
         with ours.connect() as conn:
             assert conn.scalar(sa.text("SELECT state FROM placements WHERE job_id = 2")) == "running"
     finally:
@@ -194,12 +194,31 @@ def test_drained_gpu_takes_no_new_slice(clean_db):
         place(clean_db, 1, 10)
 
 
-def test_a_job_has_one_active_placement(clean_db):
+def test_a_slice_job_has_one_active_placement(clean_db):
     add_gpu(clean_db)
     add_gpu(clean_db, uuid="GPU-2")
     place(clean_db, 7, 10)
-    with pytest.raises(sa.exc.IntegrityError, match="uq_placements_active_job"):
+    with pytest.raises(sa.exc.IntegrityError, match="uq_placements_active_slice"):
         place(clean_db, 7, 10, gpu="GPU-2")
+
+
+def place_whole(engine, job_id, gpu):
+    with engine.begin() as conn:
+        conn.execute(sa.insert(Placement).values(
+            job_id=job_id, gpu_uuid=gpu, uid=1000, share=100, requested_share=100, whole=True,
+            slo_class="throughput", state="pinned"))
+
+
+def test_a_job_of_whole_gpus_has_one_active_placement_per_gpu(clean_db):
+    """``--gres=gpu:2``: two placements, each all of its GPU, and never two of one job on one GPU."""
+    for uuid in ("GPU-1", "GPU-2"):
+        add_gpu(clean_db, uuid=uuid)
+    place_whole(clean_db, 7, "GPU-1")
+    place_whole(clean_db, 7, "GPU-2")
+    set_state(clean_db, 7, "released")
+    place_whole(clean_db, 7, "GPU-2")  # an ended placement holds nothing
+    with pytest.raises(sa.exc.IntegrityError, match="uq_placements_active_job_gpu"):
+        place_whole(clean_db, 7, "GPU-2")
 
 
 def test_a_gpu_takes_no_more_slices_than_its_mps_server_takes_clients(clean_db):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from slurm_vgpu.adapters.slurm import Node, Slurm, _job, array_task_ids, parse_request
-from slurm_vgpu.placement.cycle import array_splits, parse_pinned_gres, unusable_nodes, waiting_requests
+from slurm_vgpu.placement.cycle import array_splits, pinned_gres, pins, unusable_nodes, waiting_requests
 
 NOW = 1_800_000_000
 NODES = {"a1": Node("idle", frozenset({"gpu"})), "a2": Node("mix", frozenset({"gpu", "debug"})),
@@ -85,27 +85,53 @@ def test_a_node_the_backfill_scheduler_planned_for_a_waiting_job_still_takes_sli
 
 
 def test_the_pinned_gres_reads_in_each_releases_spelling():
-    assert parse_pinned_gres("gres:vgpu:h100_0:30") == ("h100_0", 30)
-    assert parse_pinned_gres("gres/gpu:1,gres/vgpu:t4_7:100") == ("t4_7", 100)
-    assert parse_pinned_gres("gres:vgpu:30") is None
-    assert parse_pinned_gres("") is None
-    assert parse_pinned_gres("gres/gpu:a100_1:1") == ("a100_1", 100)  # a whole GPU: all of its units
+    assert pinned_gres("gres:vgpu:h100_0:30") == [("h100_0", 30)]
+    assert pinned_gres("gres/gpu:1,gres/vgpu:t4_7:100") == [("t4_7", 100)]
+    assert pinned_gres("gres:vgpu:30") == []
+    assert pinned_gres("") == []
+    assert pinned_gres("gres/gpu:a100_1:1") == [("a100_1", 100)]  # a whole GPU: all of its units
+    assert pinned_gres("gres:gpu:a100_0:1,gres:gpu:a100_3:1") == [("a100_0", 100), ("a100_3", 100)]
+
+
+class Recording(Slurm):
+    def __init__(self):
+        super().__init__()
+        self.said = []
+
+    def _run(self, *argv, env=None):
+        self.said.append(argv)
+        return ""
 
 
 def test_a_whole_gpu_job_is_placed_as_a_whole_gpu_and_pinned_as_gres_gpu():
     job = squeue_job(5, "vgpu-state=unplaced share=100 class=throughput model=a100 gpus=1")
     (request,) = waiting_requests([job], set(), NOW)
-    assert request.whole and request.share == 100 and request.models == frozenset({"a100"})
-    said = []
+    assert request.whole and request.gpus == 1 and request.share == 100 and request.models == frozenset({"a100"})
+    slurm = Recording()
+    slurm.pin(5, ["a100_1"], 100, "a1", job.request)
+    slurm.pin(6, ["a100_0"], 30, "a1", squeue_job(6).request)
+    assert [a[3] for a in slurm.said] == ["Gres=gpu:a100_1:1", "Gres=vgpu:a100_0:30"]
 
-    class Recording(Slurm):
-        def _run(self, *argv, env=None):
-            said.append(argv)
-            return ""
 
-    Recording().pin(5, "a100_1", 100, "a1", job.request)
-    Recording().pin(6, "a100_0", 30, "a1", squeue_job(6).request)
-    assert [a[3] for a in said] == ["Gres=gpu:a100_1:1", "Gres=vgpu:a100_0:30"]
+def test_a_job_of_several_whole_gpus_is_placed_as_one_request_and_pinned_in_one_update():
+    job = squeue_job(5, "vgpu-state=unplaced share=100 class=throughput gpus=2")
+    (request,) = waiting_requests([job], set(), NOW)
+    assert request.whole and request.gpus == 2
+    slurm = Recording()
+    slurm.pin(5, ["a100_0", "a100_3"], 100, "a1", job.request)
+    (update,) = slurm.said
+    assert update[3] == "Gres=gpu:a100_0:1,gpu:a100_3:1" and update[4] == "NodeList=a1"
+
+
+def test_a_jobs_placements_make_one_pin_with_every_gpu():
+    class Gpu:
+        def __init__(self, gres_type):
+            self.gres_type, self.node = gres_type, "a1"
+
+    gpus = {"GPU-0": Gpu("a100_0"), "GPU-3": Gpu("a100_3"), "GPU-5": Gpu("a100_5")}
+    made = pins([(5, 11, "GPU-0", 100), (6, 12, "GPU-5", 30), (5, 13, "GPU-3", 100)], gpus)
+    assert [(p.job_id, p.placement_ids, p.gres_types, p.gpu_uuids) for p in made] == [
+        (5, (11, 13), ("a100_0", "a100_3"), ("GPU-0", "GPU-3")), (6, (12,), ("a100_5",), ("GPU-5",))]
 
 
 def test_the_admin_comment_keeps_the_users_begin_and_nodelist_across_a_pin():
