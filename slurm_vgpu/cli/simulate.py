@@ -12,19 +12,14 @@ from rich.console import Console
 from rich.progress import Progress
 
 from ..policy import POLICIES
-
-TRACE_DIR = Path("shared") / "traces" / "alibaba-gpu-v2023"
-NODES_FILE = "openb_node_list_gpu_node.csv"
-PODS_FILE = "openb_pod_list_default.csv"
+from ..sim.trace import DEFAULT_DIR, DEFAULT_NODES, DEFAULT_PODS, TraceError, load_nodes, load_pods  # no numpy
+from .output import console
 
 
 def default_trace(name: str) -> Path:
-    """``$SLURM_VGPU_TRACES/name``, else ``../shared/traces/alibaba-gpu-v2023/name`` beside the repo."""
+    """``$SLURM_VGPU_TRACES/name``, else the trace shipped with the package."""
     env = os.environ.get("SLURM_VGPU_TRACES")
-    if env:
-        return Path(env) / name
-    repo = Path(__file__).resolve().parents[2]
-    return repo.parent / TRACE_DIR / name
+    return Path(env) / name if env else DEFAULT_DIR / name
 
 
 def _policies(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
@@ -38,11 +33,11 @@ def _policies(ctx: click.Context, param: click.Parameter, value: str) -> list[st
 
 @click.command("simulate")
 @click.option("--nodes", "nodes_path", type=click.Path(dir_okay=False, path_type=Path),
-              help=f"node CSV (sn,cpu_milli,memory_mib,gpu,model) [default: {NODES_FILE} in the "
-              "shared traces, or $SLURM_VGPU_TRACES]")
+              help=f"node CSV (sn,cpu_milli,memory_mib,gpu,model) [default: {DEFAULT_NODES} of the "
+              "Alibaba GPU trace shipped with slurm-vgpu, or in $SLURM_VGPU_TRACES]")
 @click.option("--pods", "pods_path", type=click.Path(dir_okay=False, path_type=Path),
-              help=f"task CSV (name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,...) "
-              f"[default: {PODS_FILE}]")
+              help=f"task CSV (name,cpu_milli,memory_mib,num_gpu,gpu_milli; gpu_spec and qos where "
+              f"present) [default: {DEFAULT_PODS}]")
 @click.option("--policies", default=",".join(POLICIES), show_default=True, callback=_policies,
               help="comma-separated policies to compare")
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
@@ -70,10 +65,9 @@ def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str
     from ..sim.experiment import seeds_for, simulate as run_simulation
     from ..sim.metrics import summary
     from ..sim.report import plot_allocation, print_table
-    from ..sim.trace import TraceError, load_nodes, load_pods
 
-    nodes_path = nodes_path or default_trace(NODES_FILE)
-    pods_path = pods_path or default_trace(PODS_FILE)
+    nodes_path = nodes_path or default_trace(DEFAULT_NODES)
+    pods_path = pods_path or default_trace(DEFAULT_PODS)
     try:
         cluster = load_nodes(nodes_path)
         pods = load_pods(pods_path)
@@ -98,4 +92,4 @@ def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str
             "summary": summary(runs),
         }, indent=2))
     else:
-        print_table(runs, arrival_max)
+        print_table(runs, arrival_max, console())  # whole rows when piped

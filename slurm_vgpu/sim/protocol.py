@@ -1,4 +1,4 @@
-"""The FGD paper's replay protocol (see shared/traces/alibaba-gpu-v2023/FGD-PROTOCOL.md).
+"""The FGD paper's replay protocol (see sim/traces/alibaba-gpu-v2023/FGD-PROTOCOL.md).
 
 Shuffle the tasks with the seed, append tasks drawn with replacement until the GPU request reaches
 ``arrival_max`` times the cluster's capacity (stopping, like the authors' code, when the running total

@@ -17,7 +17,13 @@ from ..policy.model import GpuState, NodeState, Request, SloClass
 MILLI = 1000
 QOS_CLASSES = {"LS": SloClass.LATENCY, "BE": SloClass.BEST_EFFORT}
 NODE_FIELDS = ("sn", "cpu_milli", "memory_mib", "gpu", "model")
-POD_FIELDS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec", "qos")
+# The columns every pod list of the dataset has; gpu_spec (any model when absent) and qos
+# (throughput) are read where present: the multi-GPU lists have only these five.
+POD_FIELDS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli")
+# The default trace, shipped with the package (README.md there says what it is and whom to cite).
+DEFAULT_DIR = Path(__file__).resolve().parent / "traces" / "alibaba-gpu-v2023"
+DEFAULT_NODES = "openb_node_list_gpu_node.csv"
+DEFAULT_PODS = "openb_pod_list_default.csv"
 
 
 @dataclass(frozen=True)
@@ -50,12 +56,12 @@ class Cluster:
 
 
 def _rows(path: Path, required: tuple[str, ...], problems: list[Problem]):
-    """(line number, row) for each data line; a missing column is one problem for the file."""
+    """(line number, row) for each data line; each missing column is a problem of the file's header."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in required if c not in (reader.fieldnames or ())]
+        problems += [Problem(str(path), 1, column, "column missing from the header") for column in missing]
         if missing:
-            problems.append(Problem(str(path), 1, missing[0], "column missing from the header"))
             return
         for row in reader:
             yield reader.line_num, row

@@ -21,7 +21,7 @@ from slurm_vgpu.sim.experiment import simulate
 from slurm_vgpu.sim.replay import Replay, run
 from slurm_vgpu.sim.synthetic import CPUS, RICH_CPUS
 from slurm_vgpu.sim.synthetic import synthetic_trace as make_synthetic
-from slurm_vgpu.sim.trace import TraceError, load_nodes, load_pods
+from slurm_vgpu.sim.trace import DEFAULT_DIR, DEFAULT_NODES, DEFAULT_PODS, TraceError, load_nodes, load_pods
 
 NODE_HEADER = "sn,cpu_milli,memory_mib,gpu,model\n"
 POD_HEADER = ("name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,"
@@ -68,6 +68,40 @@ def test_every_malformed_line_is_reported_with_file_line_and_field(tmp_path):
     assert f"{path}:3: field 'cpu_milli'" in str(err.value)
 
 
+def test_a_multi_gpu_pod_list_without_gpu_spec_and_qos_loads_with_their_defaults(tmp_path):
+    """The dataset's openb_pod_list_multigpu*.csv have only the five columns every list has."""
+    pods = load_pods(write(tmp_path / "p.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli\n",
+                           ["a,8000,16384,2,1000", "b,4000,8192,1,250"]))
+    assert [(p.gpus, p.share, p.models, p.slo_class) for p in pods] == [
+        (2, 1000, frozenset(), SloClass.THROUGHPUT), (1, 250, frozenset(), SloClass.THROUGHPUT)]
+
+
+def test_every_missing_column_is_reported_not_only_the_first(tmp_path):
+    path = write(tmp_path / "p.csv", "name,memory_mib,gpu_milli\n", ["a,8192,250"])
+    with pytest.raises(TraceError) as err:
+        load_pods(path)
+    assert [(p.line, p.field) for p in err.value.problems] == [(1, "cpu_milli"), (1, "num_gpu")]
+
+
+def test_the_default_trace_ships_with_the_package_and_loads_without_a_path(monkeypatch):
+    monkeypatch.delenv("SLURM_VGPU_TRACES", raising=False)
+    result = CliRunner().invoke(simulate_cmd, ["--policies", "first-fit", "--arrival-max", "0.05", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["gpus"], data["tasks"]) == (6212, 8152)
+    assert Path(data["pods"]).name == "openb_pod_list_default.csv"
+
+
+def test_the_table_is_whole_when_piped(tmp_path):
+    cluster_csv = write(tmp_path / "n.csv", NODE_HEADER, ["x,64000,262144,2,T4"])
+    pods_csv = write(tmp_path / "p.csv", POD_HEADER, [pod_row("a", milli=300)])
+    result = CliRunner().invoke(simulate_cmd, ["--nodes", str(cluster_csv), "--pods", str(pods_csv),
+                                               "--policies", "first-fit"])
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.stdout.splitlines() if "policy" in line)
+    assert "unallocated GPUs" in header and "fragmentation %" in header and "…" not in result.stdout
+
+
 def test_cli_turns_a_malformed_trace_into_a_usage_error(tmp_path):
     nodes = write(tmp_path / "n.csv", NODE_HEADER, ["x,64000,262144,two,T4"])
     pods = write(tmp_path / "p.csv", POD_HEADER, [pod_row("a")])
@@ -104,13 +138,9 @@ def test_a_trace_above_the_target_loses_random_tasks():
     assert len(kept) == 6 and set(kept) <= set(pods)
 
 
-DEFAULT = Path(__file__).resolve().parents[3] / "shared/traces/alibaba-gpu-v2023"
-
-
-@pytest.mark.skipif(not (DEFAULT / "openb_pod_list_default.csv").exists(), reason="shared trace absent")
 def test_default_trace_inflates_to_130_percent_of_6212_gpus():
-    cluster = load_nodes(DEFAULT / "openb_node_list_gpu_node.csv")
-    pods = load_pods(DEFAULT / "openb_pod_list_default.csv")
+    cluster = load_nodes(DEFAULT_DIR / DEFAULT_NODES)
+    pods = load_pods(DEFAULT_DIR / DEFAULT_PODS)
     assert (len(cluster.gpus), len(pods)) == (6212, 8152)
     arr = arrivals(pods, cluster.capacity, len(cluster.nodes), 42, 1.3)
     total = sum(gpu_request(p) for p in arr.pods)
