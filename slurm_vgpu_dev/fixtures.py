@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from slurm_vgpu.adapters.slurm import job_state
+from slurm_vgpu.adapters.slurm import NODE_FIELDS, job_state
 
 from .cluster import Cluster
 
@@ -30,7 +30,7 @@ SCRIPTS = {"running": "sleep 600"}
 # The commands whose output the adapter reads, with the environment it sets.
 COMMANDS = {
     "squeue.json": (["squeue", "--json", "--all", "--states=all"], {}),
-    "sinfo-nodes.txt": (["sinfo", "--noheader", "--Node", "--format=%N %t %P"], {}),
+    "sinfo-nodes.txt": (["sinfo", "--noheader", "--Node", f"--Format={NODE_FIELDS}"], {}),
     "sinfo-reason-node3.txt": (["sinfo", "--noheader", "--Node", "--nodes=node3", "--format=%t|%E"], {}),
     "squeue-allocated-node2.txt": (["squeue", "--noheader", "--nodelist=node2",
                                     "--states=RUNNING,CONFIGURING,COMPLETING,SUSPENDED", "--format=%A|%V"],

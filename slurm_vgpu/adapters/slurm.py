@@ -28,11 +28,18 @@ class SlurmError(RuntimeError):
 
 @dataclass(frozen=True)
 class Node:
-    """A node as ``sinfo`` shows it: compact state (``idle``, ``mix``, ``drain``, ``down*``...) and
-    the partitions it belongs to."""
+    """A node as ``sinfo`` shows it: compact state (``idle``, ``mix``, ``drain``, ``down*``...), the
+    partitions it belongs to, its idle CPUs and its memory not allocated to jobs (None: unknown)."""
 
     state: str
     partitions: frozenset[str]
+    cpus_idle: int | None = None
+    memory_free_mib: int | None = None
+
+    def has_room(self, cpus: int, memory_mib: int | None) -> bool:
+        """Whether Slurm could start a job of ``cpus`` CPUs and ``memory_mib`` (per node) here now."""
+        return ((self.cpus_idle is None or cpus <= self.cpus_idle)
+                and (memory_mib is None or self.memory_free_mib is None or memory_mib <= self.memory_free_mib))
 
 
 def drained(state: str) -> bool:
@@ -67,6 +74,8 @@ class Job:
     # 26.05+: the job's SLUID, which also names its cgroup directory unless CgroupJobIdPaths=yes
     sluid: str = ""
     restarts: int = 0  # times Slurm requeued it; a requeue also sets submit_time to its own time
+    cpus: int = 1  # the CPUs it asks for (-n x -c), all on its one node
+    memory_mib: int | None = None  # --mem, or --mem-per-cpu x cpus; None: not asked for
 
     @property
     def ref(self) -> int | str:
@@ -260,12 +269,14 @@ class Slurm:
         ``*`` marks the default partition)."""
         states: dict[str, str] = {}
         partitions: dict[str, set[str]] = {}
-        for line in self._run("sinfo", "--noheader", "--Node", "--format=%N %t %P").splitlines():
+        room: dict[str, tuple[int | None, int | None]] = {}
+        for line in self._run("sinfo", "--noheader", "--Node", f"--Format={NODE_FIELDS}").splitlines():
             if line.strip():
-                name, state, partition = line.split()
+                name, state, partition, cpus, memory, allocated = (f.strip() for f in line.split("|")[:6])
                 states[name] = state
                 partitions.setdefault(name, set()).add(partition.rstrip("*"))
-        return {name: Node(states[name], frozenset(partitions[name])) for name in states}
+                room[name] = node_room(cpus, memory, allocated)
+        return {name: Node(states[name], frozenset(partitions[name]), *room[name]) for name in states}
 
     def annotate(self, job: Job, note: str) -> None:
         """Tell a running vgpu job's user what the node agent did to it: ``agent="<note>"`` after
@@ -282,6 +293,20 @@ def array_task_ids(text: str) -> list[int]:
         first, _, last = bounds.partition("-")
         ids += range(int(first), int(last or first) + 1, int(step or 1))
     return ids
+
+
+# sinfo --Format: every field wide enough, each ended by "|" (a node per line and partition)
+NODE_FIELDS = "NodeList:100|,StateCompact:30|,Partition:100|,CPUsState:40|,Memory:20|,AllocMem:20|"
+
+
+def node_room(cpus_state: str, memory: str, allocated: str) -> tuple[int | None, int | None]:
+    """(idle CPUs, memory not allocated in MiB) from sinfo's ``A/I/O/T`` CPUs, RealMemory and
+    AllocMem; None where sinfo gives no number. Where memory is no consumable resource
+    (``CR_Core``), AllocMem stays 0 and all of RealMemory counts as free, as Slurm counts it."""
+    parts = cpus_state.split("/")
+    idle = int(parts[1]) if len(parts) == 4 and parts[1].isdigit() else None
+    free = int(memory) - int(allocated) if memory.isdigit() and allocated.isdigit() else None
+    return idle, free
 
 
 def number(value, default: int | None = 0) -> int | None:
@@ -341,7 +366,18 @@ def _job(doc: dict) -> Job:
         array_max_tasks=number(doc.get("array_max_tasks")),
         sluid=str(doc.get("sluid") or (doc.get("step_id") or {}).get("sluid") or ""),
         restarts=number(doc.get("restart_cnt")),
+        cpus=number(doc.get("cpus"), 1) or 1,
+        memory_mib=_memory_mib(doc),
     )
+
+
+def _memory_mib(doc: dict) -> int | None:
+    """The memory a job asks for on its node: ``--mem``, or ``--mem-per-cpu`` times its CPUs."""
+    per_node = number(doc.get("memory_per_node"), None)
+    if per_node:
+        return per_node
+    per_cpu = number(doc.get("memory_per_cpu"), None)
+    return per_cpu * (number(doc.get("cpus"), 1) or 1) if per_cpu else None
 
 
 # --- This node's Slurm installation, read from files and binaries (works while slurmctld is down). ---

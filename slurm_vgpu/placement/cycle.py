@@ -215,6 +215,32 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
     ]
 
 
+def with_room(requests: Sequence[Request], jobs: Mapping[int, Job], nodes: Mapping[str, Node],
+              gpu_nodes: Iterable[str]) -> tuple[list[Request], list[Blocked]]:
+    """Each request narrowed to the nodes that have the CPUs and memory its job asks for idle now
+    (Slurm would keep it pending anywhere else); a request none of whose nodes has them waits,
+    saying so, instead of being pinned where it cannot start."""
+    every = frozenset(gpu_nodes)
+    kept, short = [], []
+    for req in requests:
+        job = jobs[int(req.job_id)]
+        candidates = every if req.nodes is None else req.nodes
+        roomy = frozenset(n for n in candidates if n in nodes and nodes[n].has_room(job.cpus, job.memory_mib))
+        if candidates and not roomy:
+            short.append(Blocked(req.job_id, _room_reason(job, [nodes[n] for n in candidates if n in nodes])))
+        else:
+            kept.append(req if roomy == candidates else replace(req, nodes=roomy))
+    return kept, short
+
+
+def _room_reason(job: Job, nodes: Sequence[Node]) -> str:
+    memory = f" and {job.memory_mib} MiB of memory" if job.memory_mib else ""
+    idle = max((n.cpus_idle for n in nodes if n.cpus_idle is not None), default=0)
+    free = max((n.memory_free_mib for n in nodes if n.memory_free_mib is not None), default=0)
+    most = f"{idle} CPUs" + (f" and {free} MiB" if job.memory_mib else "")
+    return f"needs {job.cpus} CPUs{memory} on a node with its GPU; the most idle on a node it may use is {most}"
+
+
 def _array_tasks(jobs: Iterable[Job]) -> dict[int, list[Job]]:
     """Array id -> the tasks Slurm shows as their own records (running, pinned, split off)."""
     tasks: dict[int, list[Job]] = {}
@@ -360,8 +386,9 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
         refused = store.refused_nodes(session, {j.job_id: j.submit_time for j in jobs.values()}, now - REFUSAL_MEMORY)
         requests = waiting_requests(list(jobs.values()), placed_jobs, now.timestamp(), refused, nodes,
                                     {g.node for g in gpus})
+        requests, short = with_room(requests, jobs, nodes, {g.node for g in gpus})
         placer = kept.for_cycle(session, requests, gpus)
-    blocked: list[Blocked] = [Blocked(str(job_id), reason) for job_id, reason in blocked_by.items()]
+    blocked: list[Blocked] = [Blocked(str(job_id), reason) for job_id, reason in blocked_by.items()] + short
     submit_times = {j.job_id: j.submit_time for j in jobs.values()}
     with placement_writer(engine) as writer:
         new = [row for rows in commit_as_decided(writer, placer.decide(requests), requests, config.place_batch,

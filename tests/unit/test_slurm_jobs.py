@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from slurm_vgpu.adapters.slurm import Node, Slurm, _job, array_task_ids, parse_request
-from slurm_vgpu.placement.cycle import array_splits, pinned_gres, pins, unusable_nodes, waiting_requests
+from slurm_vgpu.adapters.slurm import Node, Slurm, _job, array_task_ids, node_room, parse_request
+from slurm_vgpu.placement.cycle import array_splits, pinned_gres, pins, unusable_nodes, waiting_requests, with_room
 
 NOW = 1_800_000_000
 NODES = {"a1": Node("idle", frozenset({"gpu"})), "a2": Node("mix", frozenset({"gpu", "debug"})),
@@ -194,3 +194,36 @@ def test_slurms_commands_name_an_array_task_alone_by_array_and_task():
     # JobId=<array id> names every task of the array, the record that became the last task included
     assert array_task(10, 8).ref == "10_8" and array_task(11, 1).ref == "10_1"
     assert squeue_job(3).ref == 3
+
+
+def test_sinfo_gives_a_nodes_idle_cpus_and_unallocated_memory():
+    assert node_room("6/2/0/8", "16000", "12000") == (2, 4000)
+    assert node_room("0/0/8/8", "16000", "0") == (0, 16000)  # memory no consumable resource: all free
+    assert node_room("N/A", "", "") == (None, None)
+
+
+def test_a_job_reads_its_cpus_and_memory_on_each_releases_json():
+    assert (_job({"job_id": 1, "cpus": 4, "memory_per_node": None, "memory_per_cpu": 2048}).cpus,
+            _job({"job_id": 1, "cpus": 4, "memory_per_cpu": 2048}).memory_mib) == (4, 8192)
+    newer = _job({"job_id": 1, "cpus": {"set": True, "infinite": False, "number": 2},
+                  "memory_per_node": {"set": True, "infinite": False, "number": 4096},
+                  "memory_per_cpu": {"set": False, "infinite": False, "number": 0}})
+    assert (newer.cpus, newer.memory_mib) == (2, 4096)
+    assert _job({"job_id": 1}).memory_mib is None and _job({"job_id": 1}).cpus == 1
+
+
+def test_a_job_is_placed_only_on_nodes_with_its_cpus_and_memory_idle_or_told_why_it_waits():
+    nodes = {"a1": Node("mix", frozenset({"gpu"}), cpus_idle=2, memory_free_mib=64000),
+             "a2": Node("mix", frozenset({"gpu"}), cpus_idle=8, memory_free_mib=2000),
+             "a3": Node("idle", frozenset({"gpu"}), cpus_idle=8, memory_free_mib=64000)}
+    jobs = {j.job_id: j for j in (
+        replace(squeue_job(1), cpus=4),  # a2 or a3
+        replace(squeue_job(2), cpus=4, memory_mib=8000),  # a3 only
+        replace(squeue_job(3), cpus=1),  # anywhere
+        replace(squeue_job(4), cpus=16),  # nowhere
+    )}
+    requests = waiting_requests(list(jobs.values()), set(), NOW, nodes=nodes, gpu_nodes=nodes)
+    kept, short = with_room(requests, jobs, nodes, nodes)
+    assert {r.job_id: r.nodes for r in kept} == {"1": frozenset({"a2", "a3"}), "2": frozenset({"a3"}), "3": None}
+    assert [(b.job_id, b.never) for b in short] == [("4", False)]
+    assert short[0].reason == "needs 16 CPUs on a node with its GPU; the most idle on a node it may use is 8 CPUs"

@@ -94,8 +94,12 @@ def test_held_reads_scontrol_show_job(release):
 @pytest.mark.parametrize("release", sorted(RELEASES))
 def test_nodes_and_their_reasons(release):
     slurm = Captured(release)
-    assert slurm.nodes() == {"node1": Node("idle", frozenset({"gpu"})), "node2": Node("mix", frozenset({"gpu"})),
-                             "node3": Node("drain", frozenset({"gpu"}))}
+    nodes = slurm.nodes()
+    assert {name: (n.state, n.partitions) for name, n in nodes.items()} == {
+        "node1": ("idle", {"gpu"}), "node2": ("mix", {"gpu"}), "node3": ("drain", {"gpu"})}
+    # 16 CPUs and 8 GiB each; node2 runs one 1-CPU job; memory is no consumable resource (CR_Core)
+    assert {name: (n.cpus_idle, n.memory_free_mib) for name, n in nodes.items()} == {
+        "node1": (16, 8192), "node2": (15, 8192), "node3": (0, 8192)}
     assert slurm.node_reason("node3") == ("drain", "fixture: drained by an admin")
 
 
