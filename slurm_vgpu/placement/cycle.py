@@ -221,13 +221,16 @@ def with_room(requests: Sequence[Request], jobs: Mapping[int, Job], nodes: Mappi
     (Slurm would keep it pending anywhere else); a request none of whose nodes has them waits,
     saying so, instead of being pinned where it cannot start."""
     every = frozenset(gpu_nodes)
+    unusable = unusable_nodes(nodes)
     kept, short = [], []
     for req in requests:
         job = jobs[int(req.job_id)]
         candidates = every if req.nodes is None else req.nodes
-        roomy = frozenset(n for n in candidates if n in nodes and nodes[n].has_room(job.cpus, job.memory_mib))
+        # a node that takes no jobs (drained, down) stays: its GPUs are unavailable, which says why
+        roomy = frozenset(n for n in candidates if n not in nodes or n in unusable
+                          or nodes[n].has_room(job.cpus, job.memory_mib))
         if candidates and not roomy:
-            short.append(Blocked(req.job_id, _room_reason(job, [nodes[n] for n in candidates if n in nodes])))
+            short.append(Blocked(req.job_id, _room_reason(job, [nodes[n] for n in candidates])))
         else:
             kept.append(req if roomy == candidates else replace(req, nodes=roomy))
     return kept, short

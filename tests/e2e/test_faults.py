@@ -22,6 +22,7 @@ from .node_helpers import mps_state, node_config, placement, wait_started
 pytestmark = pytest.mark.e2e
 
 USER, OTHER = "vgpu-fault-a", "vgpu-fault-b"
+LICENSE = "hog"
 LAYOUT = """
 [[node]]
 name = "solo"
@@ -30,11 +31,19 @@ gpus = { t4 = 2 }
 """
 
 
+def one_license(cluster) -> None:
+    """A license of one: a job that holds it keeps another that asks for it pending (Reason=Licenses)
+    after its pin, which the placement, blind to licenses, gives it; CPUs would not, since a job is
+    pinned only where its CPUs are idle."""
+    with open(cluster.slurm_conf, "a") as conf:
+        conf.write(f"Licenses={LICENSE}:1\n")
+
+
 @pytest.fixture(scope="module")
 def faulty():
     for user in (USER, OTHER):
         ensure_user(user)
-    with own_cluster("faults", LAYOUT, TEST_PORT + 70) as cluster:
+    with own_cluster("faults", LAYOUT, TEST_PORT + 70, before_start=[one_license]) as cluster:
         yield cluster
 
 
@@ -64,9 +73,10 @@ def node_state(cluster) -> tuple[str, str]:
 
 
 def test_a_prolog_without_its_database_requeues_the_job_held_and_the_agent_heals_it(faulty):
-    hog = submit(faulty, "--cpus-per-task=2", script="sleep 300", user=USER)  # every CPU of the node
+    hog = submit(faulty, f"--licenses={LICENSE}:1", script="sleep 300", user=USER)
     wait_for(faulty, [hog], states={"RUNNING"})
-    sliced = submit(faulty, "--gres=vgpu:30", script="env | grep ^CUDA_MPS_ACTIVE", user=USER)
+    sliced = submit(faulty, "--gres=vgpu:30", f"--licenses={LICENSE}:1", script="env | grep ^CUDA_MPS_ACTIVE",
+                    user=USER)
     wait_until("the pin", lambda: "vgpu-state=pinned" in job(faulty, sliced)["AdminComment"])
     allow_connections(faulty.database_url, False)
     try:
