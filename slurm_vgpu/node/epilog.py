@@ -29,13 +29,11 @@ def run(config: Config, env: Mapping[str, str], node: str) -> int:
         if not placements or placements[0].id != placement_id:
             return 0
         placement = placements[0]
-        if placement.whole:  # all of the job's GPUs: the file names the first
-            for whole in placements:
-                store.mark_released(conn, whole)
+        store.mark_released(conn, *placements)  # a whole-GPU job's every GPU; the file names the first
+        if placement.whole:
             message = f"released the whole GPU{'s' if len(placements) > 1 else ''} " + \
                 ",".join(p.gpu_uuid for p in placements)
         else:
-            store.mark_released(conn, placement)
             remaining = GpuMps.of(config, placement.gpu_uuid, node).job_ended(conn, placement.uid)
             message = f"released {placement.share}% of {placement.gpu_uuid}" + (
                 "" if remaining else f"; uid {placement.uid}'s server stopped")

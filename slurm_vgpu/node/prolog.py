@@ -78,7 +78,7 @@ def _hand_over_whole(config: Config, conn, placements: list[store.JobPlacement],
     with ExitStack() as handed_over:
         for placement in placements:
             handed_over.enter_context(GpuMps.of(config, placement.gpu_uuid, node).handed_over_whole(conn))
-        if not all([store.mark_running(conn, p) for p in placements]):  # every one marked, none skipped
+        if not store.mark_running(conn, *placements):
             return None
     return slices.render_whole(placements[0].job_id, placements[0].id)
 

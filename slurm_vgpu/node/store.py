@@ -59,19 +59,20 @@ def active_placements(conn: psycopg.Connection, job_id: int) -> list[JobPlacemen
     return [JobPlacement(*row) for row in rows]
 
 
-def mark_running(conn: psycopg.Connection, placement: JobPlacement) -> bool:
-    """The placement is running now; False (and nothing changed) when it had ended meanwhile: an
-    ended placement is never brought back."""
+def mark_running(conn: psycopg.Connection, *placements: JobPlacement) -> bool:
+    """The placements (a job's, all of them) are running now, in one statement; False when one had
+    ended meanwhile: an ended placement is never brought back."""
     return conn.execute(
         "UPDATE placements SET state = 'running', started_at = coalesce(started_at, now()) "
-        "WHERE id = %s AND state = ANY(%s)",
-        (placement.id, list(ACTIVE_STATES)),
-    ).rowcount == 1
+        "WHERE id = ANY(%s) AND state = ANY(%s)",
+        ([p.id for p in placements], list(ACTIVE_STATES)),
+    ).rowcount == len(placements)
 
 
-def mark_released(conn: psycopg.Connection, placement: JobPlacement) -> None:
+def mark_released(conn: psycopg.Connection, *placements: JobPlacement) -> None:
+    """The placements (a job's, all of them) are released, in one statement."""
     conn.execute("UPDATE placements SET state = 'released', ended_at = clock_timestamp() "
-                 "WHERE id = %s AND state = ANY(%s)", (placement.id, list(ACTIVE_STATES)))
+                 "WHERE id = ANY(%s) AND state = ANY(%s)", ([p.id for p in placements], list(ACTIVE_STATES)))
 
 
 def running_on(conn: psycopg.Connection, node: str, for_at_least: float) -> list[JobPlacement]:

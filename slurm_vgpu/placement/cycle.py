@@ -22,7 +22,7 @@ from ..contract import FAILED, PINNED, SHARE_MAX, UNPLACED
 from ..db import store
 from ..db.engine import session_scope
 from ..db.writer import PlacementWriter, placement_writer
-from ..db.models import Placement
+from ..db.models import Gpu, Placement
 from ..policy import Blocked, Decision, GpuState, PolicyConfig, Request, SloClass
 from ..policy.placement import Placer
 from .wait_notes import WaitNotes
@@ -70,7 +70,7 @@ class Pin:
     gpu_uuids: tuple[str, ...]
 
 
-def pins(placed: Iterable[tuple[int, int, str, int]], gpus_by_uuid: Mapping[str, object]) -> list[Pin]:
+def pins(placed: Iterable[tuple[int, int, str, int]], gpus_by_uuid: Mapping[str, Gpu]) -> list[Pin]:
     """The pins of placements given as (job id, placement id, GPU uuid, share), one per job, in
     the order of each job's first placement; ``gpus_by_uuid`` gives each GPU's gres type and node."""
     by_job: dict[int, list[tuple[int, str, int]]] = {}
@@ -216,17 +216,16 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
 
 
 def with_room(requests: Sequence[Request], jobs: Mapping[int, Job], nodes: Mapping[str, Node],
-              gpu_nodes: Iterable[str]) -> tuple[list[Request], list[Blocked]]:
+              gpu_nodes: Iterable[str], unusable: Mapping[str, str]) -> tuple[list[Request], list[Blocked]]:
     """Each request narrowed to the nodes that have the CPUs and memory its job asks for idle now
     (Slurm would keep it pending anywhere else); a request none of whose nodes has them waits,
-    saying so, instead of being pinned where it cannot start."""
+    saying so, instead of being pinned where it cannot start. A node of ``unusable`` (drained,
+    down) is left in: its GPUs are unavailable, which says why."""
     every = frozenset(gpu_nodes)
-    unusable = unusable_nodes(nodes)
     kept, short = [], []
     for req in requests:
         job = jobs[int(req.job_id)]
         candidates = every if req.nodes is None else req.nodes
-        # a node that takes no jobs (drained, down) stays: its GPUs are unavailable, which says why
         roomy = frozenset(n for n in candidates if n not in nodes or n in unusable
                           or nodes[n].has_room(job.cpus, job.memory_mib))
         if candidates and not roomy:
@@ -387,9 +386,9 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
         _repair_running(session, jobs, placed_jobs, report)
         gpus = cycle_gpus(session, config, unusable)
         refused = store.refused_nodes(session, {j.job_id: j.submit_time for j in jobs.values()}, now - REFUSAL_MEMORY)
-        requests = waiting_requests(list(jobs.values()), placed_jobs, now.timestamp(), refused, nodes,
-                                    {g.node for g in gpus})
-        requests, short = with_room(requests, jobs, nodes, {g.node for g in gpus})
+        gpu_nodes = {g.node for g in gpus}
+        requests = waiting_requests(list(jobs.values()), placed_jobs, now.timestamp(), refused, nodes, gpu_nodes)
+        requests, short = with_room(requests, jobs, nodes, gpu_nodes, unusable)
         placer = kept.for_cycle(session, requests, gpus)
     blocked: list[Blocked] = [Blocked(str(job_id), reason) for job_id, reason in blocked_by.items()] + short
     submit_times = {j.job_id: j.submit_time for j in jobs.values()}

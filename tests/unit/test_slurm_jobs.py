@@ -223,7 +223,7 @@ def test_a_job_is_placed_only_on_nodes_with_its_cpus_and_memory_idle_or_told_why
         replace(squeue_job(4), cpus=16),  # nowhere
     )}
     requests = waiting_requests(list(jobs.values()), set(), NOW, nodes=nodes, gpu_nodes=nodes)
-    kept, short = with_room(requests, jobs, nodes, nodes)
+    kept, short = with_room(requests, jobs, nodes, nodes, unusable_nodes(nodes))
     assert {r.job_id: r.nodes for r in kept} == {"1": frozenset({"a2", "a3"}), "2": frozenset({"a3"}), "3": None}
     assert [(b.job_id, b.never) for b in short] == [("4", False)]
     assert short[0].reason == "needs 16 CPUs on a node with its GPU; the most idle on a node it may use is 8 CPUs"
@@ -235,5 +235,5 @@ def test_a_drained_node_with_no_idle_cpu_is_left_to_say_it_is_drained():
     nodes = {"a1": Node("drain", frozenset({"gpu"}), cpus_idle=0, memory_free_mib=8192)}
     jobs = {1: squeue_job(1)}
     kept, short = with_room(waiting_requests(list(jobs.values()), set(), NOW, nodes=nodes, gpu_nodes=nodes),
-                            jobs, nodes, nodes)
+                            jobs, nodes, nodes, unusable_nodes(nodes))
     assert [r.nodes for r in kept] == [None] and short == []
