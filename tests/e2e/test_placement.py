@@ -17,7 +17,7 @@ from slurm_vgpu_dev import cluster as devcluster
 from slurm_vgpu.placement.daemon import LEADER_LOCK
 
 from ..conftest import TEST_PORT, own_cluster, slurm
-from .jobs import ENDED, ensure_user, gres_used, job, submit, wait_for
+from .jobs import ENDED, ensure_user, gres_used, job, submit, wait_for, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -51,6 +51,20 @@ def test_slices_land_whole_and_a_slice_waits_for_one_gpu_with_room(duo):
     assert all(d["JobState"] == "COMPLETED" for d in done.values())
     assert {types[first], types[second]} == {"gres:vgpu:a100_0:60", "gres:vgpu:a100_1:60"}
     assert types[fifty] in ("gres:vgpu:a100_0:50", "gres:vgpu:a100_1:50")
+
+
+def test_a_job_waits_unpinned_while_no_node_has_its_cpus_idle_and_then_runs(duo):
+    """Slurm would keep a job pending where its CPUs are taken; pinned there it would only wait and
+    be placed again after PinTimeout. It waits unplaced, saying why, and runs once they are idle."""
+    hog = submit(duo, "--cpus-per-task=12", script="sleep 8")  # 12 of the node's 16 CPUs
+    wait_for(duo, [hog], states={"RUNNING"})
+    wide = submit(duo, "--gres=vgpu:20", "--cpus-per-task=8", script="true")
+    wait_until("its wait reason", lambda: "wait=" in job(duo, wide)["AdminComment"])
+    reason = job(duo, wide)["AdminComment"]
+    assert "needs 8 CPUs on a node with its GPU; the most idle on a node it may use is 4 CPUs" in reason
+    assert job(duo, wide)["TresPerNode"] == "" and "vgpu-state=unplaced" in reason  # no pin while it waits
+    done = wait_for(duo, [hog, wide])
+    assert done[wide]["JobState"] == "COMPLETED" and done[wide]["TresPerNode"].startswith("gres:vgpu:a100_")
 
 
 def test_owner_cannot_start_an_unplaced_job(duo):
