@@ -86,11 +86,16 @@ def fake_client(cluster, node: str, mib: int, util: float) -> str:
             f"--mib {mib} --util {util} --ready {ready}")
 
 
-def client_pid(cluster, job_id: int, timeout: float = 60.0) -> int:
+def client_pid(cluster, job_id: int, timeout: float = 120.0) -> int:
+    """The PID its fake CUDA client reported. As long as :func:`.jobs.wait_for` allows: the job
+    may wait for an earlier test's epilog on a loaded machine; a timeout says where the job was."""
     path = cluster.dir / "out" / f"ready-{job_id}"
     deadline = time.monotonic() + timeout
     while not path.exists():
-        assert time.monotonic() < deadline, f"job {job_id}'s fake CUDA client never reported"
+        if time.monotonic() >= deadline:
+            state = job(cluster, job_id)
+            pytest.fail(f"job {job_id}'s fake CUDA client never reported: {state['JobState']} on "
+                        f"{state['NodeList'] or '-'}, {state['Reason']}, AdminComment {state['AdminComment']!r}")
         time.sleep(0.2)
     return int(path.read_text())
 
