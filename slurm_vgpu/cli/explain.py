@@ -1,8 +1,8 @@
 """``slurm-vgpu explain JOBID``: why a vgpu job waits, GPU by GPU, in words its user understands.
 
 The verdict is what the placement daemon would decide: the same GPU states (``store.gpu_states``),
-the same request (``waiting_requests``), the same typical requests (recent placements) and the same
-pure policy (``place_slices``). The per-GPU
+the same node CPUs and memory (``node_states``), the same request (``waiting_requests``), the same
+typical requests (recent placements) and the same pure policy (``place_slices``). The per-GPU
 lines apply the policy's own rules (``GPU_RULES``) to one GPU at a time and name the first it fails.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import click
 
 from ..adapters.slurm import Job
 from ..db import store
-from ..placement.cycle import policy_config, typical_workload, waiting_requests
+from ..placement.cycle import node_states, policy_config, typical_workload, waiting_requests
 from ..policy import GpuState, PlacementResult, place_slices
 from ..policy.rules import GPU_RULES, Ask
 from ..policy.units import reference_speed
@@ -78,7 +78,10 @@ GPU_COLUMNS = (
 def explain(runtime: Runtime, job_id: int, as_json: bool) -> None:
     """Why job JOB_ID waits for a GPU slice, GPU by GPU. Exit 1 when the job is unknown or not a vgpu job."""
     with slurm_errors():
-        job = next((j for j in runtime.slurm().jobs() if j.job_id == job_id), None)
+        slurm = runtime.slurm()
+        jobs = {j.job_id: j for j in slurm.jobs()}
+        nodes = slurm.nodes()
+    job = jobs.get(job_id)
     if job is None:
         raise click.ClickException(f"job {job_id} is not in Slurm's queue (squeue --json --all); it may "
                                    "have ended longer ago than MinJobAge: see sacct -j")
@@ -91,13 +94,14 @@ def explain(runtime: Runtime, job_id: int, as_json: bool) -> None:
         placement = next(iter(placement_records(session, job_ids=[job_id])), None)
         requests = [] if placement else waiting_requests([job], set(), time.time())
         workload = typical_workload(session, requests)
+        room = node_states(nodes, {s.node for s in states}, jobs, store.pinned_nodes(session))
     if requests:
         config = policy_config(runtime.config)
         ask = Ask(requests[0], config, reference_speed(states, config))
         by_uuid = {s.uuid: s for s in states}
         for record in records:
             record["rule"], record["why"] = why_not(record, by_uuid[record["uuid"]], ask)
-        verdict = _waiting_verdict(place_slices(states, requests, config, workload=[(r, 1.0) for r in workload]),
+        verdict = _waiting_verdict(place_slices(states, requests, config, room, workload=[(r, 1.0) for r in workload]),
                                    records)
     else:
         records = []

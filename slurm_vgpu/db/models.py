@@ -78,6 +78,8 @@ class Placement(Base):
         sa.CheckConstraint("share BETWEEN 1 AND 100", name="share"),
         sa.CheckConstraint("memory_mib IS NULL OR memory_mib > 0", name="memory"),
         sa.CheckConstraint("NOT whole OR (share = 100 AND memory_mib IS NULL)", name="whole"),
+        sa.CheckConstraint("cpus >= 1", name="cpus"),
+        sa.CheckConstraint("node_memory_mib IS NULL OR node_memory_mib > 0", name="node_memory"),
         sa.CheckConstraint(f"state IN {PLACEMENT_STATES}", name="state"),
         sa.CheckConstraint(f"slo_class IN {SLO_CLASSES}", name="slo_class"),
         # a slice job holds one active placement; a job of N whole GPUs one per GPU
@@ -103,6 +105,10 @@ class Placement(Base):
     memory_mib: Mapped[int | None] = mapped_column(sa.Integer)
     # a whole GPU (--gres=gpu:1), given natively by Slurm's gres/gpu: all 100 units, no MPS, no memory cap
     whole: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
+    # what the job asked of its node beside the GPU (-n x -c; --mem, None: not asked for): the
+    # typical requests the placer measures CPU stranding against
+    cpus: Mapped[int] = mapped_column(sa.Integer, server_default="1")
+    node_memory_mib: Mapped[int | None] = mapped_column(sa.Integer)
     slo_class: Mapped[str] = mapped_column(sa.Text)
     state: Mapped[str] = mapped_column(sa.Text, server_default="placed")
     reason: Mapped[str | None] = mapped_column(sa.Text)

@@ -101,14 +101,30 @@ def gpu_states(session: Session, heartbeat_timeout: float) -> list[GpuState]:
 
 
 def recent_requests(session: Session, limit: int) -> list[Request]:
-    """What the last ``limit`` placements asked for, newest first: the workload the placement
-    measures fragmentation against (the model a job asked for is not kept, so none is given)."""
+    """What the jobs of the last ``limit`` placements asked for, newest first: the workload the
+    placement measures fragmentation and CPU stranding against. A job of several whole GPUs is one
+    request of that many (its placements, one per GPU, are written together); the model a job
+    asked for is not kept, so none is given."""
     rows = session.execute(
-        sa.select(Placement.job_id, Placement.requested_share, Placement.uid, Placement.slo_class,
-                  Placement.memory_mib).order_by(Placement.id.desc()).limit(limit)
+        sa.select(Placement.job_id, Placement.job_submit_time, Placement.requested_share, Placement.uid,
+                  Placement.slo_class, Placement.memory_mib, Placement.whole, Placement.cpus,
+                  Placement.node_memory_mib).order_by(Placement.id.desc()).limit(limit)
     ).all()
-    return [Request(job_id=str(job), share=share, user=uid, slo_class=SloClass(cls), memory_mib=memory)
-            for job, share, uid, cls, memory in rows]
+    jobs: dict[tuple[int, int], list] = {}
+    for row in rows:
+        jobs.setdefault((row.job_id, row.job_submit_time), []).append(row)
+    return [Request(job_id=str(job_id), share=r.requested_share, user=r.uid, slo_class=SloClass(r.slo_class),
+                    memory_mib=r.memory_mib, gpus=len(held) if r.whole else 1, whole=r.whole,
+                    cpu_milli=1000 * r.cpus, node_memory_mib=r.node_memory_mib or 0)
+            for (job_id, _), held in jobs.items() for r in held[:1]]
+
+
+def pinned_nodes(session: Session) -> list[tuple[int, str]]:
+    """(job id, node) of each job placed or pinned and not yet started: Slurm counts its CPUs and
+    memory on that node only once it starts."""
+    return [tuple(r) for r in session.execute(
+        sa.select(Placement.job_id, Gpu.node).distinct().join(Gpu, Gpu.uuid == Placement.gpu_uuid)
+        .where(Placement.state.in_(("placed", "pinned"))))]
 
 
 def active_placements(session: Session) -> list[Placement]:

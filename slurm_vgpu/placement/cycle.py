@@ -23,7 +23,7 @@ from ..db import store
 from ..db.engine import session_scope
 from ..db.writer import PlacementWriter, placement_writer
 from ..db.models import Gpu, Placement
-from ..policy import Blocked, Decision, GpuState, PolicyConfig, Request, SloClass
+from ..policy import Blocked, Decision, GpuState, NodeState, PolicyConfig, Request, SloClass
 from ..policy.placement import Placer
 from .wait_notes import WaitNotes
 
@@ -99,14 +99,14 @@ def typical_workload(session, requests: list[Request]) -> list[Request]:
     return [*store.recent_requests(session, WORKLOAD_WINDOW), *requests]
 
 
-def build_placer(gpus: list, config: PolicyConfig, workload: list[Request]) -> Placer:
+def build_placer(gpus: list, config: PolicyConfig, workload: list[Request], nodes: Sequence[NodeState] = ()) -> Placer:
     """A placer scored for its typical requests, its objects moved out of the garbage collector's
     sight: they live until the next rebuild, and a full collection walking the millions of cached
     scores stalled a cycle for 50 ms. Frozen objects are still freed by reference counting (the
     placer's structures hold no reference cycles); what an earlier freeze kept is handed back to
     the collector first."""
     gc.unfreeze()
-    placer = Placer(gpus, config, workload=[(r, 1.0) for r in workload])
+    placer = Placer(gpus, config, nodes, workload=[(r, 1.0) for r in workload])
     placer.prepare()
     gc.collect()
     gc.freeze()
@@ -139,17 +139,19 @@ class KeptPlacer:
         self.placer: Placer | None = None
         self.built_at = 0.0
 
-    def for_cycle(self, session, requests: list[Request], gpus: list[GpuState] | None = None) -> Placer:
-        """The placer for this cycle's ``requests``, synced to ``gpus`` (default: the inventory)."""
+    def for_cycle(self, session, requests: list[Request], gpus: list[GpuState] | None = None,
+                  nodes: Sequence[NodeState] = ()) -> Placer:
+        """The placer for this cycle's ``requests``, synced to ``gpus`` (default: the inventory)
+        and to the CPUs and memory of ``nodes`` (none given: not constrained)."""
         if gpus is None:
             gpus = cycle_gpus(session, self.config, {})
         stale = time.monotonic() - self.built_at > self.config.workload_refresh
         if self.placer is None or stale or (requests and not self.placer.typical):
             self.placer = None  # the old one is freed before the new one is built
-            self.placer = build_placer(gpus, policy_config(self.config), typical_workload(session, requests))
+            self.placer = build_placer(gpus, policy_config(self.config), typical_workload(session, requests), nodes)
             self.built_at = time.monotonic()
         else:
-            self.placer.sync(gpus)
+            self.placer.sync(gpus, nodes)
         return self.placer
 
 
@@ -208,6 +210,8 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
             models=frozenset({j.request.model}) if j.request.model else frozenset(),
             gpus=j.request.gpus or 1,
             whole=j.request.gpus is not None,
+            cpu_milli=1000 * j.cpus,
+            node_memory_mib=j.memory_mib or 0,
             waited_s=max(0.0, now_s - j.submit_time),
             nodes=allowed(j),
         )
@@ -215,32 +219,23 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
     ]
 
 
-def with_room(requests: Sequence[Request], jobs: Mapping[int, Job], nodes: Mapping[str, Node],
-              gpu_nodes: Iterable[str], unusable: Mapping[str, str]) -> tuple[list[Request], list[Blocked]]:
-    """Each request narrowed to the nodes that have the CPUs and memory its job asks for idle now
-    (Slurm would keep it pending anywhere else); a request none of whose nodes has them waits,
-    saying so, instead of being pinned where it cannot start. A node of ``unusable`` (drained,
-    down) is left in: its GPUs are unavailable, which says why."""
-    every = frozenset(gpu_nodes)
-    kept, short = [], []
-    for req in requests:
-        job = jobs[int(req.job_id)]
-        candidates = every if req.nodes is None else req.nodes
-        roomy = frozenset(n for n in candidates if n not in nodes or n in unusable
-                          or nodes[n].has_room(job.cpus, job.memory_mib))
-        if candidates and not roomy:
-            short.append(Blocked(req.job_id, _room_reason(job, [nodes[n] for n in candidates])))
-        else:
-            kept.append(req if roomy == candidates else replace(req, nodes=roomy))
-    return kept, short
-
-
-def _room_reason(job: Job, nodes: Sequence[Node]) -> str:
-    memory = f" and {job.memory_mib} MiB of memory" if job.memory_mib else ""
-    idle = max((n.cpus_idle for n in nodes if n.cpus_idle is not None), default=0)
-    free = max((n.memory_free_mib for n in nodes if n.memory_free_mib is not None), default=0)
-    most = f"{idle} CPUs" + (f" and {free} MiB" if job.memory_mib else "")
-    return f"needs {job.cpus} CPUs{memory} on a node with its GPU; the most idle on a node it may use is {most}"
+def node_states(nodes: Mapping[str, Node], gpu_nodes: Iterable[str], jobs: Mapping[int, Job],
+                pinned: Iterable[tuple[int, str]]) -> list[NodeState]:
+    """The CPUs and memory of each node of ``gpu_nodes`` as the policy takes them: what Slurm shows idle (sinfo), less
+    what the jobs pinned there and not started yet will take (``pinned``: job id, node), which
+    Slurm counts only once they start. A placement is then made only where its job's CPUs and
+    memory are idle, as in the simulator, and the placer weighs how a node's CPUs strand its GPUs."""
+    with_gpus = frozenset(gpu_nodes)
+    taken: dict[str, list[int]] = {}
+    for job_id, node in pinned:
+        job = jobs.get(job_id)
+        if job is not None and job.state == "PENDING":
+            cpus, memory = taken.setdefault(node, [0, 0])
+            taken[node] = [cpus + job.cpus, memory + (job.memory_mib or 0)]
+    return [NodeState(name,
+                      None if node.cpus_idle is None else 1000 * max(0, node.cpus_idle - taken.get(name, (0, 0))[0]),
+                      None if node.memory_free_mib is None else max(0, node.memory_free_mib - taken.get(name, (0, 0))[1]))
+            for name, node in nodes.items() if name in with_gpus]
 
 
 def _array_tasks(jobs: Iterable[Job]) -> dict[int, list[Job]]:
@@ -318,7 +313,8 @@ def placement_rows(decisions: Sequence[Decision], by_id: Mapping[str, Request],
 def _placement_row(d: Decision, gpu: str, req: Request, submit_times: Mapping[int, int]) -> dict:
     return dict(job_id=int(d.job_id), job_submit_time=submit_times.get(int(d.job_id), 0), gpu_uuid=gpu,
                 uid=req.user, share=d.share, requested_share=req.share, memory_mib=req.memory_mib,
-                whole=req.whole, slo_class=req.slo_class.value, state="placed")
+                whole=req.whole, slo_class=req.slo_class.value, state="placed",
+                cpus=max(1, req.cpu_milli // 1000), node_memory_mib=req.node_memory_mib or None)
 
 
 def commit_as_decided(writer: PlacementWriter, outcomes: Iterator[Decision | Blocked],
@@ -388,9 +384,9 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
         refused = store.refused_nodes(session, {j.job_id: j.submit_time for j in jobs.values()}, now - REFUSAL_MEMORY)
         gpu_nodes = {g.node for g in gpus}
         requests = waiting_requests(list(jobs.values()), placed_jobs, now.timestamp(), refused, nodes, gpu_nodes)
-        requests, short = with_room(requests, jobs, nodes, gpu_nodes, unusable)
-        placer = kept.for_cycle(session, requests, gpus)
-    blocked: list[Blocked] = [Blocked(str(job_id), reason) for job_id, reason in blocked_by.items()] + short
+        room = node_states(nodes, gpu_nodes, jobs, store.pinned_nodes(session))
+        placer = kept.for_cycle(session, requests, gpus, room)
+    blocked: list[Blocked] = [Blocked(str(job_id), reason) for job_id, reason in blocked_by.items()]
     submit_times = {j.job_id: j.submit_time for j in jobs.values()}
     with placement_writer(engine) as writer:
         new = [row for rows in commit_as_decided(writer, placer.decide(requests), requests, config.place_batch,
@@ -512,7 +508,8 @@ def _repair_running(session, jobs: dict[int, Job], placed_jobs: set[int], report
         rows = [] if None in gpus else [dict(
             job_id=job.job_id, job_submit_time=job.submit_time, gpu_uuid=gpu.uuid, uid=job.user_id, share=share,
             requested_share=job.request.share, memory_mib=job.request.memory_mib, whole=job.request.gpus is not None,
-            slo_class=job.request.slo_class, state="running", started_at=store.now())
+            slo_class=job.request.slo_class, state="running", started_at=store.now(), cpus=job.cpus,
+            node_memory_mib=job.memory_mib)
             for gpu, (_, share) in zip(gpus, pinned)]
         if rows and store.insert_placements(session, rows):
             types = ",".join(gres_type for gres_type, _ in pinned)

@@ -61,7 +61,7 @@ def test_a_job_waits_unpinned_while_no_node_has_its_cpus_idle_and_then_runs(duo)
     wide = submit(duo, "--gres=vgpu:20", "--cpus-per-task=8", script="true")
     wait_until("its wait reason", lambda: "wait=" in job(duo, wide)["AdminComment"])
     reason = job(duo, wide)["AdminComment"]
-    assert "needs 8 CPUs on a node with its GPU; the most idle on a node it may use is 4 CPUs" in reason
+    assert "needs 8 CPUs on a node with a fitting GPU; the most free is 4" in reason
     assert job(duo, wide)["TresPerNode"] == "" and "vgpu-state=unplaced" in reason  # no pin while it waits
     done = wait_for(duo, [hog, wide])
     assert done[wide]["JobState"] == "COMPLETED" and done[wide]["TresPerNode"].startswith("gres:vgpu:a100_")

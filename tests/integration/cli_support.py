@@ -79,13 +79,18 @@ def cli(clean_db, database_url, tmp_path) -> Cli:
 
 @dataclass
 class FakeSlurm:
-    """``squeue --json`` answers from ``jobs``; every ``scontrol``/``scancel`` call is logged."""
+    """``squeue --json`` answers from ``jobs``, ``sinfo`` from ``nodes`` (none unless set); every
+    ``scontrol``/``scancel`` call is logged."""
 
     bin_dir: Path
     log: Path
 
     def set_jobs(self, jobs: list[dict]) -> None:
         (self.bin_dir / "squeue.json").write_text(json.dumps({"jobs": jobs}))
+
+    def set_nodes(self, lines: list[str]) -> None:
+        """``sinfo --Format=...`` lines, as the adapter asks for them (NodeList|State|Partition|...)."""
+        (self.bin_dir / "sinfo.txt").write_text("".join(f"{line}\n" for line in lines))
 
     def calls(self) -> list[list[str]]:
         if not self.log.exists():
@@ -100,6 +105,7 @@ def fake_slurm(tmp_path, monkeypatch) -> FakeSlurm:
     log = tmp_path / "slurm-calls.jsonl"
     scripts = {
         "squeue": f'#!/bin/sh\ncat "{bin_dir}/squeue.json"\n',
+        "sinfo": f'#!/bin/sh\ncat "{bin_dir}/sinfo.txt"\n',
         "scontrol": f'#!/usr/bin/env python3\nimport json, sys\nopen("{log}", "a").write(json.dumps(sys.argv) + "\\n")\n',
     }
     scripts["scancel"] = scripts["scontrol"]
@@ -110,6 +116,7 @@ def fake_slurm(tmp_path, monkeypatch) -> FakeSlurm:
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     fake = FakeSlurm(bin_dir, log)
     fake.set_jobs([])
+    fake.set_nodes([])
     return fake
 
 

@@ -91,3 +91,16 @@ def test_unknown_and_non_vgpu_jobs_exit_1_with_what_to_check(cli, fake_slurm):
     plain = cli("explain", "75")
     assert plain.exit_code == 1 and "asked for no vgpu slice" in plain.stderr
     assert cli("explain", "abc").exit_code == 2
+
+
+def test_a_job_waiting_for_cpus_beside_its_gpu_is_told_so_counting_jobs_pinned_and_not_started(cli, fake_slurm):
+    """gpu02 shows 6 CPUs idle, but a job pinned there and not started yet will take 4 of them."""
+    insert_inventory(cli.engine)
+    place(cli.engine, 80, "gpu02", 0, share=30, state="pinned")
+    fake_slurm.set_nodes(["gpu01|mix|debug*|6/2/0/8|64000|0|", "gpu02|mix|debug*|2/6/0/8|64000|0|"])
+    fake_slurm.set_jobs([
+        {**slurm_job(80, f"vgpu-state=pinned share=30 class=throughput gpu={gpu_uuid('gpu02', 0)}"), "cpus": 4},
+        {**slurm_job(77, "vgpu-state=unplaced share=30 class=throughput"), "cpus": 4}])
+    doc = cli.json("explain", "77")
+    assert doc["verdict"]["placeable"] is False and doc["verdict"]["never"] is False
+    assert doc["verdict"]["reason"] == "needs 4 CPUs on a node with a fitting GPU; the most free is 2"

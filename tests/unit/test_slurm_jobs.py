@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from slurm_vgpu.adapters.slurm import Node, Slurm, _job, array_task_ids, node_room, parse_request
-from slurm_vgpu.placement.cycle import array_splits, pinned_gres, pins, unusable_nodes, waiting_requests, with_room
+from slurm_vgpu.placement.cycle import array_splits, node_states, pinned_gres, pins, unusable_nodes, waiting_requests
+from slurm_vgpu.policy import GpuState, NodeState, PolicyConfig, place_slices
 
 NOW = 1_800_000_000
 NODES = {"a1": Node("idle", frozenset({"gpu"})), "a2": Node("mix", frozenset({"gpu", "debug"})),
@@ -216,24 +217,38 @@ def test_a_job_is_placed_only_on_nodes_with_its_cpus_and_memory_idle_or_told_why
     nodes = {"a1": Node("mix", frozenset({"gpu"}), cpus_idle=2, memory_free_mib=64000),
              "a2": Node("mix", frozenset({"gpu"}), cpus_idle=8, memory_free_mib=2000),
              "a3": Node("idle", frozenset({"gpu"}), cpus_idle=8, memory_free_mib=64000)}
+    gpus = [GpuState(f"{n}-0", n, 0, "A100", 40960) for n in nodes]
     jobs = {j.job_id: j for j in (
-        replace(squeue_job(1), cpus=4),  # a2 or a3
+        replace(squeue_job(1), cpus=16),  # nowhere: waits
         replace(squeue_job(2), cpus=4, memory_mib=8000),  # a3 only
-        replace(squeue_job(3), cpus=1),  # anywhere
-        replace(squeue_job(4), cpus=16),  # nowhere
+        replace(squeue_job(3), cpus=4),  # a2 (a3's GPU is taken by then)
+        replace(squeue_job(4), cpus=1),  # a1
     )}
     requests = waiting_requests(list(jobs.values()), set(), NOW, nodes=nodes, gpu_nodes=nodes)
-    kept, short = with_room(requests, jobs, nodes, nodes, unusable_nodes(nodes))
-    assert {r.job_id: r.nodes for r in kept} == {"1": frozenset({"a2", "a3"}), "2": frozenset({"a3"}), "3": None}
-    assert [(b.job_id, b.never) for b in short] == [("4", False)]
-    assert short[0].reason == "needs 16 CPUs on a node with its GPU; the most idle on a node it may use is 8 CPUs"
+    result = place_slices(gpus, requests, PolicyConfig(policy="first-fit", latency_max_cotenants=0),
+                          node_states(nodes, nodes, jobs, []))
+    assert {d.job_id: d.node for d in result.decisions} == {"2": "a3", "3": "a2", "4": "a1"}
+    assert [(b.job_id, b.reason) for b in result.blocked] == [
+        ("1", "needs 16 CPUs on a node with a fitting GPU; the most free is 8")]
 
 
-def test_a_drained_node_with_no_idle_cpu_is_left_to_say_it_is_drained():
-    """sinfo counts a drained node's CPUs as other, none idle: left in, so that the policy's reason
-    is the drain (its GPUs are unavailable), not a want of CPUs."""
+def test_the_cpus_and_memory_of_jobs_pinned_and_not_started_are_not_counted_idle():
+    """Slurm counts a job's CPUs and memory on its node once it starts; until then the pin holds them."""
+    nodes = {"a1": Node("mix", frozenset({"gpu"}), cpus_idle=8, memory_free_mib=64000),
+             "c1": Node("idle", frozenset({"cpu"}), cpus_idle=64, memory_free_mib=256000),
+             "a2": Node("mix", frozenset({"gpu"}))}
+    jobs = {1: replace(squeue_job(1), cpus=4, memory_mib=16000), 2: replace(squeue_job(2, job_state="RUNNING"), cpus=2)}
+    assert node_states(nodes, ["a1", "a2"], jobs, [(1, "a1"), (2, "a1"), (9, "a1")]) == [
+        NodeState("a1", 4000, 48000),  # job 2 runs: sinfo counts it already; job 9 is gone
+        NodeState("a2", None, None)]  # a node that says nothing constrains nothing; c1 has no GPU
+
+
+def test_a_drained_node_with_no_idle_cpu_says_it_is_drained():
+    """sinfo counts a drained node's CPUs as other, none idle: the policy's reason is the drain (its
+    GPUs are unavailable), not a want of CPUs."""
     nodes = {"a1": Node("drain", frozenset({"gpu"}), cpus_idle=0, memory_free_mib=8192)}
     jobs = {1: squeue_job(1)}
-    kept, short = with_room(waiting_requests(list(jobs.values()), set(), NOW, nodes=nodes, gpu_nodes=nodes),
-                            jobs, nodes, nodes, unusable_nodes(nodes))
-    assert [r.nodes for r in kept] == [None] and short == []
+    gpus = [GpuState("a1-0", "a1", 0, "A100", 40960, available=False, unavailable_reason="Slurm reports node a1 drain")]
+    result = place_slices(gpus, waiting_requests(list(jobs.values()), set(), NOW, nodes=nodes, gpu_nodes=nodes),
+                          PolicyConfig(), node_states(nodes, nodes, jobs, []))
+    assert [b.reason for b in result.blocked] == ["every GPU is drained or down (Slurm reports node a1 drain)"]
