@@ -1,12 +1,14 @@
 """What we know about NVIDIA GPU models: used to simulate GPUs and to score heterogeneous ones, and
 how many MPS clients a GPU of each generation takes.
 
-``speed`` is dense FP16 tensor throughput relative to an A100 (vendor datasheets, rounded); sites with
-measured performance curves override it per model in the placement config.
+``speed`` is dense FP16 tensor throughput relative to an A100 (vendor datasheets, without sparsity,
+rounded); a site sets its own per model with ``GpuSpeed`` in slurm-vgpu.conf, which comes first.
+A model in neither has no speed: the agent says so and ``doctor`` warns, and it counts as an A100.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -23,10 +25,16 @@ class GpuModel:
 MODELS: dict[str, GpuModel] = {
     m.short: m
     for m in (
-        GpuModel("h100", "NVIDIA H100 80GB HBM3", 132, 81559, "9.0", 3.2),
-        GpuModel("a100", "NVIDIA A100-SXM4-40GB", 108, 40960, "8.0", 1.0),
-        GpuModel("l40s", "NVIDIA L40S", 142, 46068, "8.9", 1.2),
-        GpuModel("t4", "Tesla T4", 40, 15360, "7.5", 0.21),
+        GpuModel("h200", "NVIDIA H200", 132, 143771, "9.0", 3.2),  # 989 TFLOPS, as the H100
+        GpuModel("h100", "NVIDIA H100 80GB HBM3", 132, 81559, "9.0", 3.2),  # 989
+        GpuModel("a100", "NVIDIA A100-SXM4-40GB", 108, 40960, "8.0", 1.0),  # 312
+        GpuModel("l40s", "NVIDIA L40S", 142, 46068, "8.9", 1.2),  # 362
+        GpuModel("l40", "NVIDIA L40", 142, 46068, "8.9", 0.58),  # 181
+        GpuModel("a30", "NVIDIA A30", 56, 24576, "8.0", 0.53),  # 165
+        GpuModel("a10", "NVIDIA A10", 72, 23028, "8.6", 0.4),  # 125
+        GpuModel("l4", "NVIDIA L4", 58, 23034, "8.9", 0.39),  # 121
+        GpuModel("v100", "Tesla V100-SXM2-32GB", 80, 32768, "7.0", 0.4),  # 125
+        GpuModel("t4", "Tesla T4", 40, 15360, "7.5", 0.21),  # 65
     )
 }
 
@@ -39,9 +47,16 @@ def short_name(nvml_name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", chosen)
 
 
-def speed_of(short: str) -> float:
+UNKNOWN_SPEED = 1.0  # what a model of no known speed counts as: the reference, an A100
+
+
+def speed_of(short: str, site: Mapping[str, float] = {}) -> tuple[float, str]:
+    """(speed, where it comes from): the site's ``GpuSpeed``, else the datasheet table, else
+    :data:`UNKNOWN_SPEED` from ``"unknown"``."""
+    if short in site:
+        return site[short], "GpuSpeed"
     model = MODELS.get(short)
-    return model.speed if model else 1.0
+    return (model.speed, "datasheet") if model else (UNKNOWN_SPEED, "unknown")
 
 
 # An MPS server takes at most this many client CUDA contexts per GPU: 48 on Volta (compute

@@ -23,6 +23,7 @@ from sqlalchemy.engine import URL
 from . import render
 from .adapters import slurm
 from .adapters.gpus import InventoryError, inventory_from
+from .catalog import UNKNOWN_SPEED, speed_of
 from .config import Config
 from .db import engine as db
 
@@ -63,6 +64,7 @@ def run_checks(config: Config, database_url: URL) -> list[Check]:
         lambda: check_prolog_epilog(node),
         lambda: check_mps(config),
         lambda: check_gpus(config),
+        lambda: check_speeds(config),
         lambda: check_run_dir(config.run_dir),
         lambda: check_database(database_url),
     ]
@@ -191,6 +193,24 @@ def check_gpus(config: Config) -> Check:
         return Check("gpus", WARN, f"no GPUs found ({source})", "check the driver (nvidia-smi)")
     models = ", ".join(f"{n}x {m}" for m, n in sorted(Counter(g.model for g in gpus).items()))
     return Check("gpus", OK, f"{len(gpus)} GPUs through {'NVML' if source == 'nvml' else source}: {models}")
+
+
+def check_speeds(config: Config) -> Check:
+    """Each model's speed and where it comes from; a model of none counts as an A100, which
+    misplaces latency slices and reference-unit shares: that is a warning."""
+    try:
+        models = sorted({g.model for g in inventory_from(config.inventory_for(config.node)).gpus()})
+    except (InventoryError, ImportError):
+        return Check("speed", WARN, "the GPUs cannot be read (see the gpus check)")
+    speeds = {m: speed_of(m, config.gpu_speeds) for m in models}
+    unknown = [m for m, (_, source) in speeds.items() if source == "unknown"]
+    if unknown:
+        return Check("speed", WARN, "; ".join(f"GPU model {m} has no known speed and counts as an A100 "
+                                              f"({UNKNOWN_SPEED:g})" for m in unknown),
+                     "add GpuSpeed=" + ",".join(f"{m}:<throughput relative to an A100>" for m in unknown)
+                     + " to slurm-vgpu.conf")
+    return Check("speed", OK, ", ".join(f"{m} {speed:g} ({source})" for m, (speed, source) in speeds.items())
+                 or "no GPUs")
 
 
 def check_run_dir(run_dir: Path) -> Check:

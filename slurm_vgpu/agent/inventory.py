@@ -2,23 +2,37 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import sqlalchemy as sa
 
 from .. import __version__
 from ..adapters.gpus import GpuInventory
+from ..catalog import UNKNOWN_SPEED, speed_of
 from ..db import store
 from ..db.engine import session_scope
 
 log = logging.getLogger("slurm_vgpu.agent")
 
 
-def register(engine: sa.Engine, node: str, inventory: GpuInventory, mps_max_clients: int | None = None) -> int:
+def register(engine: sa.Engine, node: str, inventory: GpuInventory, mps_max_clients: int | None = None,
+             speeds: Mapping[str, float] = {}) -> int:
     """Read the GPUs (NVML or the simulated file) and record them, each with its client limit (the
-    site's ``MpsMaxClients`` where lower than its MPS server's); returns how many."""
+    site's ``MpsMaxClients`` where lower than its MPS server's) and its speed (the site's
+    ``GpuSpeed``, else the datasheet's); returns how many. A model of no known speed is said
+    aloud: it counts as an A100, which may be far from the truth."""
     gpus = inventory.gpus()
     with session_scope(engine) as session:
-        store.register_node(session, node, gpus, __version__, mps_max_clients)
+        store.register_node(session, node, gpus, __version__, mps_max_clients, speeds)
         store.log_event(session, "agent-registered", f"{node}: {len(gpus)} GPUs", node=node)
+        for model in sorted({g.model for g in gpus if speed_of(g.model, speeds)[1] == "unknown"}):
+            why = unknown_speed(model)
+            log.warning("%s: %s", node, why)
+            store.log_event(session, "gpu-speed-unknown", why, node=node)
     log.info("registered %s with %d GPUs", node, len(gpus))
     return len(gpus)
+
+
+def unknown_speed(model: str) -> str:
+    return (f"GPU model {model} has no speed in GpuSpeed or the datasheet table, so it counts as an A100 "
+            f"(speed {UNKNOWN_SPEED:g}); add GpuSpeed={model}:<its throughput relative to an A100> to slurm-vgpu.conf")

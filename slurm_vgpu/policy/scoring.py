@@ -102,14 +102,15 @@ def _fgd_score(node: NodeView, positions: tuple[int, ...], ask: Ask, ctx: Contex
 
 
 def _class_fit(gpu: GpuState, ask: Ask) -> tuple:
-    """Soft SLO preferences: latency slices want few co-tenants; best-effort fills GPUs already in
-    use and keeps off latency slices' GPUs; throughput just packs."""
+    """Soft SLO preferences: latency slices want few co-tenants, then the fastest GPU (its speed:
+    the site's GpuSpeed or the datasheet's); best-effort fills GPUs already in use and keeps off
+    latency slices' GPUs; throughput just packs."""
     cls = ask.request.slo_class
     if cls is SloClass.LATENCY:
-        return (-len(gpu.classes), False)
+        return (-len(gpu.classes), gpu.speed)
     if cls is SloClass.BEST_EFFORT:
         return (SloClass.LATENCY not in gpu.classes, gpu.used > 0)
-    return (0, False)
+    return (0, 0)
 
 
 def _ours_score(node: NodeView, positions: tuple[int, ...], ask: Ask, ctx: Context) -> tuple:

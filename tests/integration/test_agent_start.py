@@ -29,7 +29,7 @@ def test_an_agent_waits_for_its_database_to_register(monkeypatch):
     engine = db.make_engine(url, poolclass=sa.pool.NullPool)
     tries = []
 
-    def register(engine, node, inventory, mps_max_clients):  # the real one reads the GPUs first; here only the database
+    def register(engine, node, inventory, *settings):  # the real one reads the GPUs first; here only the database
         tries.append(time.monotonic())
         engine.connect().close()
 

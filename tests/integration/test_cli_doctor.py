@@ -65,9 +65,9 @@ def test_a_ready_node_passes_every_check(cli, node):
     code, checks = statuses(cli)
     assert {name: c["status"] for name, c in checks.items()} == {
         "slurm": "OK", "plugstack": "OK", "spank": "OK", "prolog": "OK", "mps": "OK", "gpus": "OK",
-        "run-dir": "OK", "database": "OK"}
+        "speed": "OK", "run-dir": "OK", "database": "OK"}
     assert code == 0
-    assert "2 GPUs" in checks["gpus"]["message"]
+    assert "2 GPUs" in checks["gpus"]["message"] and checks["speed"]["message"] == "h100 3.2 (datasheet)"
     assert spank_built_for(node["plugin"]) == slurmd_version()
 
 
@@ -104,3 +104,19 @@ def test_unreachable_database_and_missing_run_dir_fail(cli, node):
     assert code == 1
     assert checks["run-dir"]["status"] == "FAIL" and checks["run-dir"]["fix"].startswith("install -d -o root")
     assert checks["database"]["status"] == "FAIL" and "127.0.0.1:1/x" in checks["database"]["message"]
+
+
+def test_a_gpu_model_of_no_known_speed_is_a_warning_that_says_what_to_add(cli, node):
+    doc = json.loads(GOLDEN_INVENTORY.read_text())
+    doc["gpus"][1].update(name="NVIDIA B200", model="b200")  # no datasheet entry yet
+    inventory = node["tmp"] / "gpu01.json"
+    inventory.write_text(json.dumps(doc))
+    cli.config.write_text(cli.config.read_text().replace(str(GOLDEN_INVENTORY), str(inventory)))
+    code, checks = statuses(cli)
+    assert code == 0 and checks["speed"]["status"] == "WARN"
+    assert "b200 has no known speed and counts as an A100" in checks["speed"]["message"]
+    assert checks["speed"]["fix"] == "add GpuSpeed=b200:<throughput relative to an A100> to slurm-vgpu.conf"
+    cli.config.write_text(cli.config.read_text() + "GpuSpeed=b200:7.2,h100:3.0\n")
+    code, checks = statuses(cli)
+    assert checks["speed"]["status"] == "OK"
+    assert checks["speed"]["message"] == "b200 7.2 (GpuSpeed), h100 3 (GpuSpeed)"

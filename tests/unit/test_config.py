@@ -81,7 +81,8 @@ def test_a_key_near_no_other_is_refused_with_every_key():
 
 
 def test_render_writes_every_key_it_can_read_back():
-    config = Config(node_name="gpu01", reference_model="a100", hpc_job_mapping_dir="/run/map/%n", mps_max_clients=20)
+    config = Config(node_name="gpu01", reference_model="a100", hpc_job_mapping_dir="/run/map/%n", mps_max_clients=20,
+                    gpu_speed=(("h200", 3.4), ("l4", 0.39)))
     text = render(config)
     assert {line.split("=", 1)[0] for line in text.splitlines()[1:]} == set(KEYS) - {"SlurmConf"}
     assert parse(text) == config
@@ -119,3 +120,11 @@ def test_the_standalone_check_exits_2_with_the_first_error(misspelt):
     assert (bad.returncode, bad.stderr) == (2, f"{misspelt}:3: unknown key 'SloGaurd'; did you mean 'SloGuard'?\n")
     good = subprocess.run([*check, "-"], input="PlaceBatch=4\n", capture_output=True, text=True, timeout=60)
     assert (good.returncode, good.stderr) == (0, "")
+
+
+def test_gpu_speeds_read_as_model_speed_pairs_and_a_malformed_one_says_what_to_write():
+    assert parse("GpuSpeed=H200:3.4, l4:0.39\n").gpu_speeds == {"h200": 3.4, "l4": 0.39}
+    for bad in ("h200", "h200:fast", "h200:0", ":3", "h200:inf"):
+        with pytest.raises(ConfigError, match=r"^slurm-vgpu.conf:1: GpuSpeed: .* is not model:speed; write e.g. "
+                                              r"GpuSpeed=h200:3.4,l4:0.39 \(each model's throughput relative"):
+            parse(f"GpuSpeed={bad}\n")

@@ -322,3 +322,17 @@ def test_a_whole_gpu_request_waits_while_every_gpu_carries_a_slice():
     b = only_blocked(place_slices([gpu(index=0, used=5), gpu(index=1, used=1)], [req(share=100, whole=True)],
                                   PolicyConfig()))
     assert b.reason == "needs a whole GPU that carries no slice; no eligible GPU is free" and not b.never
+
+
+def test_a_latency_slice_takes_the_fastest_gpu_among_equals_and_a_throughput_one_node_order():
+    """Speeds are the GPUs' own (the site's GpuSpeed or the datasheet's): with the T4 said to be the
+    faster, the latency slice goes there instead."""
+    gpus = [GpuState("t4", "n0", 0, "T4", 15360, speed=0.21), GpuState("h100", "n1", 0, "H100", 81920, speed=3.2)]
+    latency, throughput = Request("a", 30, slo_class=SloClass.LATENCY), Request("b", 30)
+    for policy in ("ours", "fgd", "first-fit", "best-fit"):
+        config = PolicyConfig(policy=policy)
+        (decision,) = place_slices(gpus, [latency], config).decisions
+        assert decision.gpu_uuids == (("h100",) if policy == "ours" else ("t4",)), policy
+        assert place_slices(gpus, [throughput], config).decisions[0].gpu_uuids == ("t4",)
+    flipped = [replace(gpus[0], speed=5.0), gpus[1]]
+    assert place_slices(flipped, [latency], PolicyConfig()).decisions[0].gpu_uuids == ("t4",)
