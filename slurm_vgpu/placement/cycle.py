@@ -172,9 +172,10 @@ def cycle_gpus(session, config: Config, unusable: Mapping[str, str]) -> list[Gpu
 
 def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
                      refused: Mapping[int, set[str]] = {}, nodes: Mapping[str, Node] | None = None,
-                     gpu_nodes: Iterable[str] = ()) -> list[Request]:
+                     gpu_nodes: Iterable[str] = (), class_priority: Mapping[str, int] = {}) -> list[Request]:
     """Unplaced vgpu jobs that only their placement keeps from starting, as policy requests, in
-    Slurm's priority order (then oldest first).
+    Slurm's priority order, each raised by its class's weight (``class_priority``: the site's
+    ClassPriority), then oldest first.
 
     A job Slurm itself would not start yet (held, its dependency unmet, its --begin ahead) is left
     out: a pin would hold a GPU no job uses. So is the record of an array's tasks not yet split
@@ -190,7 +191,8 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
         if j.state == "PENDING" and j.request.state == UNPLACED and j.job_id not in placed_jobs
         and not j.holds_array_tasks and j.waits_on_slurm(now_s) is None and j.user_id not in at_limit
     ]
-    waiting.sort(key=lambda j: (-j.priority, j.submit_time, j.array_task_id or 0, j.job_id))
+    waiting.sort(key=lambda j: (-(j.priority + class_priority.get(j.request.slo_class, 0)), j.submit_time,
+                                j.array_task_id or 0, j.job_id))
     waiting = _within_throttles(waiting, jobs, placed_jobs)
     every = frozenset(gpu_nodes)
 
@@ -383,7 +385,8 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
         gpus = cycle_gpus(session, config, unusable)
         refused = store.refused_nodes(session, {j.job_id: j.submit_time for j in jobs.values()}, now - REFUSAL_MEMORY)
         gpu_nodes = {g.node for g in gpus}
-        requests = waiting_requests(list(jobs.values()), placed_jobs, now.timestamp(), refused, nodes, gpu_nodes)
+        requests = waiting_requests(list(jobs.values()), placed_jobs, now.timestamp(), refused, nodes, gpu_nodes,
+                                    config.class_priorities)
         room = node_states(nodes, gpu_nodes, jobs, store.pinned_nodes(session))
         placer = kept.for_cycle(session, requests, gpus, room)
     blocked: list[Blocked] = [Blocked(str(job_id), reason) for job_id, reason in blocked_by.items()]

@@ -82,7 +82,7 @@ def test_a_key_near_no_other_is_refused_with_every_key():
 
 def test_render_writes_every_key_it_can_read_back():
     config = Config(node_name="gpu01", reference_model="a100", hpc_job_mapping_dir="/run/map/%n", mps_max_clients=20,
-                    gpu_speed=(("h200", 3.4), ("l4", 0.39)))
+                    gpu_speed=(("h200", 3.4), ("l4", 0.39)), class_priority=(("latency", 10000), ("best-effort", -500)))
     text = render(config)
     assert {line.split("=", 1)[0] for line in text.splitlines()[1:]} == set(KEYS) - {"SlurmConf"}
     assert parse(text) == config
@@ -125,6 +125,15 @@ def test_the_standalone_check_exits_2_with_the_first_error(misspelt):
 def test_gpu_speeds_read_as_model_speed_pairs_and_a_malformed_one_says_what_to_write():
     assert parse("GpuSpeed=H200:3.4, l4:0.39\n").gpu_speeds == {"h200": 3.4, "l4": 0.39}
     for bad in ("h200", "h200:fast", "h200:0", ":3", "h200:inf"):
-        with pytest.raises(ConfigError, match=r"^slurm-vgpu.conf:1: GpuSpeed: .* is not model:speed; write e.g. "
-                                              r"GpuSpeed=h200:3.4,l4:0.39 \(each model's throughput relative"):
+        with pytest.raises(ConfigError, match=r"^slurm-vgpu.conf:1: GpuSpeed: .* is not model:speed \(each model's "
+                                              r"throughput relative to an A100's, above 0\); write e.g. GpuSpeed=h200:3.4,l4:0.39$"):
             parse(f"GpuSpeed={bad}\n")
+
+
+def test_class_priorities_name_classes_with_whole_numbers():
+    assert parse("ClassPriority=Latency:10000,best-effort:-10000\n").class_priorities == {
+        "latency": 10000, "best-effort": -10000}
+    for bad in ("latency", "urgent:5", "latency:1.5"):
+        with pytest.raises(ConfigError, match=r"ClassPriority: .* is not class:weight \(a class of latency, throughput, "
+                                              r"best-effort and a whole number\); write e.g. ClassPriority=latency:10000"):
+            parse(f"ClassPriority={bad}\n")

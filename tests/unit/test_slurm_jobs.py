@@ -49,6 +49,15 @@ def test_waiting_jobs_are_placed_in_slurms_priority_order_then_oldest_first():
     assert [r.job_id for r in waiting_requests(jobs, set(), NOW)] == ["3", "2", "1"]
 
 
+def test_a_class_weight_raises_or_lowers_slurms_priority_in_the_placement_order():
+    latency = "vgpu-state=unplaced share=30 class=latency"
+    best_effort = "vgpu-state=unplaced share=30 class=best-effort"
+    jobs = [squeue_job(1, best_effort, priority=500), squeue_job(2, priority=400), squeue_job(3, latency, priority=100)]
+    assert [r.job_id for r in waiting_requests(jobs, set(), NOW)] == ["1", "2", "3"]
+    weights = {"latency": 1000, "best-effort": -200}
+    assert [r.job_id for r in waiting_requests(jobs, set(), NOW, class_priority=weights)] == ["3", "2", "1"]
+
+
 def test_a_user_whose_pin_slurm_holds_for_a_qos_limit_gets_no_new_pin_until_it_starts():
     held = squeue_job(1, comment="vgpu-state=pinned share=50 class=throughput gpu=GPU-1",
                       tres_per_node="gres:vgpu:a100_1:50", state_reason="QOSMaxGRESPerUser")
