@@ -95,12 +95,12 @@ class Placer:
                    res.cpu_milli_free if res else None, res.memory_mib_free if res else None)
             if now != (view.gpus, view.cpu_milli_free, view.memory_mib_free):
                 changed.append((rank, NodeView(view.name, *now)))
-        if not changed:
-            return 0
         after = list(views)
         for rank, view in changed:
             after[rank] = view
         ctx = self.state.ctx
+        # the scales too may have moved with no node changed since: the placer's own decisions
+        # (CPU taken on the node of most free CPU) move them, and a fresh placer reads them anew
         if _scales(after, self.config) != (ctx.reference_speed, ctx.cpu_scale, ctx.gpu_scale):
             self._build(after)
         else:

@@ -73,6 +73,22 @@ def test_a_kept_placer_decides_as_a_fresh_one_cycle_after_cycle(cluster, cycles,
         gpus, nodes = data.draw(outside_changes(gpus, nodes))
 
 
+def test_a_kept_placer_rescales_when_its_own_decisions_moved_the_most_free_cpu():
+    """Best-fit weighs CPU left over against the most free CPU of any node: once the placer's own
+    decisions took CPU on that node, a sync with nothing else changed must read the scale anew, as
+    a fresh placer does (a CPU-only task went to the other node when it did not)."""
+    gpus = [GpuState("n0-0", "n0", 0, "H100", 40960, used=20, user=1), GpuState("n1-0", "n1", 0, "H100", 40960)]
+    nodes = [NodeState("n1", 64000, 0)]  # n0 does not report its CPU
+    config = PolicyConfig(policy="best-fit")
+    placer = Placer(gpus, config, nodes)
+    first = [Request("a", 90, user=1, cpu_milli=32000, nodes=frozenset({"n1"}))]
+    gpus, nodes = applied(gpus, nodes, placer.place(first), first)
+    assert nodes == [NodeState("n1", 32000, 0)] and placer.sync(gpus, nodes) == 0
+    cpu_only = [Request("b", 10, user=1, gpus=0)]
+    assert placer.place(cpu_only) == place_slices(gpus, cpu_only, config, nodes)
+    assert place_slices(gpus, cpu_only, config, nodes).decisions[0].node == "n0"
+
+
 def test_sync_regroups_only_the_nodes_that_changed():
     gpus = [GpuState(f"n{n}-{i}", f"n{n}", i, "H100", 81920) for n in range(4) for i in range(2)]
     placer = Placer(gpus, PolicyConfig())
