@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -123,10 +124,11 @@ class Job:
         if self.dependency:
             return f"waits for its dependency {self.dependency}"
         if self.request is not None and self.request.begin is not None and self.request.begin > now_s:
-            return f"waits for its --begin time ({self.request.begin})"
+            return f"waits for its --begin time ({time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(self.request.begin))})"
         if self.restarts and now_s < self.submit_time + REQUEUE_DELAY_S:
+            again = time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(self.submit_time + REQUEUE_DELAY_S))
             return (f"requeued; Slurm starts a requeued job again {REQUEUE_DELAY_S} s after its requeue "
-                    f"at the earliest ({self.submit_time + REQUEUE_DELAY_S})")
+                    f"at the earliest ({again})")
         return None
 
 

@@ -170,6 +170,15 @@ def cycle_gpus(session, config: Config, unusable: Mapping[str, str]) -> list[Gpu
     ]
 
 
+def waiting_on_slurm(jobs: Iterable[Job], placed_jobs: set[int], now_s: float) -> list[Blocked]:
+    """The unplaced vgpu jobs that Slurm itself would not start yet (held, a dependency, --begin),
+    each with why: it becomes the job's reason, since the placement leaves them alone (a held job
+    stays held, after a failed prolog or a slurmctld restart too, until someone releases it)."""
+    return [Blocked(str(j.job_id), why) for j in jobs
+            if j.state == "PENDING" and j.request.state == UNPLACED and j.job_id not in placed_jobs
+            and not j.holds_array_tasks and (why := j.waits_on_slurm(now_s)) is not None]
+
+
 def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
                      refused: Mapping[int, set[str]] = {}, nodes: Mapping[str, Node] | None = None,
                      gpu_nodes: Iterable[str] = (), class_priority: Mapping[str, int] = {}) -> list[Request]:
@@ -390,6 +399,7 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
         room = node_states(nodes, gpu_nodes, jobs, store.pinned_nodes(session))
         placer = kept.for_cycle(session, requests, gpus, room)
     blocked: list[Blocked] = [Blocked(str(job_id), reason) for job_id, reason in blocked_by.items()]
+    blocked += waiting_on_slurm(jobs.values(), placed_jobs, now.timestamp())
     submit_times = {j.job_id: j.submit_time for j in jobs.values()}
     with placement_writer(engine) as writer:
         new = [row for rows in commit_as_decided(writer, placer.decide(requests), requests, config.place_batch,

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from ..conftest import TEST_SLURM, slurm
-from .jobs import ensure_user, job, output, submit, submit_fails, wait_for
+from .jobs import ensure_user, job, output, submit, submit_fails, wait_for, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -85,6 +85,11 @@ def test_jobs_slurm_would_not_start_hold_no_gpu(cluster, cluster_engine):
         victim = submit(cluster, "--gres=vgpu:a100:20", script="true", user=VICTIM)
         assert wait_for(cluster, [victim], timeout=60)[victim]["JobState"] == "COMPLETED"
         assert placements_of(cluster_engine, [*later, held]) == []
+        # Each says why it waits: Slurm's own reason, and what to do about a hold.
+        wait_until("the held job's reason",
+                   lambda: f'wait="held (JobHeldUser); release it with scontrol release {held}"'
+                   in job(cluster, held)["AdminComment"])
+        assert 'wait="waits for its --begin time (' in job(cluster, later[0])["AdminComment"]
         # Once Slurm would start them, they are placed like any other.
         assert wait_for(cluster, [after], timeout=90)[after]["JobState"] == "COMPLETED"
         slurm(cluster, "scontrol", "release", str(held), user=ATTACKER)

@@ -3,10 +3,12 @@ which nodes, and what it takes from a pinned job's GRES. Jobs are built as ``squ
 shows them."""
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from slurm_vgpu.adapters.slurm import Node, Slurm, _job, array_task_ids, node_room, parse_request
-from slurm_vgpu.placement.cycle import array_splits, node_states, pinned_gres, pins, unusable_nodes, waiting_requests
+from slurm_vgpu.placement.cycle import (array_splits, node_states, pinned_gres, pins, unusable_nodes, waiting_on_slurm,
+                                       waiting_requests)
 from slurm_vgpu.policy import GpuState, NodeState, PolicyConfig, place_slices
 
 NOW = 1_800_000_000
@@ -28,7 +30,7 @@ def test_a_job_slurm_itself_would_not_start_says_why_and_is_not_placed():
     ready = squeue_job(4, comment=f"vgpu-state=unplaced share=30 class=throughput begin={NOW - 1}")
     assert "scontrol release 1" in held.waits_on_slurm(NOW)
     assert "afterok:9(unfulfilled)" in waiting_on.waits_on_slurm(NOW)
-    assert str(NOW + 600) in later.waits_on_slurm(NOW)
+    assert time.strftime("(%Y-%m-%dT%H:%M:%S)", time.localtime(NOW + 600)) in later.waits_on_slurm(NOW)
     assert ready.waits_on_slurm(NOW) is None
     requests = waiting_requests([held, waiting_on, later, ready], set(), NOW)
     assert [r.job_id for r in requests] == ["4"]
@@ -42,6 +44,17 @@ def test_a_requeued_job_is_placed_no_sooner_than_slurm_would_start_it_again():
     assert waiting_requests([requeued], set(), NOW) == []
     assert requeued.waits_on_slurm(NOW + 61) is None
     assert squeue_job(6, restart_cnt=0, submit_time=NOW - 60).waits_on_slurm(NOW) is None
+
+
+def test_jobs_slurm_would_not_start_are_told_why_unless_placed_or_an_arrays_record():
+    held = squeue_job(1, priority=0, state_reason="JobHeldUser")
+    waiting_on = squeue_job(2, dependency="afterok:9(unfulfilled)", state_reason="Dependency")
+    placed_held = squeue_job(3, priority=0, state_reason="JobHeldAdmin")
+    array = squeue_job(4, priority=0, array_job_id=4, array_task_string="1-3")
+    told = waiting_on_slurm([held, waiting_on, placed_held, array, squeue_job(5)], {3}, NOW)
+    assert [(b.job_id, b.reason, b.never) for b in told] == [
+        ("1", "held (JobHeldUser); release it with scontrol release 1", False),
+        ("2", "waits for its dependency afterok:9(unfulfilled)", False)]
 
 
 def test_waiting_jobs_are_placed_in_slurms_priority_order_then_oldest_first():
