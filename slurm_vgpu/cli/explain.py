@@ -15,7 +15,7 @@ import click
 from ..adapters.slurm import Job
 from ..db import store
 from ..placement.cycle import node_states, policy_config, typical_workload, waiting_requests
-from ..policy import GpuState, PlacementResult, place_slices
+from ..policy import GpuState, NodeState, PlacementResult, Request, place_slices
 from ..policy.rules import GPU_RULES, Ask
 from ..policy.units import reference_speed
 from .output import Column, document, echo_json, echo_table, gib, json_option
@@ -56,6 +56,17 @@ def why_not(record: dict, state: GpuState, ask: Ask) -> tuple[str | None, str]:
             words = WHY_NOT.get(rule.name)
             return rule.name, words(record, state, ask) if words else f"fails the policy's {rule.name} rule"
     return None, "fits now"
+
+
+def node_short(node: NodeState | None, req: Request) -> str | None:
+    """What a GPU that passes every rule lacks on its node (CPUs, memory), in words; None: nothing."""
+    if node is None:
+        return None
+    if node.cpu_milli_free is not None and req.cpu_milli > node.cpu_milli_free:
+        return f"its node has {node.cpu_milli_free / 1000:g} CPUs free; the job needs {req.cpu_milli / 1000:g}"
+    if node.memory_mib_free is not None and req.node_memory_mib > node.memory_mib_free:
+        return f"its node has {gib(node.memory_mib_free)} of memory free; the job needs {gib(req.node_memory_mib)}"
+    return None
 
 
 GPU_COLUMNS = (
@@ -99,8 +110,12 @@ def explain(runtime: Runtime, job_id: int, as_json: bool) -> None:
         config = policy_config(runtime.config)
         ask = Ask(requests[0], config, reference_speed(states, config))
         by_uuid = {s.uuid: s for s in states}
+        room_of = {n.name: n for n in room}
         for record in records:
             record["rule"], record["why"] = why_not(record, by_uuid[record["uuid"]], ask)
+            short = record["rule"] is None and node_short(room_of.get(record["node"]), ask.request)
+            if short:
+                record["rule"], record["why"] = "node", short
         verdict = _waiting_verdict(place_slices(states, requests, config, room, workload=[(r, 1.0) for r in workload]),
                                    records)
     else:

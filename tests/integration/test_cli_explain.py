@@ -104,3 +104,6 @@ def test_a_job_waiting_for_cpus_beside_its_gpu_is_told_so_counting_jobs_pinned_a
     doc = cli.json("explain", "77")
     assert doc["verdict"]["placeable"] is False and doc["verdict"]["never"] is False
     assert doc["verdict"]["reason"] == "needs 4 CPUs on a node with a fitting GPU; the most free is 2"
+    why = {(g["node"], g["index"]): (g["rule"], g["why"]) for g in doc["gpus"]}
+    assert why[("gpu02", 1)] == ("node", "its node has 2 CPUs free; the job needs 4")
+    assert why[("gpu01", 0)] == ("node", "its node has 2 CPUs free; the job needs 4")
