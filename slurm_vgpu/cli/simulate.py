@@ -86,7 +86,7 @@ def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str
         plot_allocation(runs, plot_path, arrival_max)
     if as_json:
         click.echo(json.dumps({
-            "nodes": str(nodes_path), "pods": str(pods_path), "gpus": len(cluster.gpus),
+            "nodes": Path(nodes_path).name, "pods": Path(pods_path).name, "gpus": len(cluster.gpus),
             "tasks": len(pods), "users": users, "user_skew": user_skew,
             "arrival_max": arrival_max, "runs": [asdict(r) for r in runs],
             "summary": summary(runs),
