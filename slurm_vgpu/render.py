@@ -28,6 +28,7 @@ class NodeSpec:
     memory_mib: int = 8192
     port: int | None = None  # per-node slurmd port (dev cluster only)
     address: str | None = None
+    features: tuple[str, ...] = ()  # slurm.conf Features= (what --constraint selects)
 
     @property
     def gres(self) -> str:

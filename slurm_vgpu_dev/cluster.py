@@ -109,7 +109,8 @@ class Cluster:
 
     def nodes(self) -> list[NodeSpec]:
         return [
-            NodeSpec(n.name, n.gpus, n.cpus, n.memory_mib, port=self.port + 1 + i, address="127.0.0.1")
+            NodeSpec(n.name, n.gpus, n.cpus, n.memory_mib, port=self.port + 1 + i, address="127.0.0.1",
+                     features=n.features)
             for i, n in enumerate(load_layout(self.layout))
         ]
 

@@ -17,7 +17,8 @@ class LayoutError(ValueError):
 
 
 def load_layout(path: Path | str = DEFAULT_LAYOUT) -> list[NodeSpec]:
-    """Parse a layout TOML: ``[[node]] name = "node1"  gpus = { h100 = 4 }  cpus = 4  memory_mib = 8192``."""
+    """Parse a layout TOML: ``[[node]] name = "node1"  gpus = { h100 = 4 }  cpus = 4  memory_mib = 8192
+    features = ["ib"]``."""
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text())
@@ -43,6 +44,7 @@ def load_layout(path: Path | str = DEFAULT_LAYOUT) -> list[NodeSpec]:
                 gpus=tuple(simulated_gpu(name, i, m) for i, m in enumerate(gpus)),
                 cpus=int(entry.get("cpus", 4)),
                 memory_mib=int(entry.get("memory_mib", 8192)),
+                features=tuple(str(f) for f in entry.get("features", ())),
             )
         )
     if not nodes:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import hostlist
+from .features import ConstraintError, satisfies
 from ..contract import HOLD_DAYS, UNPLACED, VgpuRequest, parse_request, quote
 
 # States of a job that will not run again (unless requeued by someone).
@@ -30,12 +31,14 @@ class SlurmError(RuntimeError):
 @dataclass(frozen=True)
 class Node:
     """A node as ``sinfo`` shows it: compact state (``idle``, ``mix``, ``drain``, ``down*``...), the
-    partitions it belongs to, its idle CPUs and its memory not allocated to jobs (None: unknown)."""
+    partitions it belongs to, its idle CPUs and its memory not allocated to jobs (None: unknown),
+    and its features."""
 
     state: str
     partitions: frozenset[str]
     cpus_idle: int | None = None
     memory_free_mib: int | None = None
+    features: frozenset[str] = frozenset()  # its available features (slurm.conf Features=)
 
     def has_room(self, cpus: int, memory_mib: int | None) -> bool:
         """Whether Slurm could start a job of ``cpus`` CPUs and ``memory_mib`` (per node) here now."""
@@ -64,6 +67,7 @@ class Job:
     reason: str = ""  # Slurm's state_reason: BeginTime, Dependency, JobHeldUser, ...
     partition: str = ""  # the partitions it may run in, comma-separated
     excluded_nodes: str = ""  # --exclude, a hostlist
+    features: str = ""  # --constraint, as Slurm keeps it
     # Job arrays (docs/slurm-behaviour.md): every task that Slurm has split off into its own record
     # (by an update of that task, or by starting it) has its own job_id and array_task_id; the
     # array's other pending tasks share one record, whose job_id is the array's and whose
@@ -96,10 +100,17 @@ class Job:
         return array_task_ids(self.array_tasks)
 
     def allowed_nodes(self, nodes: Mapping[str, Node]) -> frozenset[str]:
-        """The nodes Slurm would run it on, by its partitions, --exclude and --nodelist (the
-        placement sets NodeList itself, so the user's own is kept in the AdminComment)."""
+        """The nodes Slurm would run it on, by its partitions, --constraint, --exclude and
+        --nodelist (the placement sets NodeList itself, so the user's own is kept in the
+        AdminComment). A constraint this reading cannot follow narrows nothing: Slurm took it at
+        submit, and would refuse a pin where it does not hold (the node is then left out a while)."""
         partitions = set(filter(None, self.partition.split(",")))
         allowed = {name for name, node in nodes.items() if node.partitions & partitions} if partitions else set(nodes)
+        if self.features:
+            try:
+                allowed = {name for name in allowed if satisfies(self.features, nodes[name].features)}
+            except ConstraintError:
+                pass
         if self.excluded_nodes:
             allowed -= set(hostlist.expand(self.excluded_nodes))
         if self.request is not None and self.request.nodelist:
@@ -272,13 +283,15 @@ class Slurm:
         states: dict[str, str] = {}
         partitions: dict[str, set[str]] = {}
         room: dict[str, tuple[int | None, int | None]] = {}
+        features: dict[str, frozenset[str]] = {}
         for line in self._run("sinfo", "--noheader", "--Node", f"--Format={NODE_FIELDS}").splitlines():
             if line.strip():
-                name, state, partition, cpus, memory, allocated = (f.strip() for f in line.split("|")[:6])
+                name, state, partition, cpus, memory, allocated, listed = (f.strip() for f in line.split("|")[:7])
                 states[name] = state
                 partitions.setdefault(name, set()).add(partition.rstrip("*"))
                 room[name] = node_room(cpus, memory, allocated)
-        return {name: Node(states[name], frozenset(partitions[name]), *room[name]) for name in states}
+                features[name] = frozenset(f for f in listed.split(",") if f and f != "(null)")
+        return {name: Node(states[name], frozenset(partitions[name]), *room[name], features[name]) for name in states}
 
     def annotate(self, job: Job, note: str) -> None:
         """Tell a running vgpu job's user what the node agent did to it: ``agent="<note>"`` after
@@ -298,7 +311,8 @@ def array_task_ids(text: str) -> list[int]:
 
 
 # sinfo --Format: every field wide enough, each ended by "|" (a node per line and partition)
-NODE_FIELDS = "NodeList:100|,StateCompact:30|,Partition:100|,CPUsState:40|,Memory:20|,AllocMem:20|"
+NODE_FIELDS = ("NodeList:100|,StateCompact:30|,Partition:100|,CPUsState:40|,Memory:20|,AllocMem:20|,"
+               "Features:400|")
 
 
 def node_room(cpus_state: str, memory: str, allocated: str) -> tuple[int | None, int | None]:
@@ -362,6 +376,7 @@ def _job(doc: dict) -> Job:
         reason=str(doc.get("state_reason") or ""),
         partition=doc.get("partition") or "",
         excluded_nodes=doc.get("excluded_nodes") or "",
+        features=doc.get("features") or "",
         array_job_id=number(doc.get("array_job_id")),
         array_task_id=task_id,
         array_tasks=tasks,

@@ -100,6 +100,7 @@ def test_nodes_and_their_reasons(release):
     # 16 CPUs and 8 GiB each; node2 runs one 1-CPU job; memory is no consumable resource (CR_Core)
     assert {name: (n.cpus_idle, n.memory_free_mib) for name, n in nodes.items()} == {
         "node1": (16, 8192), "node2": (15, 8192), "node3": (0, 8192)}
+    assert all(n.features == frozenset() for n in nodes.values())  # sinfo's "(null)": none
     assert slurm.node_reason("node3") == ("drain", "fixture: drained by an admin")
 
 
