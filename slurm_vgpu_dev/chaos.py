@@ -74,6 +74,7 @@ class Report:
     samples: int = 0
     faults: Counter = field(default_factory=Counter)
     admin_resumes: int = 0  # nodes Slurm drained for a duplicate job id, resumed after the faults
+    admin_restarts: int = 0  # slurmctld started with -i: it would not start on the state it had
 
     @property
     def held(self) -> bool:
@@ -84,7 +85,8 @@ class Report:
             f"jobs {self.jobs}: {self.completed_with_slice} completed with their slice, "
             f"{self.ended_with_reason} ended with a reason, {len(self.unfinished)} unfinished",
             f"faults: {', '.join(f'{k} x{v}' for k, v in sorted(self.faults.items())) or 'none'}; then, as an "
-            f"admin would, {self.admin_resumes} node(s) resumed that Slurm drained for a duplicate job id",
+            f"admin would, {self.admin_resumes} node(s) resumed that Slurm drained for a duplicate job id, "
+            f"{self.admin_restarts} slurmctld start(s) with -i",
             f"samples {self.samples}: {len(self.over_100)} over 100, {len(self.user_mixes)} user mixes "
             "(Slurm, slice files, and the Postgres replay)",
             f"ran without their slice: {len(self.ran_without_slice)} {self.ran_without_slice[:10]}",
@@ -153,7 +155,20 @@ class Chaos:
         time.sleep(self.rng.uniform(0.2, 2.0))
         devcluster.restart(self.cluster, service)
         if service == "slurmctld":
-            devcluster._wait_ctld(self.cluster, 60)
+            self.slurmctld_back()
+
+    def slurmctld_back(self) -> None:
+        """Until the restarted slurmctld answers. Killed before it first saved its associations'
+        usage (within a minute of its start), 26.05's slurmctld will not start again: "fatal: No
+        Assoc usage file (.../assoc_usage) to recover". An admin then starts it with -i (state
+        errors ignored), and so does the run, counting it."""
+        time.sleep(2)
+        entry = (devcluster._read_state(self.cluster) or {"services": {}})["services"].get("slurmctld")
+        log = self.cluster.dir / "log" / "slurmctld.log"
+        if entry and not devcluster._alive(entry) and "No Assoc usage file" in log.read_text()[-2000:]:
+            devcluster.restart(self.cluster, "slurmctld", ["-i"])
+            self.report.admin_restarts += 1
+        devcluster._wait_ctld(self.cluster, 60)
 
     def database_outage(self) -> None:
         allow_connections(self.cluster.database_url, False)

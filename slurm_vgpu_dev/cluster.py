@@ -21,8 +21,8 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from slurm_vgpu import config, render
@@ -583,8 +583,9 @@ def _write_state(cluster: Cluster, services: dict, complete: bool = False) -> No
 
 
 
-def restart(cluster: Cluster, name: str) -> int:
-    """Start one service again (after a crash, or a test's SIGKILL); returns its new PID."""
+def restart(cluster: Cluster, name: str, extra_args: Sequence[str] = ()) -> int:
+    """Start one service again (after a crash, or a test's SIGKILL), with ``extra_args`` after its
+    own; returns its new PID."""
     state = _read_state(cluster)
     if state is None:
         raise ClusterError(f"no cluster is up in {cluster.dir}")
@@ -595,6 +596,8 @@ def restart(cluster: Cluster, name: str) -> int:
     entry = state["services"].get(name)
     if entry and _alive(entry):
         _terminate(entry["pid"])
+    if extra_args:
+        service = replace(service, argv=[*service.argv, *extra_args])
     state["services"][name] = _start(cluster, service, state["services"])
     _write_state(cluster, state["services"], complete=state.get("complete", False))
     return state["services"][name]["pid"]
