@@ -153,22 +153,29 @@ class Chaos:
             except ProcessLookupError:
                 pass
         time.sleep(self.rng.uniform(0.2, 2.0))
-        devcluster.restart(self.cluster, service)
-        if service == "slurmctld":
-            self.slurmctld_back()
-
-    def slurmctld_back(self) -> None:
-        """Until the restarted slurmctld answers. Killed before it first saved its associations'
-        usage (within a minute of its start), 26.05's slurmctld will not start again: "fatal: No
-        Assoc usage file (.../assoc_usage) to recover". An admin then starts it with -i (state
-        errors ignored), and so does the run, counting it."""
-        time.sleep(2)
-        entry = (devcluster._read_state(self.cluster) or {"services": {}})["services"].get("slurmctld")
-        log = self.cluster.dir / "log" / "slurmctld.log"
-        if entry and not devcluster._alive(entry) and "No Assoc usage file" in log.read_text()[-2000:]:
-            devcluster.restart(self.cluster, "slurmctld", ["-i"])
-            self.report.admin_restarts += 1
+        if service != "slurmctld":
+            devcluster.restart(self.cluster, service)
+            return
+        try:
+            devcluster.restart(self.cluster, service)
+            time.sleep(2)  # a slurmctld that will not start on its state exits within this
+            entry = (devcluster._read_state(self.cluster) or {"services": {}})["services"]["slurmctld"]
+            if not devcluster._alive(entry):
+                raise devcluster.ClusterError("slurmctld exited at start")
+        except devcluster.ClusterError:
+            self.start_ignoring_state_errors()
         devcluster._wait_ctld(self.cluster, 60)
+
+    def start_ignoring_state_errors(self) -> None:
+        """Killed before it first saved its associations' usage (within a minute of its start),
+        26.05's slurmctld will not start again: "fatal: No Assoc usage file (.../assoc_usage) to
+        recover". An admin then starts it with -i (state errors ignored), and so does the run,
+        counting it. Any other reason to fail is the run's failure."""
+        log = (self.cluster.dir / "log" / "slurmctld.log").read_text()[-2000:]
+        if "No Assoc usage file" not in log:
+            raise devcluster.ClusterError(f"slurmctld did not start again: {log.splitlines()[-1:]}")
+        devcluster.restart(self.cluster, "slurmctld", ["-i"])
+        self.report.admin_restarts += 1
 
     def database_outage(self) -> None:
         allow_connections(self.cluster.database_url, False)
