@@ -40,11 +40,6 @@ class Node:
     memory_free_mib: int | None = None
     features: frozenset[str] = frozenset()  # its available features (slurm.conf Features=)
 
-    def has_room(self, cpus: int, memory_mib: int | None) -> bool:
-        """Whether Slurm could start a job of ``cpus`` CPUs and ``memory_mib`` (per node) here now."""
-        return ((self.cpus_idle is None or cpus <= self.cpus_idle)
-                and (memory_mib is None or self.memory_free_mib is None or memory_mib <= self.memory_free_mib))
-
 
 def drained(state: str) -> bool:
     """Whether ``sinfo``'s compact state says drained or still draining (``drain``, ``drng``),

@@ -232,9 +232,9 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
 
 def node_states(nodes: Mapping[str, Node], gpu_nodes: Iterable[str], jobs: Mapping[int, Job],
                 pinned: Iterable[tuple[int, str]]) -> list[NodeState]:
-    """The CPUs and memory of each node of ``gpu_nodes`` as the policy takes them: what Slurm shows idle (sinfo), less
-    what the jobs pinned there and not started yet will take (``pinned``: job id, node), which
-    Slurm counts only once they start. A placement is then made only where its job's CPUs and
+    """The CPUs and memory of each node of ``gpu_nodes`` as the policy takes them: what Slurm
+    shows idle (sinfo), less what the jobs pinned there and not started yet will take (``pinned``:
+    job id, node), which Slurm counts only once they start. A placement is then made only where its job's CPUs and
     memory are idle, as in the simulator, and the placer weighs how a node's CPUs strand its GPUs."""
     with_gpus = frozenset(gpu_nodes)
     taken: dict[str, list[int]] = {}
