@@ -121,20 +121,29 @@ class Job:
         return self.state == "PENDING" and self.reason.startswith(("QOS", "Assoc"))
 
     def waits_on_slurm(self, now_s: float) -> str | None:
-        """Why Slurm itself would not start this pending job yet, whatever its GPU: a user or
-        admin hold (priority 0), a dependency not met, the user's own --begin still ahead. None
-        when only its placement is missing. Such a job is not placed: a pin would hold a GPU
-        that no job uses (and starve others' requests)."""
+        """Why Slurm itself would not start this pending job yet, whatever its GPU: what
+        :meth:`kept_back` says, or the delay Slurm puts on a requeued job. None when only its
+        placement is missing. Such a job is not placed: a pin would hold a GPU that no job uses
+        (and starve others' requests)."""
+        if self.restarts and now_s < self.submit_time + REQUEUE_DELAY_S:
+            again = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.submit_time + REQUEUE_DELAY_S))
+            delay = (f"requeued; Slurm starts a requeued job again {REQUEUE_DELAY_S} s after its requeue "
+                     f"at the earliest ({again})")
+        else:
+            delay = None
+        return self.kept_back(now_s) or delay
+
+    def kept_back(self, now_s: float) -> str | None:
+        """Why Slurm keeps it pending until someone or something acts: a user or admin hold
+        (priority 0), a dependency not met, the user's own --begin still ahead. Its user is told
+        so; not of a requeue's delay, which passes by itself while the reason it was requeued for
+        (an MPS fault, a lost GPU) stays in its AdminComment."""
         if self.priority == 0:
             return f"held ({self.reason or 'priority 0'}); release it with scontrol release {self.job_id}"
         if self.dependency:
             return f"waits for its dependency {self.dependency}"
         if self.request is not None and self.request.begin is not None and self.request.begin > now_s:
             return f"waits for its --begin time ({time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(self.request.begin))})"
-        if self.restarts and now_s < self.submit_time + REQUEUE_DELAY_S:
-            again = time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(self.submit_time + REQUEUE_DELAY_S))
-            return (f"requeued; Slurm starts a requeued job again {REQUEUE_DELAY_S} s after its requeue "
-                    f"at the earliest ({again})")
         return None
 
 

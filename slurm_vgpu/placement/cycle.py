@@ -171,12 +171,13 @@ def cycle_gpus(session, config: Config, unusable: Mapping[str, str]) -> list[Gpu
 
 
 def waiting_on_slurm(jobs: Iterable[Job], placed_jobs: set[int], now_s: float) -> list[Blocked]:
-    """The unplaced vgpu jobs that Slurm itself would not start yet (held, a dependency, --begin),
-    each with why: it becomes the job's reason, since the placement leaves them alone (a held job
-    stays held, after a failed prolog or a slurmctld restart too, until someone releases it)."""
+    """The unplaced vgpu jobs that Slurm keeps pending until someone or something acts (held, a
+    dependency, --begin: :meth:`Job.kept_back`), each with why: it becomes the job's reason, since
+    the placement leaves them alone (a held job stays held, after a failed prolog or a slurmctld
+    restart too, until someone releases it)."""
     return [Blocked(str(j.job_id), why) for j in jobs
             if j.state == "PENDING" and j.request.state == UNPLACED and j.job_id not in placed_jobs
-            and not j.holds_array_tasks and (why := j.waits_on_slurm(now_s)) is not None]
+            and not j.holds_array_tasks and (why := j.kept_back(now_s)) is not None]
 
 
 def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,

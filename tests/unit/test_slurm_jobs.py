@@ -51,7 +51,11 @@ def test_jobs_slurm_would_not_start_are_told_why_unless_placed_or_an_arrays_reco
     waiting_on = squeue_job(2, dependency="afterok:9(unfulfilled)", state_reason="Dependency")
     placed_held = squeue_job(3, priority=0, state_reason="JobHeldAdmin")
     array = squeue_job(4, priority=0, array_job_id=4, array_task_string="1-3")
-    told = waiting_on_slurm([held, waiting_on, placed_held, array, squeue_job(5)], {3}, NOW)
+    # requeued a minute ago for an MPS fault: Slurm's delay passes by itself, and the fault stays its reason
+    requeued = squeue_job(6, 'vgpu-state=unplaced share=30 class=throughput wait="MPS fatal fault"',
+                          restart_cnt=1, submit_time=NOW - 60)
+    assert requeued.waits_on_slurm(NOW) is not None
+    told = waiting_on_slurm([held, waiting_on, placed_held, array, squeue_job(5), requeued], {3}, NOW)
     assert [(b.job_id, b.reason, b.never) for b in told] == [
         ("1", "held (JobHeldUser); release it with scontrol release 1", False),
         ("2", "waits for its dependency afterok:9(unfulfilled)", False)]
