@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .. import hostlist
 from .features import ConstraintError, satisfies
+from .reservations import Reservation, names as reservation_names, not_started, parse as parse_reservations
 from ..contract import HOLD_DAYS, UNPLACED, VgpuRequest, parse_request, quote
 
 # States of a job that will not run again (unless requeued by someone).
@@ -76,6 +77,8 @@ class Job:
     restarts: int = 0  # times Slurm requeued it; a requeue also sets submit_time to its own time
     cpus: int = 1  # the CPUs it asks for (-n x -c), all on its one node
     memory_mib: int | None = None  # --mem, or --mem-per-cpu x cpus; None: not asked for
+    reservation: str = ""  # --reservation, as Slurm keeps it (``a,b``: one of them)
+    time_limit_min: int | None = None  # its time limit in minutes; None: unlimited
 
     @property
     def ref(self) -> int | str:
@@ -120,7 +123,7 @@ class Job:
         once the limit allows."""
         return self.state == "PENDING" and self.reason.startswith(("QOS", "Assoc"))
 
-    def waits_on_slurm(self, now_s: float) -> str | None:
+    def waits_on_slurm(self, now_s: float, reservations: Sequence[Reservation] = ()) -> str | None:
         """Why Slurm itself would not start this pending job yet, whatever its GPU: what
         :meth:`kept_back` says, or the delay Slurm puts on a requeued job. None when only its
         placement is missing. Such a job is not placed: a pin would hold a GPU that no job uses
@@ -131,11 +134,12 @@ class Job:
                      f"at the earliest ({again})")
         else:
             delay = None
-        return self.kept_back(now_s) or delay
+        return self.kept_back(now_s, reservations) or delay
 
-    def kept_back(self, now_s: float) -> str | None:
+    def kept_back(self, now_s: float, reservations: Sequence[Reservation] = ()) -> str | None:
         """Why Slurm keeps it pending until someone or something acts: a user or admin hold
-        (priority 0), a dependency not met, the user's own --begin still ahead. Its user is told
+        (priority 0), a dependency not met, the user's own --begin still ahead, its reservation
+        not started (of ``reservations``, Slurm's; none given: not weighed). Its user is told
         so; not of a requeue's delay, which passes by itself while the reason it was requeued for
         (an MPS fault, a lost GPU) stays in its AdminComment."""
         if self.priority == 0:
@@ -144,7 +148,7 @@ class Job:
             return f"waits for its dependency {self.dependency}"
         if self.request is not None and self.request.begin is not None and self.request.begin > now_s:
             return f"waits for its --begin time ({time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(self.request.begin))})"
-        return None
+        return not_started(reservation_names(self.reservation), reservations, now_s)
 
 
 # Slurm delays a requeued job by its credentials' lifetime plus one second (AuthInfo cred_expire,
@@ -297,6 +301,10 @@ class Slurm:
                 features[name] = frozenset(f for f in listed.split(",") if f and f != "(null)")
         return {name: Node(states[name], frozenset(partitions[name]), *room[name], features[name]) for name in states}
 
+    def reservations(self) -> list[Reservation]:
+        """Every advance reservation slurmctld holds, active or to come."""
+        return parse_reservations(self._run("scontrol", "show", "reservation", "--oneliner"))
+
     def annotate(self, job: Job, note: str) -> None:
         """Tell a running vgpu job's user what the node agent did to it: ``agent="<note>"`` after
         its vgpu fields in AdminComment (``scontrol show job``, ``squeue -O AdminComment``)."""
@@ -389,6 +397,8 @@ def _job(doc: dict) -> Job:
         restarts=number(doc.get("restart_cnt")),
         cpus=number(doc.get("cpus"), 1) or 1,
         memory_mib=_memory_mib(doc),
+        reservation=doc.get("resv_name") or "",
+        time_limit_min=number(doc.get("time_limit"), None),
     )
 
 

@@ -7,14 +7,13 @@ lines apply the policy's own rules (``GPU_RULES``) to one GPU at a time and name
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import click
 
 from ..adapters.slurm import Job
 from ..db import store
-from ..placement.cycle import node_states, policy_config, typical_workload, waiting_requests
+from ..placement.cycle import REFUSAL_MEMORY, node_states, policy_config, typical_workload, waiting_requests
 from ..policy import GpuState, NodeState, PlacementResult, Request, place_slices
 from ..policy.rules import GPU_RULES, Ask
 from ..policy.units import reference_speed
@@ -92,6 +91,7 @@ def explain(runtime: Runtime, job_id: int, as_json: bool) -> None:
         slurm = runtime.slurm()
         jobs = {j.job_id: j for j in slurm.jobs()}
         nodes = slurm.nodes()
+        reservations = slurm.reservations()
     job = jobs.get(job_id)
     if job is None:
         raise click.ClickException(f"job {job_id} is not in Slurm's queue (squeue --json --all); it may "
@@ -103,7 +103,10 @@ def explain(runtime: Runtime, job_id: int, as_json: bool) -> None:
         records = gpu_records(session, runtime.config.heartbeat_timeout)
         states = store.gpu_states(session, runtime.config.heartbeat_timeout)
         placement = next(iter(placement_records(session, job_ids=[job_id])), None)
-        requests = [] if placement else waiting_requests([job], set(), time.time())
+        now = store.now()
+        refused = store.refused_nodes(session, {job.job_id: job.submit_time}, now - REFUSAL_MEMORY)
+        requests = [] if placement else waiting_requests([job], set(), now.timestamp(), refused, nodes,
+                                                         {s.node for s in states}, reservations=reservations)
         workload = typical_workload(session, requests)
         room = node_states(nodes, {s.node for s in states}, jobs, store.pinned_nodes(session))
     if requests:

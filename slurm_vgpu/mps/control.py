@@ -25,6 +25,8 @@ from pathlib import Path
 from ..contract import mps_size
 
 PID_FILE = "nvidia-cuda-mps-control.pid"
+CONTROL_SOCKET = "control"  # the daemon's socket in its pipe directory, as the real one names it
+SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes, its NUL included
 
 
 class MpsError(RuntimeError):
@@ -106,6 +108,11 @@ class MpsControl:
         user until :meth:`open_to` lets that GPU's users in."""
         if self.running():
             return
+        socket = self.pipe_dir / CONTROL_SOCKET
+        if len(os.fsencode(socket)) > SOCKET_PATH_MAX:
+            raise MpsError(f"the MPS control socket {socket} is longer than a Unix socket may be "
+                           f"({SOCKET_PATH_MAX} bytes): the daemon could not listen there; set RunDir= in "
+                           "slurm-vgpu.conf to a shorter directory")
         for directory in (self.pipe_dir, self.log_dir):
             directory.mkdir(parents=True, exist_ok=True)
             directory.chmod(0o1700)

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from ..adapters.reservations import Reservation, closed_nodes, confined_to, names as reservation_names
 from ..adapters.slurm import ENDED_STATES, Job, Node, Slurm, SlurmError
 from ..config import Config
 from ..contract import FAILED, PINNED, SHARE_MAX, UNPLACED
@@ -33,8 +34,11 @@ WORKLOAD_WINDOW = 1000  # recent placements that make up the typical requests
 
 ENDED = ENDED_STATES
 # sinfo's compact node states (``%t``) in which a node takes new jobs; any other (drain, drng,
-# down, fail, maint, ...) or a flag such as ``*`` (not responding) keeps slices off its GPUs.
-USABLE_NODE_STATES = {"idle", "mix", "alloc", "comp"}
+# down, fail, ...) or a flag such as ``*`` (not responding) keeps slices off its GPUs. ``plnd`` is
+# an idle node the backfill scheduler plans a job on (22.05 shows it so for as long as a job waits
+# for a reservation ahead); ``resv`` and ``maint`` take the jobs of their reservation (each job's
+# nodes are weighed by :mod:`..adapters.reservations`).
+USABLE_NODE_STATES = {"idle", "mix", "alloc", "comp", "plnd", "resv", "maint"}
 # The one flag that does not: ``-``, planned, which the backfill scheduler sets on a node it holds
 # resources of for a pending job; the node goes on taking the jobs that fit beside them (a burst of
 # vgpu jobs, CPUs of some waiting, showed every node ``mix-`` and left every slice waiting).
@@ -170,19 +174,21 @@ def cycle_gpus(session, config: Config, unusable: Mapping[str, str]) -> list[Gpu
     ]
 
 
-def waiting_on_slurm(jobs: Iterable[Job], placed_jobs: set[int], now_s: float) -> list[Blocked]:
+def waiting_on_slurm(jobs: Iterable[Job], placed_jobs: set[int], now_s: float,
+                     reservations: Sequence[Reservation] = ()) -> list[Blocked]:
     """The unplaced vgpu jobs that Slurm keeps pending until someone or something acts (held, a
-    dependency, --begin: :meth:`Job.kept_back`), each with why: it becomes the job's reason, since
-    the placement leaves them alone (a held job stays held, after a failed prolog or a slurmctld
-    restart too, until someone releases it)."""
+    dependency, --begin, a reservation to come: :meth:`Job.kept_back`), each with why: it becomes
+    the job's reason, since the placement leaves them alone (a held job stays held, after a failed
+    prolog or a slurmctld restart too, until someone releases it)."""
     return [Blocked(str(j.job_id), why) for j in jobs
             if j.state == "PENDING" and j.request.state == UNPLACED and j.job_id not in placed_jobs
-            and not j.holds_array_tasks and (why := j.kept_back(now_s)) is not None]
+            and not j.holds_array_tasks and (why := j.kept_back(now_s, reservations)) is not None]
 
 
 def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
                      refused: Mapping[int, set[str]] = {}, nodes: Mapping[str, Node] | None = None,
-                     gpu_nodes: Iterable[str] = (), class_priority: Mapping[str, int] = {}) -> list[Request]:
+                     gpu_nodes: Iterable[str] = (), class_priority: Mapping[str, int] = {},
+                     reservations: Sequence[Reservation] = ()) -> list[Request]:
     """Unplaced vgpu jobs that only their placement keeps from starting, as policy requests, in
     Slurm's priority order, each raised by its class's weight (``class_priority``: the site's
     ClassPriority), then oldest first.
@@ -191,15 +197,16 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
     out: a pin would hold a GPU no job uses. So is the record of an array's tasks not yet split
     off (each task is placed as its own job: :func:`array_splits`), and a task beyond its array's
     ``%N`` throttle (Slurm would keep it pending, pinned), and every job of a user whose pinned job
-    Slurm holds back for a QoS or association limit (pinned, it would wait as well). A job may use the nodes of ``gpu_nodes``
-    that Slurm would run it on (its partitions, --exclude, --nodelist, by ``nodes``) and that did
-    not refuse its pin lately (``refused``).
+    Slurm holds back for a QoS or association limit (pinned, it would wait as well). A job may use
+    the nodes of ``gpu_nodes`` that Slurm would run it on now (its partitions, --constraint,
+    --exclude, --nodelist, by ``nodes``; Slurm's ``reservations``) and that did not refuse its pin
+    lately (``refused``).
     """
     at_limit = {j.user_id for j in jobs if j.held_by_limit}
     waiting = [
         j for j in jobs
         if j.state == "PENDING" and j.request.state == UNPLACED and j.job_id not in placed_jobs
-        and not j.holds_array_tasks and j.waits_on_slurm(now_s) is None and j.user_id not in at_limit
+        and not j.holds_array_tasks and j.waits_on_slurm(now_s, reservations) is None and j.user_id not in at_limit
     ]
     waiting.sort(key=lambda j: (-(j.priority + class_priority.get(j.request.slo_class, 0)), j.submit_time,
                                 j.array_task_id or 0, j.job_id))
@@ -210,6 +217,11 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
         left = every - refused.get(job.job_id, set())
         if nodes is not None:
             left &= job.allowed_nodes(nodes)
+        own = reservation_names(job.reservation)
+        left -= closed_nodes(own, job.time_limit_min, reservations, now_s)
+        confined = confined_to(own, reservations, now_s)
+        if confined is not None:
+            left &= confined
         return None if left == every else left
 
     return [
@@ -388,6 +400,7 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
     notes.keep_only(jobs)
     nodes = slurm.nodes()
     unusable = unusable_nodes(nodes)
+    reservations = slurm.reservations()
     now = store.now()
     with session_scope(engine) as session:
         repin, unpin, placed_jobs, blocked_by = _reconcile(session, jobs, now, config, report)
@@ -396,11 +409,11 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
         refused = store.refused_nodes(session, {j.job_id: j.submit_time for j in jobs.values()}, now - REFUSAL_MEMORY)
         gpu_nodes = {g.node for g in gpus}
         requests = waiting_requests(list(jobs.values()), placed_jobs, now.timestamp(), refused, nodes, gpu_nodes,
-                                    config.class_priorities)
+                                    config.class_priorities, reservations)
         room = node_states(nodes, gpu_nodes, jobs, store.pinned_nodes(session))
         placer = kept.for_cycle(session, requests, gpus, room)
     blocked: list[Blocked] = [Blocked(str(job_id), reason) for job_id, reason in blocked_by.items()]
-    blocked += waiting_on_slurm(jobs.values(), placed_jobs, now.timestamp())
+    blocked += waiting_on_slurm(jobs.values(), placed_jobs, now.timestamp(), reservations)
     submit_times = {j.job_id: j.submit_time for j in jobs.values()}
     with placement_writer(engine) as writer:
         new = [row for rows in commit_as_decided(writer, placer.decide(requests), requests, config.place_batch,

@@ -79,8 +79,9 @@ def cli(clean_db, database_url, tmp_path) -> Cli:
 
 @dataclass
 class FakeSlurm:
-    """``squeue --json`` answers from ``jobs``, ``sinfo`` from ``nodes`` (none unless set); every
-    ``scontrol``/``scancel`` call is logged."""
+    """``squeue --json`` answers from ``jobs``, ``sinfo`` from ``nodes`` (the inventory's nodes,
+    idle in partition debug, their CPUs and memory unknown, unless set); every
+    ``scontrol``/``scancel`` call is logged (and answered with nothing: no reservations)."""
 
     bin_dir: Path
     log: Path
@@ -116,7 +117,7 @@ def fake_slurm(tmp_path, monkeypatch) -> FakeSlurm:
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     fake = FakeSlurm(bin_dir, log)
     fake.set_jobs([])
-    fake.set_nodes([])
+    fake.set_nodes([f"{node}|idle|debug*||||" for node in INVENTORY])
     return fake
 
 

@@ -32,6 +32,9 @@ class RecordingSlurm:
     def nodes(self):
         return {"node1": Node("idle", frozenset({"debug"}))}
 
+    def reservations(self):
+        return []
+
     def __getattr__(self, name):
         return lambda *args, **kwargs: self.calls.append((name, args))
 

@@ -117,6 +117,16 @@ def test_a_missing_binary_means_the_node_cannot_run_mps(tmp_path):
         daemon.ensure_running()
 
 
+def test_a_pipe_directory_too_long_for_the_control_socket_is_refused_with_the_fix(tmp_path):
+    """A Unix socket's path holds 107 bytes: a daemon started deeper could not listen (the fake
+    did not; its prolog failed with "did not start"), so the node says which setting to shorten."""
+    deep = tmp_path / ("d" * (110 - len(str(tmp_path))))
+    daemon = MpsControl(FAKE, "GPU-x", deep / "pipe", deep / "log")
+    with pytest.raises(MpsError, match="RunDir="):
+        daemon.ensure_running()
+    assert not (deep / "pipe").exists()
+
+
 def test_each_gpu_has_its_own_directories_under_run_dir(tmp_path):
     config = Config(run_dir=tmp_path, mps_control=FAKE)
     first, second = GpuMps.of(config, "GPU-a").control, GpuMps.of(config, "GPU-b").control
