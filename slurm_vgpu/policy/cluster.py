@@ -390,25 +390,46 @@ class _Pairs:
 
 
 class _Shapes:
-    """Nodes grouped by shape, each (shape, request shape) evaluated once."""
+    """Nodes grouped by shape, each (shape, request shape) evaluated once. A slice in plain units
+    is asked only of the shapes whose freest GPU has room for it (``room``, sorted by that room),
+    a request of whole GPUs only of those with that many GPUs free (``wholes``): on a filling
+    cluster of many shapes most have neither, and walking them all was most of a replay (the
+    random policy, whose nodes soon all differ)."""
 
     def __init__(self, state: ClusterState):
         self.state = weakref.proxy(state)  # no cycle: the state is freed as soon as it is dropped
         self.ids: dict[tuple, int] = {}  # shapes are deep tuples: hash each once
+        self._room: dict[int, tuple[int, int]] = {}  # shape -> (most free units, whole GPUs free)
         self.shapes = [self._id(v) for v in state.views]
         self.groups: dict[int, list[int]] = {}
         for rank, shape in enumerate(self.shapes):
             self.groups.setdefault(shape, []).append(rank)
         self.memo: dict[int, dict[tuple, NodeChoice | None]] = {}
+        self.room = sorted((self._room[shape][0], shape) for shape in self.groups)
+        self.wholes = sorted((self._room[shape][1], shape) for shape in self.groups)
 
     def _id(self, view: NodeView) -> int:
-        return self.ids.setdefault(node_shape(view), len(self.ids))
+        shape = self.ids.setdefault(node_shape(view), len(self.ids))
+        self._room[shape] = (view.most_free, view.whole_free)  # a shape's: its GPUs' free units are part of it
+        return shape
+
+    def _candidates(self, ask: Ask):
+        """The live shapes that may host the request: for a slice in plain units those with a GPU
+        of room for it, for whole GPUs those with as many free, else all (any order: the pick does
+        not depend on it)."""
+        if ask.whole_gpus:
+            index, least = self.wholes, ask.request.gpus
+        elif ask._plain_units is not None and ask.request.gpus == 1:
+            index, least = self.room, ask._plain_units
+        else:
+            return self.groups.items()
+        return ((shape, self.groups[shape]) for _, shape in index[bisect.bisect_left(index, (least, -1)):])
 
     def choose(self, ask: Ask, rng: random.Random | None):
         state = self.state
         rshape = request_shape(ask.request)
         groups, choices = [], []
-        for shape, ranks in self.groups.items():
+        for shape, ranks in self._candidates(ask):
             per_shape = self.memo.get(shape)
             if per_shape is None:
                 per_shape = self.memo[shape] = {}
@@ -430,6 +451,12 @@ class _Shapes:
         if not ranks:
             del self.groups[old]
             self.memo.pop(old, None)
-        shape = self._id(self.state.views[rank])
+            del self.room[bisect.bisect_left(self.room, (self._room[old][0], old))]
+            del self.wholes[bisect.bisect_left(self.wholes, (self._room[old][1], old))]
+        view = self.state.views[rank]
+        shape = self._id(view)
+        if shape not in self.groups:
+            bisect.insort(self.room, (view.most_free, shape))
+            bisect.insort(self.wholes, (view.whole_free, shape))
         bisect.insort(self.groups.setdefault(shape, []), rank)
         self.shapes[rank] = shape

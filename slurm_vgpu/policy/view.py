@@ -24,12 +24,16 @@ class NodeView:
     key: tuple = field(init=False, repr=False, compare=False)
     gpu_free: int = field(init=False, repr=False, compare=False)  # free units of its available GPUs
     in_use: bool = field(init=False, repr=False, compare=False)  # some GPU holds a slice
+    most_free: int = field(init=False, repr=False, compare=False)  # free units of its freest available GPU (-1: none)
+    whole_free: int = field(init=False, repr=False, compare=False)  # available GPUs with nothing on them
 
     def __post_init__(self) -> None:
         entries = sorted((g.free, g.capacity, g.model, g.speed) for g in self.gpus if g.available)
         object.__setattr__(self, "key", (self.cpu_milli_free, tuple(entries)))
         object.__setattr__(self, "gpu_free", sum(e[0] for e in entries))
         object.__setattr__(self, "in_use", any(g.used for g in self.gpus))
+        object.__setattr__(self, "most_free", entries[-1][0] if entries else -1)
+        object.__setattr__(self, "whole_free", sum(1 for free, capacity, *_ in entries if free == capacity))
 
 
 def node_shape(node: NodeView) -> tuple:
