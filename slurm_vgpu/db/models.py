@@ -79,6 +79,7 @@ class Placement(Base):
         sa.CheckConstraint("memory_mib IS NULL OR memory_mib > 0", name="memory"),
         sa.CheckConstraint("NOT whole OR (share = 100 AND memory_mib IS NULL)", name="whole"),
         sa.CheckConstraint("cpus >= 1", name="cpus"),
+        sa.CheckConstraint("gpus >= 1", name="gpus"),
         sa.CheckConstraint("node_memory_mib IS NULL OR node_memory_mib > 0", name="node_memory"),
         sa.CheckConstraint(f"state IN {PLACEMENT_STATES}", name="state"),
         sa.CheckConstraint(f"slo_class IN {SLO_CLASSES}", name="slo_class"),
@@ -105,6 +106,7 @@ class Placement(Base):
     memory_mib: Mapped[int | None] = mapped_column(sa.Integer)
     # a whole GPU (--gres=gpu:1), given natively by Slurm's gres/gpu: all 100 units, no MPS, no memory cap
     whole: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
+    gpus: Mapped[int] = mapped_column(sa.SmallInteger, server_default="1")  # the whole GPUs its job holds (1: a slice)
     # what the job asked of its node beside the GPU (-n x -c; --mem, None: not asked for): the
     # typical requests the placer measures CPU stranding against
     cpus: Mapped[int] = mapped_column(sa.Integer, server_default="1")

@@ -104,20 +104,20 @@ def gpu_states(session: Session, heartbeat_timeout: float) -> list[GpuState]:
 def recent_requests(session: Session, limit: int) -> list[Request]:
     """What the jobs of the last ``limit`` placements asked for, newest first: the workload the
     placement measures fragmentation and CPU stranding against. A job of several whole GPUs is one
-    request of that many (its placements, one per GPU, are written together); the model a job
-    asked for is not kept, so none is given."""
+    request of that many (each of its placements, one per GPU, says how many), also when it was
+    placed more than once; the model a job asked for is not kept, so none is given."""
     rows = session.execute(
         sa.select(Placement.job_id, Placement.job_submit_time, Placement.requested_share, Placement.uid,
-                  Placement.slo_class, Placement.memory_mib, Placement.whole, Placement.cpus,
+                  Placement.slo_class, Placement.memory_mib, Placement.whole, Placement.gpus, Placement.cpus,
                   Placement.node_memory_mib).order_by(Placement.id.desc()).limit(limit)
     ).all()
-    jobs: dict[tuple[int, int], list] = {}
+    jobs: dict[tuple[int, int], sa.Row] = {}
     for row in rows:
-        jobs.setdefault((row.job_id, row.job_submit_time), []).append(row)
+        jobs.setdefault((row.job_id, row.job_submit_time), row)
     return [Request(job_id=str(job_id), share=r.requested_share, user=r.uid, slo_class=SloClass(r.slo_class),
-                    memory_mib=r.memory_mib, gpus=len(held) if r.whole else 1, whole=r.whole,
+                    memory_mib=r.memory_mib, gpus=r.gpus if r.whole else 1, whole=r.whole,
                     cpu_milli=1000 * r.cpus, node_memory_mib=r.node_memory_mib or 0)
-            for (job_id, _), held in jobs.items() for r in held[:1]]
+            for (job_id, _), r in jobs.items()]
 
 
 def pinned_nodes(session: Session) -> list[tuple[int, str]]:

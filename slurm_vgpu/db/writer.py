@@ -22,9 +22,9 @@ import sqlalchemy as sa
 from psycopg import pq
 
 PLACEMENT_COLUMNS = ("job_id", "job_submit_time", "gpu_uuid", "uid", "share", "requested_share", "memory_mib",
-                     "whole", "slo_class", "state", "cpus", "node_memory_mib")
+                     "whole", "gpus", "slo_class", "state", "cpus", "node_memory_mib")
 # What a row that leaves a column out gets: the column's default.
-_DEFAULTS = {"job_submit_time": "0", "whole": "false", "cpus": "1"}
+_DEFAULTS = {"job_submit_time": "0", "whole": "false", "gpus": "1", "cpus": "1"}
 
 # One parameter, the rows as JSON, whatever their number: the statement's text never changes.
 INSERT_PLACEMENTS = (

@@ -337,7 +337,7 @@ def placement_rows(decisions: Sequence[Decision], by_id: Mapping[str, Request],
 def _placement_row(d: Decision, gpu: str, req: Request, submit_times: Mapping[int, int]) -> dict:
     return dict(job_id=int(d.job_id), job_submit_time=submit_times.get(int(d.job_id), 0), gpu_uuid=gpu,
                 uid=req.user, share=d.share, requested_share=req.share, memory_mib=req.memory_mib,
-                whole=req.whole, slo_class=req.slo_class.value, state="placed",
+                whole=req.whole, gpus=len(d.gpu_uuids), slo_class=req.slo_class.value, state="placed",
                 cpus=max(1, req.cpu_milli // 1000), node_memory_mib=req.node_memory_mib or None)
 
 
@@ -535,7 +535,7 @@ def _repair_running(session, jobs: dict[int, Job], placed_jobs: set[int], report
         rows = [] if None in gpus else [dict(
             job_id=job.job_id, job_submit_time=job.submit_time, gpu_uuid=gpu.uuid, uid=job.user_id, share=share,
             requested_share=job.request.share, memory_mib=job.request.memory_mib, whole=job.request.gpus is not None,
-            slo_class=job.request.slo_class, state="running", started_at=store.now(), cpus=job.cpus,
+            gpus=len(pinned), slo_class=job.request.slo_class, state="running", started_at=store.now(), cpus=job.cpus,
             node_memory_mib=job.memory_mib)
             for gpu, (_, share) in zip(gpus, pinned)]
         if rows and store.insert_placements(session, rows):
