@@ -15,8 +15,9 @@ from slurm_vgpu.sim.replay import Replay
 from slurm_vgpu.sim.synthetic import synthetic_trace
 
 
-def best_fit_decreasing(shares: Counter, capacity: int) -> int:
-    """GPUs a real packing uses: each share, largest first, into the fullest GPU it fits."""
+def best_fit_decreasing(shares: Counter, capacity: int) -> list[int]:
+    """A real packing: each share, largest first, into the fullest GPU it fits; the rooms it
+    leaves on the GPUs it uses, ascending."""
     rooms: list[int] = []
     for share in sorted(shares.elements(), reverse=True):
         i = bisect.bisect_left(rooms, share)
@@ -24,7 +25,7 @@ def best_fit_decreasing(shares: Counter, capacity: int) -> int:
             bisect.insort(rooms, rooms.pop(i) - share)
         else:
             bisect.insort(rooms, capacity - share)
-    return len(rooms)
+    return rooms
 
 
 @pytest.mark.parametrize("shares, gpus", [
@@ -49,7 +50,7 @@ def test_the_bound_lies_between_the_shares_mass_and_a_real_packing(shares):
     shares = Counter(shares)
     bound = fewest_gpus(shares, 1000)
     mass = sum(s * n for s, n in shares.items()) / 1000
-    assert mass - 1e-6 <= bound <= best_fit_decreasing(shares, 1000) + 1e-6
+    assert mass - 1e-6 <= bound <= len(best_fit_decreasing(shares, 1000)) + 1e-6
 
 
 def test_a_replay_leaves_at_least_the_bound_idle_on_the_gpus_that_hold_shares(tmp_path):
@@ -66,12 +67,37 @@ def test_a_replay_leaves_at_least_the_bound_idle_on_the_gpus_that_hold_shares(tm
         assert idle_beside_shares >= least_idle_gpus(placed, 1000) - 1e-6
 
 
-def test_only_one_gpu_shares_that_arrive_before_the_point_count():
+def test_one_gpu_shares_are_split_at_the_point_they_arrive_by():
     pods = [Request("a", 810), Request("b", 1000), Request("c", 1000, gpus=2), Request("d", 470),
             Request("e", 0, gpus=0), Request("f", 160)]
     # arrived: 810, 1810, 3810, 4280, 4280, 4440
-    assert one_gpu_shares(pods, 4280, 1000) == Counter({810: 1, 470: 1})
-    assert one_gpu_shares(pods, 4279, 1000) == Counter({810: 1})
+    assert one_gpu_shares(pods, 4280, 1000) == (Counter({810: 1, 470: 1}), Counter({160: 1}))
+    assert one_gpu_shares(pods, 4279, 1000) == (Counter({810: 1}), Counter({470: 1, 160: 1}))
+
+
+def test_later_shares_may_fill_the_rooms_the_earlier_ones_leave():
+    """The 190 an 810 share leaves idle is filled by a 190 share arriving later, if there is one."""
+    assert least_idle_gpus({810: 10}, 1000, later={190: 10}) == pytest.approx(0.0, abs=1e-6)
+    assert least_idle_gpus({810: 10}, 1000, later={190: 4}) == pytest.approx(1.9 - 4 * 0.19, abs=1e-6)
+    assert least_idle_gpus({810: 10}, 1000, later={200: 50}) == pytest.approx(1.9, abs=1e-6)  # too big to join
+    assert least_idle_gpus({}, 1000, later={190: 4}) == 0.0  # nothing placed early: nothing to leave idle
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(st.integers(10, 99).map(lambda s: s * 10), st.integers(1, 30), min_size=1, max_size=6),
+       st.dictionaries(st.integers(1, 99).map(lambda s: s * 10), st.integers(1, 30), max_size=6))
+def test_later_shares_only_lower_the_bound_and_a_real_packing_meets_it(shares, later):
+    """With later shares the bound is at most the bound without them, and at most what a real
+    packing of the early shares with every later share that fits its rooms leaves idle."""
+    shares, later = Counter(shares), Counter(later)
+    bound = least_idle_gpus(shares, 1000, later=later)
+    assert -1e-9 <= bound <= least_idle_gpus(shares, 1000) + 1e-6
+    rooms = best_fit_decreasing(shares, 1000)
+    for size in sorted(later.elements()):  # smallest first into the fullest room it fits
+        i = bisect.bisect_left(rooms, size)
+        if i < len(rooms):
+            bisect.insort(rooms, rooms.pop(i) - size)
+    assert bound <= sum(rooms) / 1000 + 1e-6
 
 
 def test_a_share_larger_than_a_gpu_is_refused():
