@@ -295,6 +295,27 @@ class Chaos:
         ids = {s.job_id for s in self.submitted}
         return {j["job_id"]: j for j in json.loads(result.stdout)["jobs"] if j["job_id"] in ids}
 
+    def accounted(self, ids) -> dict[int, dict]:
+        """Slurm's accounting record of the jobs of ``ids`` that ended, in ``squeue --json``'s keys:
+        slurmctld forgets an ended job MinJobAge after its end (15 minutes in the dev cluster), which a
+        long run outlives, and its accounting keeps it. A job accounted as not ended is left out: only
+        slurmctld can say it still waits or runs."""
+        if not ids:
+            return {}
+        result = self.slurm("sacct", "-X", "-n", "-P", f"--delimiter={SACCT_SEPARATOR}", "-a",
+                            "-j", ",".join(map(str, sorted(ids))), "-o", "JobIDRaw,State,AllocTRES,NodeList,AdminComment")
+        found = {}
+        for line in result.stdout.splitlines():  # oldest first: a reused id's last record wins
+            fields = line.split(SACCT_SEPARATOR)
+            if len(fields) != 5 or not fields[0].isdigit():
+                continue
+            job_id, state, tres, nodes, comment = fields
+            share = re.search(r"gres/vgpu(?::[\w-]+)?=(\d+)", tres)
+            found[int(job_id)] = {"job_id": int(job_id), "job_state": state.split()[0], "state_reason": "",
+                                  "nodes": nodes, "admin_comment": comment,
+                                  "tres_per_node": f"gres:vgpu:{share.group(1)}" if share else ""}
+        return {job_id: job for job_id, job in found.items() if _state(job) in ENDED}
+
     def wait_ended(self, timeout_s: float) -> None:
         """Until every job Slurm knows has ended (faults go on meanwhile), or the timeout."""
         deadline = time.monotonic() + timeout_s
@@ -308,6 +329,7 @@ class Chaos:
     def judge(self) -> None:
         devcluster._wait_ctld(self.cluster, 60)
         known = self.slurm_jobs()
+        known.update(self.accounted({s.job_id for s in self.submitted} - set(known)))
         with self.engine.connect() as conn:
             rows = conn.execute(sa.text(
                 "SELECT id, job_id, gpu_uuid, uid, share, placed_at, coalesce(ended_at, now()) AS ended_at "
@@ -346,6 +368,9 @@ class Chaos:
                 self.report.unfinished_why.append(why)
         self.report.over_100 += [f"Postgres: {v}" for v in replay(rows, "over")]
         self.report.user_mixes += [f"Postgres: {v}" for v in replay(rows, "users")]
+
+
+SACCT_SEPARATOR = "^^"  # between sacct's fields: an AdminComment may hold "|"
 
 
 def _state(job: dict) -> str:
