@@ -419,8 +419,8 @@ class _Shapes:
         not depend on it)."""
         if ask.whole_gpus:
             index, least = self.wholes, ask.request.gpus
-        elif ask._plain_units is not None and ask.request.gpus == 1:
-            index, least = self.room, ask._plain_units
+        elif ask.plain_units is not None and ask.request.gpus == 1:
+            index, least = self.room, ask.plain_units
         else:
             return self.groups.items()
         return ((shape, self.groups[shape]) for _, shape in index[bisect.bisect_left(index, (least, -1)):])

@@ -27,6 +27,7 @@ class Ask:
     reserved: Mapping[str, str] = field(default_factory=dict)  # gpu uuid -> job that holds it
     models: frozenset[str] = field(init=False, repr=False, compare=False)  # the request's, lower-case
     rules: tuple[GpuRule, ...] = field(init=False, repr=False, compare=False)
+    plain_units: int | None = field(init=False, repr=False, compare=False)  # its units on any GPU (None: per GPU)
 
     @property
     def whole_gpus(self) -> bool:
@@ -36,21 +37,21 @@ class Ask:
     def __post_init__(self) -> None:
         # In plain units a slice takes its share on any GPU: worked out once, asked very often.
         plain = not self.config.reference_model and not self.whole_gpus
-        object.__setattr__(self, "_plain_units", self.request.share if plain else None)
+        object.__setattr__(self, "plain_units", self.request.share if plain else None)
         object.__setattr__(self, "models", frozenset(m.lower() for m in self.request.models))
         # the rules that can fail this request (the others pass every GPU), asked GPU after GPU
         object.__setattr__(self, "rules", tuple(r for r in (*GPU_RULES, RESERVED_RULE)
                                                 if r.asked is None or r.asked(self)))
 
     def units(self, gpu: GpuState) -> int:
-        if self._plain_units is not None:
-            return self._plain_units
+        if self.plain_units is not None:
+            return self.plain_units
         return self.units_at(gpu.capacity, gpu.speed)
 
     def units_at(self, capacity: int, speed: float) -> int:
         """:meth:`units` on a GPU of this capacity and speed."""
-        if self._plain_units is not None:
-            return self._plain_units
+        if self.plain_units is not None:
+            return self.plain_units
         if self.whole_gpus:
             return capacity
         return units_at(self.request.share, speed, self.config, self.reference_speed)
@@ -227,7 +228,7 @@ def fitting_positions(node: NodeView, ask: Ask) -> tuple[int, ...]:
         return ()
     if ask.request.gpus == 0:
         return ()
-    if ask._plain_units is not None and ask._plain_units > node.most_free:
+    if ask.plain_units is not None and ask.plain_units > node.most_free:
         return ()  # no GPU has room for it: the rules need not be asked GPU by GPU
     fit = tuple(i for i, g in enumerate(node.gpus) if gpu_passes(g, ask))
     return fit if len(fit) >= ask.request.gpus else ()
