@@ -103,12 +103,12 @@ def explain(runtime: Runtime, job_id: int, as_json: bool) -> None:
         records = gpu_records(session, runtime.config.heartbeat_timeout)
         states = store.gpu_states(session, runtime.config.heartbeat_timeout)
         placement = next(iter(placement_records(session, job_ids=[job_id])), None)
-        now = store.now()
+        now, gpu_nodes = store.now(), {s.node for s in states}
         refused = store.refused_nodes(session, {job.job_id: job.submit_time}, now - REFUSAL_MEMORY)
-        requests = [] if placement else waiting_requests([job], set(), now.timestamp(), refused, nodes,
-                                                         {s.node for s in states}, reservations=reservations)
+        requests = [] if placement else waiting_requests([job], set(), now.timestamp(), refused, nodes, gpu_nodes,
+                                                         reservations=reservations)
         workload = typical_workload(session, requests)
-        room = node_states(nodes, {s.node for s in states}, jobs, store.pinned_nodes(session))
+        room = node_states(nodes, gpu_nodes, jobs, store.pinned_nodes(session))
     if requests:
         config = policy_config(runtime.config)
         ask = Ask(requests[0], config, reference_speed(states, config))
