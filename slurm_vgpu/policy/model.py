@@ -120,7 +120,7 @@ class PolicyConfig:
     multi_user: bool = False  # True only where the site runs MPS multi-user mode
     latency_max_cotenants: int = 2  # other slices allowed beside a latency slice
     reference_model: str | None = None  # when set, shares are in units of this model's speed
-    starvation_wait_s: float = 600.0  # after this wait the oldest blocked request reserves a GPU
+    starvation_wait_s: float = 600.0  # after this wait a blocked request reserves a GPU (one each, in order)
     seed: int = 0
 
 

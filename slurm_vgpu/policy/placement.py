@@ -9,6 +9,7 @@ placer decides exactly as it would (``tests/unit/test_placer.py``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 
 from .apply import place_on
 from .cluster import ClusterState
@@ -22,8 +23,8 @@ from .model import (
     PolicyConfig,
     Request,
 )
-from .rules import Ask, Verdict, explain
-from .scoring import RANDOM_TIES, Context
+from .rules import Ask, Verdict, could_wait_for, explain
+from .scoring import RANDOM_TIES, Context, request_shape
 from .select import rng_for
 from .units import reference_speed
 from .view import NodeView, group_nodes
@@ -129,28 +130,48 @@ class Placer:
                ) -> Iterator[Decision | Blocked]:
         """:meth:`place`, one outcome at a time, so that the daemon can commit the first decisions of a
         backlog while it decides the rest. Reservations (filled into ``reserved``) and the holds
-        behind them last until the iteration ends or is closed."""
+        behind them last until the iteration ends or is closed; those already in ``reserved`` (an
+        earlier call's, carried) hold from the start."""
         state, config = self.state, self.config
         reserved = {} if reserved is None else reserved
+        if reserved:
+            node_of = {g.uuid: v.name for v in state.views for g in v.gpus}
+            for uuid in reserved:
+                state.hold(node_of[uuid])
+        # A request like one that found no room earlier in the call finds none either: the cluster
+        # only filled since, and reservations only grew. It waits for the same reason; one that
+        # starves reserves from the same verdict, asked again only if something was placed since.
+        failed: dict[tuple, tuple[Verdict, int]] = {}  # request shape -> (verdict, decisions before it)
+        placed = 0
+        by_room = _ByRoom(state)
         try:
             for req in requests:
-                ask = Ask(req, config, state.ctx.reference_speed, dict(reserved))
-                found = state.choose(ask, rng_for(config.seed, req.job_id) if uses_random_ties(config) else None)
-                if found is None:  # only now is every GPU looked at, to say why
-                    verdict = explain(state.views, ask)
-                    if req.waited_s > config.starvation_wait_s:
-                        _reserve(verdict, req, reserved, state)
-                    yield verdict.blocked
-                    continue
-                rank, positions = found
-                node = state.views[rank]
-                state.update(rank, place_on(node, positions, ask))
-                yield Decision(
-                    job_id=req.job_id,
-                    node=node.name,
-                    gpu_uuids=tuple(node.gpus[i].uuid for i in positions),
-                    share=ask.units(node.gpus[positions[0]]) if positions else 0,
-                )
+                shape = request_shape(req)
+                starving = req.waited_s > config.starvation_wait_s
+                earlier = failed.get(shape)
+                if earlier is None:
+                    ask = Ask(req, config, state.ctx.reference_speed, dict(reserved))
+                    found = state.choose(ask, rng_for(config.seed, req.job_id) if uses_random_ties(config) else None)
+                    if found is not None:
+                        rank, positions = found
+                        node = state.views[rank]
+                        state.update(rank, place_on(node, positions, ask))
+                        placed += 1
+                        yield Decision(
+                            job_id=req.job_id,
+                            node=node.name,
+                            gpu_uuids=tuple(node.gpus[i].uuid for i in positions),
+                            share=ask.units(node.gpus[positions[0]]) if positions else 0,
+                        )
+                        continue
+                    # only now is every GPU looked at, to say why
+                    earlier = failed[shape] = (explain(state.views, ask), placed)
+                elif starving and earlier[1] != placed:  # it reserves among the GPUs as they are now
+                    ask = Ask(req, config, state.ctx.reference_speed, dict(reserved))
+                    earlier = failed[shape] = (explain(state.views, ask), placed)
+                if starving and earlier[0].waits_for_room and req.gpus == 1:
+                    _reserve(Ask(req, config, state.ctx.reference_speed), reserved, state, by_room.now(placed))
+                yield replace(earlier[0].blocked, job_id=req.job_id)
         finally:
             state.release_holds()
 
@@ -167,10 +188,27 @@ def place_slices(
     return Placer(gpus, config, nodes, workload or [(r, 1.0) for r in requests]).place(requests)
 
 
-def _reserve(verdict: Verdict, req: Request, reserved: dict[str, str], state: ClusterState) -> None:
-    """Hold, for a starving request, the GPU with most room among those it waits for."""
-    free = [g for g in verdict.waiting_for if g.uuid not in reserved]
-    if req.gpus == 1 and free:
-        gpu = max(free, key=lambda g: (g.free, g.memory_mib - g.memory_used_mib))
-        reserved[gpu.uuid] = req.job_id
-        state.hold(gpu.node)
+class _ByRoom:
+    """The cluster's GPUs, most room first (free units, then free memory, then cluster order),
+    sorted again only once a decision has changed some."""
+
+    def __init__(self, state: ClusterState):
+        self.state = state
+        self.placed = -1
+        self.gpus: list[GpuState] = []
+
+    def now(self, placed: int) -> list[GpuState]:
+        if placed != self.placed:
+            self.gpus = sorted((g for v in self.state.views for g in v.gpus),
+                               key=lambda g: (-g.free, -(g.memory_mib - g.memory_used_mib)))
+            self.placed = placed
+        return self.gpus
+
+
+def _reserve(ask: Ask, reserved: dict[str, str], state: ClusterState, by_room: list[GpuState]) -> None:
+    """Hold, for a starving request, the GPU with most room among those it could wait for."""
+    for gpu in by_room:
+        if gpu.uuid not in reserved and could_wait_for(gpu, ask):
+            reserved[gpu.uuid] = ask.request.job_id
+            state.hold(gpu.node)
+            return

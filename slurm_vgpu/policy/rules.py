@@ -193,6 +193,8 @@ GPU_RULES: tuple[GpuRule, ...] = (
     ),
 )
 
+SHARE_SIZE = next(r for r in GPU_RULES if r.name == "share-size")
+
 RESERVED_RULE = GpuRule(
     "reserved",
     lambda g, a: a.reserved.get(g.uuid, a.request.job_id) == a.request.job_id,
@@ -236,33 +238,38 @@ def fitting_positions(node: NodeView, ask: Ask) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Why a request waits: the rule that left nothing, and the GPUs it could wait for."""
+    """Why a request waits: the rule that left nothing; ``waits_for_room``: room freed on a GPU
+    could end the wait (a starving request may then reserve one)."""
 
     blocked: Blocked
     rule: str
-    waiting_for: tuple[GpuState, ...] = ()  # pass every rule but capacity and reservation
+    waits_for_room: bool = False
+
+
+def could_wait_for(gpu: GpuState, ask: Ask) -> bool:
+    """The GPU passes every rule but those of room and reservations: the request could have it once
+    room frees there."""
+    return all(r.passes(gpu, ask) for r in ask.rules if not r.capacity and r is not RESERVED_RULE)
 
 
 def explain(nodes: Sequence[NodeView], ask: Ask) -> Verdict:
     """Apply the rules in order over the whole cluster; the first that leaves nothing is the reason."""
     req = ask.request
 
-    def verdict(rule: str, text: str, never: bool = False, waiting=()) -> Verdict:
-        return Verdict(Blocked(req.job_id, text, never), rule, tuple(waiting))
+    def verdict(rule: str, text: str, never: bool = False, room: bool = False) -> Verdict:
+        return Verdict(Blocked(req.job_id, text, never), rule, room)
 
     if req.gpus == 0:
         return verdict("node", _node_reason(list(nodes), req))
-    left = [g for n in nodes for g in n.gpus]
-    if not left:
+    gpus = [g for n in nodes for g in n.gpus]
+    if not gpus:
         return verdict("model", "no GPU in the cluster", never=True)
-    waiting = [g for g in left
-               if all(r.passes(g, ask) for r in GPU_RULES if not r.capacity) and RESERVED_RULE.passes(g, ask)]
-    for rule in GPU_RULES:
+    left = gpus
+    for rule in (r for r in GPU_RULES if r in ask.rules):  # the others pass every GPU
         kept = [g for g in left if rule.passes(g, ask)]
         if not kept:
-            return verdict(rule.name, rule.reason(ask, left), rule.never,
-                           () if rule.never else waiting)
-        if rule.name == "share-size" and req.gpus > 1:
+            return verdict(rule.name, rule.reason(ask, left), rule.never, room=not rule.never)
+        if rule is SHARE_SIZE and req.gpus > 1:
             most = _most_per_node(kept)
             if most < req.gpus:
                 return verdict("gpu-count", f"needs {req.gpus} GPUs of one node; the largest "
@@ -270,15 +277,14 @@ def explain(nodes: Sequence[NodeView], ask: Ask) -> Verdict:
         left = kept
     if _most_per_node(left) < req.gpus:
         return verdict("gpu-count", f"needs {req.gpus} whole free GPUs on one node; the most on any "
-                       f"eligible node is {_most_per_node(left)}", waiting=waiting)
-    names = {g.node for g in left}
-    hosts = [n for n in nodes if n.name in names
-             and sum(g in left for g in n.gpus) >= req.gpus]
+                       f"eligible node is {_most_per_node(left)}", room=True)
+    passing = {g.uuid for g in left}
+    hosts = [n for n in nodes if sum(g.uuid in passing for g in n.gpus) >= req.gpus]
     roomy = [n for n in hosts if node_room(n, req)]
     if not roomy:
-        return verdict("node", _node_reason(hosts, req), waiting=waiting)
+        return verdict("node", _node_reason(hosts, req), room=True)
     return verdict("reserved", RESERVED_RULE.reason(
-        ask, [g for n in roomy for g in n.gpus if g in left]))
+        ask, [g for n in roomy for g in n.gpus if g.uuid in passing]))
 
 
 def _most_per_node(gpus: Sequence[GpuState]) -> int:

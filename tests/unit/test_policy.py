@@ -237,6 +237,19 @@ def test_a_starving_request_reserves_the_roomiest_gpu_against_later_ones():
     assert [d.gpu_uuids for d in result.decisions] == [("n0-0",)]
 
 
+def test_requests_alike_that_starve_each_reserve_their_own_gpu_and_the_rest_wait_with_the_reason():
+    """Requests like one that found no room are not looked at again in the call; each that starves
+    still reserves a GPU, the next roomiest once a decision changed the cluster."""
+    gpus = [gpu(index=i, used=u) for i, u in enumerate((70, 60, 50, 90))]
+    backlog = [req("old1", 80, waited_s=3600), req("old2", 80, waited_s=3600), req("fits", 30),
+               req("old3", 80, waited_s=3600), req("new", 80)]
+    result = place_slices(gpus, backlog, PolicyConfig(starvation_wait_s=600))
+    assert [(d.job_id, d.gpu_uuids) for d in result.decisions] == [("fits", ("n0-0",))]
+    assert result.reserved == {"n0-2": "old1", "n0-1": "old2", "n0-3": "old3"}
+    reasons = {b.job_id: b.reason for b in result.blocked}
+    assert reasons["new"] == reasons["old1"] == "needs 80% of one GPU; the most free on any eligible GPU is 50%"
+
+
 def test_a_reservation_is_recomputed_only_while_the_request_starves():
     gpus = [gpu(index=0, used=50)]
     result = place_slices(gpus, [req("big", 80, waited_s=10), req("small", 30)],

@@ -19,7 +19,7 @@ from slurm_vgpu.policy import (
 )
 from slurm_vgpu.policy.apply import place_on
 from slurm_vgpu.policy.placement import build_context, uses_random_ties
-from slurm_vgpu.policy.rules import Ask, explain
+from slurm_vgpu.policy.rules import Ask, could_wait_for, explain
 from slurm_vgpu.policy.scoring import evaluate
 from slurm_vgpu.policy.select import pick_node, pick_option, rng_for
 from slurm_vgpu.policy.view import group_nodes
@@ -44,7 +44,8 @@ def reference(gpus, requests, config, nodes=(), workload=()) -> PlacementResult:
         if not groups:
             verdict = explain(views, ask)
             blocked.append(verdict.blocked)
-            free = [g for g in verdict.waiting_for if g.uuid not in reserved]
+            free = [g for v in views for g in v.gpus if verdict.waits_for_room and g.uuid not in reserved
+                    and could_wait_for(g, ask)]
             if req.waited_s > config.starvation_wait_s and req.gpus == 1 and free:
                 reserved[max(free, key=lambda g: (g.free, g.memory_mib - g.memory_used_mib)).uuid] = req.job_id
             continue
