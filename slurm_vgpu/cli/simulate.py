@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from ..policy import POLICIES
-from ..sim.trace import DEFAULT_DIR, DEFAULT_NODES, DEFAULT_PODS, TraceError, load_nodes, load_pods  # no numpy
+from ..sim.trace import DEFAULT_DIR, DEFAULT_NODES, DEFAULT_PODS, TraceError, load_nodes, load_pods, load_timed_pods  # no numpy
 from .output import console
 
 
@@ -48,18 +48,32 @@ def _policies(ctx: click.Context, param: click.Parameter, value: str) -> list[st
               help="Zipf exponent of the tasks per user")
 @click.option("--arrival-max", type=click.FloatRange(min=0, min_open=True), default=1.3,
               show_default=True, help="inflate arrivals to this multiple of GPU capacity")
+@click.option("--time", "in_time", is_flag=True,
+              help="replay creation and deletion times: tasks queue, run and leave; Slurm's own "
+              "first-fit with backfill is the baseline")
+@click.option("--time-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="with --time: arrivals this many times faster, run times unchanged")
+@click.option("--cluster-fraction", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0,
+              show_default=True, help="with --time: keep this random fraction of the nodes (per seed)")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="write allocation vs arrived load (one line per policy) to this PNG")
+              help="write allocation vs arrived load (with --time: over time), one line per policy, "
+              "to this PNG")
 @click.option("--json", "as_json", is_flag=True, help="print every figure per policy per seed as JSON")
 def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str], seeds: int,
-             users: int, user_skew: float, arrival_max: float, plot_path: Path | None,
-             as_json: bool) -> None:
+             users: int, user_skew: float, arrival_max: float, in_time: bool, time_scale: float,
+             cluster_fraction: float, plot_path: Path | None, as_json: bool) -> None:
     """Replay a GPU trace through the placement policies and compare how full they pack the GPUs.
 
     Follows the FGD paper's protocol: shuffled tasks inflated to --arrival-max of GPU capacity,
     random node order, no departures, a task that fits nowhere is dropped. The headline is the GPU
     allocation ratio when arrivals reach the maximum.
+
+    With --time, tasks arrive at their creation times, wait while nothing fits, run for their traced
+    run times and leave, decided by the placement daemon's own path; the figures are queueing delay
+    per class, GPU allocation over time and what ran, beside Slurm's own scheduling.
     """
+    if not in_time and (time_scale != 1.0 or cluster_fraction != 1.0):
+        raise click.UsageError("--time-scale and --cluster-fraction need --time")
     # Imported here: the simulator needs numpy (the `sim` extra), which a node or controller
     # install (pip install slurm-vgpu, the Ansible roles) does not have; every other command works.
     from ..sim.experiment import seeds_for, simulate as run_simulation
@@ -70,7 +84,7 @@ def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str
     pods_path = pods_path or default_trace(DEFAULT_PODS)
     try:
         cluster = load_nodes(nodes_path)
-        pods = load_pods(pods_path)
+        pods = load_timed_pods(pods_path) if in_time else load_pods(pods_path)
     except FileNotFoundError as err:
         raise click.BadParameter(f"{err.filename}: no such file") from None
     except TraceError as err:
@@ -78,6 +92,10 @@ def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str
     if not cluster.gpus or not pods:
         raise click.UsageError(f"nothing to replay: {len(cluster.gpus)} GPUs in {nodes_path}, "
                                f"{len(pods)} tasks in {pods_path}")
+    if in_time:
+        _simulate_in_time(cluster, pods, policies, seeds, users, user_skew, time_scale, cluster_fraction,
+                          plot_path, as_json, {"nodes": Path(nodes_path).name, "pods": Path(pods_path).name})
+        return
     with Progress(transient=True, console=Console(file=sys.stderr)) as bar:
         task = bar.add_task("replaying", total=None)
         runs = run_simulation(cluster, pods, policies, seeds_for(seeds), users, user_skew,
@@ -93,3 +111,26 @@ def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str
         }, indent=2))
     else:
         print_table(runs, arrival_max, console())  # whole rows when piped
+
+
+def _simulate_in_time(cluster, pods, policies: list[str], seeds: int, users: int, user_skew: float,
+                      time_scale: float, cluster_fraction: float, plot_path: Path | None, as_json: bool,
+                      files: dict) -> None:
+    from ..sim.experiment import SLURM, seeds_for, simulate_in_time
+    from ..sim.report import plot_time_allocation, print_time_table
+    from ..sim.timeline import compressed
+
+    pods = compressed(pods, time_scale)
+    with Progress(transient=True, console=Console(file=sys.stderr)) as bar:
+        task = bar.add_task("replaying in time", total=None)
+        runs = simulate_in_time(cluster, pods, policies, seeds_for(seeds), users, user_skew, cluster_fraction,
+                                lambda n, total: bar.update(task, advance=n, total=total))
+    if plot_path is not None:
+        plot_time_allocation(runs, plot_path)
+    if as_json:
+        click.echo(json.dumps({
+            **files, "tasks": len(pods), "users": users, "user_skew": user_skew, "time_scale": time_scale,
+            "cluster_fraction": cluster_fraction, "baseline": SLURM, "runs": [asdict(r) for r in runs],
+        }, indent=2))
+    else:
+        print_time_table(runs, console())

@@ -1,6 +1,7 @@
 """Run the protocol for several policies and seeds: the simulator's entry point below the CLI."""
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import replace
 from collections.abc import Callable, Sequence
@@ -10,7 +11,10 @@ from ..policy.model import PolicyConfig, Request
 from .metrics import Figures, figures
 from .protocol import arrivals, assign_users
 from .replay import run
-from .trace import Cluster
+from .slurm_baseline import SLURM_CONFIG, SlurmScheduler
+from .time_figures import TimeFigures, time_figures
+from .timeline import DaemonScheduler, Occupancy, offered_demand, replay
+from .trace import Cluster, TimedPod
 
 DEFAULT_SEED = 42
 
@@ -46,4 +50,52 @@ def simulate(cluster: Cluster, pods: Sequence[Request], policies: Sequence[str],
             traj = run(cluster, arr, PolicyConfig(policy=policy, seed=seed), workload, metric, tick)
             out.append(figures(policy, seed, traj, arr.pods, arrival_max, len(cluster.gpus),
                                time.perf_counter() - start))
+    return out
+
+
+SLURM = "slurm"  # the time mode's baseline: Slurm's own scheduling, first-fit in priority order
+
+
+def part_of(cluster: Cluster, fraction: float, seed: int) -> Cluster:
+    """A random ``fraction`` of the nodes (at least one), in their order, with their GPUs."""
+    if fraction >= 1:
+        return cluster
+    rng = random.Random(f"nodes/{seed}")
+    keep = sorted(rng.sample(range(len(cluster.nodes)), max(1, round(fraction * len(cluster.nodes)))))
+    names = {cluster.nodes[i].name for i in keep}
+    return Cluster(tuple(g for g in cluster.gpus if g.node in names), tuple(cluster.nodes[i] for i in keep))
+
+
+def simulate_in_time(cluster: Cluster, pods: Sequence[TimedPod], policies: Sequence[str],
+                     seeds: Sequence[int], users: int = 0, user_skew: float = 1.0,
+                     cluster_fraction: float = 1.0,
+                     progress: Callable[[int, int], None] | None = None) -> list[TimeFigures]:
+    """Replay the tasks at their times under Slurm alone and under each policy's daemon path; each
+    seed shuffles the node order, as in the packing protocol, and picks the nodes kept."""
+    workload = [(p.request, 1.0) for p in pods]
+    total = (len(policies) + 1) * len(seeds) * 2 * len(pods)
+    out = []
+    for seed in seeds:
+        part = part_of(cluster, cluster_fraction, seed)
+        demand = offered_demand(pods, part.capacity)
+        requests = assign_users([p.request for p in pods], users, user_skew, seed)
+        mine = [replace(p, request=r) for p, r in zip(pods, requests)]
+        order = list(range(len(part.nodes)))
+        random.Random(seed).shuffle(order)
+        for policy in (SLURM, *policies):
+            start = time.perf_counter()
+            done = [0]
+
+            def tick(n: int, done=done) -> None:
+                if progress is not None and (n - done[0] >= 200 or n == 2 * len(pods)):
+                    progress(n - done[0], total)
+                    done[0] = n
+
+            if policy == SLURM:
+                scheduler = SlurmScheduler(Occupancy(part, order, SLURM_CONFIG, workload))
+            else:
+                config = PolicyConfig(policy=policy, seed=seed)
+                scheduler = DaemonScheduler(Occupancy(part, order, config, workload))
+            timeline = replay(mine, scheduler, tick)
+            out.append(time_figures(policy, seed, timeline, mine, demand, time.perf_counter() - start))
     return out

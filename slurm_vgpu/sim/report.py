@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..policy.model import SloClass
 from .metrics import Figures, summary
+from .time_figures import TimeFigures
 
 
 def print_table(runs: Sequence[Figures], arrival_max: float, console: Console | None = None) -> None:
@@ -59,6 +60,61 @@ def plot_allocation(runs: Sequence[Figures], path: Path, arrival_max: float) -> 
     ax.set_xlabel("arrived GPU request (% of capacity)")
     ax.set_ylabel("GPU allocation (% of capacity)")
     ax.set_title("GPU allocation vs arrived load")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _wait(run_list: Sequence[TimeFigures], cls: SloClass) -> str:
+    means = [r.wait_mean_s[cls.value] for r in run_list if cls.value in r.wait_mean_s]
+    p99s = [r.wait_p99_s[cls.value] for r in run_list if cls.value in r.wait_p99_s]
+    return f"{np.mean(means):.0f} / {np.mean(p99s):.0f}" if means else "-"
+
+
+def print_time_table(runs: Sequence[TimeFigures], console: Console | None = None) -> None:
+    """One row per scheduler, means over seeds; waits are mean / p99 seconds per class."""
+    first = runs[0]
+    table = Table(title=f"Replay in time (mean over seeds): offered GPU demand {first.demand_mean:.0f}% "
+                        f"of capacity, at peak {first.demand_peak:.0f}%")
+    for name in ("scheduler", "seeds", "allocation %", "peak %", "started", "withdrawn",
+                 "never fit", "left waiting"):
+        table.add_column(name, justify="left" if name == "scheduler" else "right")
+    for cls in SloClass:
+        table.add_column(f"wait {cls.value} s", justify="right")
+    table.add_column("seconds", justify="right")
+    for policy in dict.fromkeys(r.policy for r in runs):
+        mine = [r for r in runs if r.policy == policy]
+        table.add_row(
+            policy, str(len(mine)),
+            f"{np.mean([r.allocation_mean for r in mine]):.2f}",
+            f"{np.mean([r.allocation_peak for r in mine]):.1f}",
+            *(f"{np.mean([getattr(r, f) for r in mine]):.0f}" for f in ("started", "withdrawn", "refused", "stuck")),
+            *(_wait(mine, cls) for cls in SloClass),
+            f"{sum(r.seconds for r in mine):.1f}",
+        )
+    (console or Console()).print(table)
+
+
+def plot_time_allocation(runs: Sequence[TimeFigures], path: Path) -> None:
+    """GPU allocation over time, one line per scheduler (its first seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    span = max((t for r in runs for t, _ in r.series), default=0)
+    unit, name = (3600, "hours") if span > 7200 else (60, "minutes")
+    for policy in dict.fromkeys(r.policy for r in runs):
+        run = next(r for r in runs if r.policy == policy)
+        ax.step([t / unit for t, _ in run.series], [a for _, a in run.series], where="post",
+                label=f"{policy} (mean {run.allocation_mean:.1f}%)")
+    ax.set_xlabel(f"{name} from the first arrival")
+    ax.set_ylabel("GPU allocation (% of capacity)")
+    ax.set_title("GPU allocation over time")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()

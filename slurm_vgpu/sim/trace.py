@@ -2,8 +2,9 @@
 
 Nodes become GPUs of capacity 1000 (the trace's milli-GPU) plus a NodeState for CPU and memory;
 tasks become Requests: ``gpu_milli`` is the share of one GPU, ``num_gpu > 1`` asks for whole GPUs,
-``gpu_spec`` (``A|B``) restricts the model, ``qos`` picks the SLO class. Every malformed line is
-reported with its file, line and field; none is skipped.
+``gpu_spec`` (``A|B``) restricts the model, ``qos`` picks the SLO class; ``creation_time``, ``deletion_time`` and ``scheduled_time`` (seconds)
+place a task in time for the time mode. Every malformed line is reported with its file, line and
+field; none is skipped.
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ NODE_FIELDS = ("sn", "cpu_milli", "memory_mib", "gpu", "model")
 # (throughput) are read where present: the multi-GPU lists have only these five.
 POD_FIELDS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli")
 # The default trace, shipped with the package (README.md there says what it is and whom to cite).
+# The time mode's columns: when the task was created and deleted, and when it started (empty: it
+# never ran in the traced cluster, its owner deleted it while it waited).
+TIME_FIELDS = ("creation_time", "deletion_time")
 DEFAULT_DIR = Path(__file__).resolve().parent / "traces" / "alibaba-gpu-v2023"
 DEFAULT_NODES = "openb_node_list_gpu_node.csv"
 DEFAULT_PODS = "openb_pod_list_default.csv"
@@ -146,3 +150,48 @@ def load_pods(path: Path) -> tuple[Request, ...]:
     if problems:
         raise TraceError(problems)
     return tuple(pods)
+
+
+@dataclass(frozen=True)
+class TimedPod:
+    """A task with its times in the traced cluster, in seconds."""
+
+    request: Request
+    created: int
+    deleted: int
+    scheduled: int | None  # None: it never ran there (deleted while it waited)
+
+    @property
+    def runtime(self) -> int | None:
+        """How long it ran once started; None for a task that never ran, which runs (if started in a
+        replay) until its owner deletes it."""
+        return None if self.scheduled is None else self.deleted - self.scheduled
+
+
+def _times(path: Path, line: int, row: dict, problems: list[Problem]) -> tuple[int, int, int | None] | None:
+    before = len(problems)
+    created, deleted = (_field(path, line, row, f, _count, problems) for f in TIME_FIELDS)
+    raw = (row.get("scheduled_time") or "").strip()
+    scheduled = _field(path, line, row, "scheduled_time", _count, problems) if raw else None
+    if len(problems) > before:
+        return None
+    if deleted < created:
+        problems.append(Problem(str(path), line, "deletion_time", f"{deleted} is before creation_time {created}"))
+    elif scheduled is not None and not created <= scheduled <= deleted:
+        problems.append(Problem(str(path), line, "scheduled_time",
+                                f"{scheduled} is not between creation_time and deletion_time"))
+    return None if len(problems) > before else (created, deleted, scheduled)
+
+
+def load_timed_pods(path: Path) -> tuple[TimedPod, ...]:
+    """The tasks with their times, in creation order (the trace's order among equal times)."""
+    problems: list[Problem] = []
+    pods = []
+    for line, row in _rows(path, POD_FIELDS + TIME_FIELDS, problems):
+        req = _pod_request(path, line, row, problems)
+        times = _times(path, line, row, problems)
+        if req is not None and times is not None:
+            pods.append(TimedPod(req, *times))
+    if problems:
+        raise TraceError(problems)
+    return tuple(sorted(pods, key=lambda p: p.created))

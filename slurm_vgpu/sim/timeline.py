@@ -1,0 +1,243 @@
+"""Replay a trace in time: tasks arrive at their creation time, wait while nothing fits, run for as
+long as they ran in the traced cluster, and leave.
+
+The clock moves from event to event (an arrival, an end, a waiting task's owner giving up); after
+each, a scheduler decides the waiting tasks, in priority order (creation order: the trace has no
+priorities, and Slurm's age factor orders equal jobs so). Times are whole seconds, the daemon's
+cycle. Where nothing ended or left since the last pass, the cluster only filled, so the tasks that
+waited then wait still: such a pass decides only the new arrivals, behind what the schedulers carry
+from their last whole pass (the daemon's anti-starvation reservations, Slurm's backfill
+reservation). Two schedulers share the clock and the cluster (:class:`Occupancy`):
+
+- :class:`DaemonScheduler` is the placement daemon's own decide path (:meth:`Placer.decide`): every
+  waiting task each cycle, in order, with the policy's rules and its anti-starvation reservations;
+- :class:`.slurm_baseline.SlurmScheduler` is what Slurm alone would do.
+
+A task that never ran in the traced cluster (no ``scheduled_time``) leaves the queue at its
+deletion time; started in a replay, it runs until then.
+"""
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from ..policy.apply import place_on
+from ..policy.model import Decision, PolicyConfig, Request
+from ..policy.placement import Placer
+from ..policy.rules import Ask
+from ..policy.view import NodeView
+from .protocol import gpu_request
+from .trace import Cluster, TimedPod
+
+
+@dataclass(frozen=True)
+class Start:
+    """A task started on these GPU positions of the node at ``rank``."""
+
+    pod: TimedPod
+    rank: int
+    positions: tuple[int, ...]
+
+
+@dataclass
+class Outcome:
+    """What one scheduling pass did: tasks started, and tasks no GPU of the cluster can ever host."""
+
+    started: list[Start] = field(default_factory=list)
+    refused: list[TimedPod] = field(default_factory=list)
+
+
+class Scheduler(Protocol):
+    """Decides a pass; the tasks it starts are on their nodes and booked in the occupancy when it
+    returns. ``whole``: the tasks are the whole queue, else only new arrivals."""
+
+    occupancy: Occupancy
+
+    def decide(self, tasks: Sequence[TimedPod], now: int, whole: bool) -> Outcome: ...
+
+
+class Occupancy:
+    """The placer's cluster with every running task kept, so that a task's end can be taken off its
+    node: the node is rebuilt from empty with the tasks still on it (a view keeps no per-task
+    record, and a user's set of capped slices cannot be decremented)."""
+
+    def __init__(self, cluster: Cluster, node_order: Sequence[int], config: PolicyConfig,
+                 workload: Sequence[tuple[Request, float]]):
+        gpus_by_node: dict[str, list] = {}
+        for gpu in cluster.gpus:
+            gpus_by_node.setdefault(gpu.node, []).append(gpu)
+        nodes = [cluster.nodes[i] for i in node_order]
+        gpus = [g for n in nodes for g in gpus_by_node.get(n.name, ())]
+        self.config = config
+        self.placer = Placer(gpus, config, nodes, workload)
+        self.state = self.placer.state
+        self.empty = list(self.state.views)
+        self.on_node: list[dict[str, tuple[Request, tuple[int, ...], int]]] = [{} for _ in self.empty]
+        self.allocated = 0  # GPU units in use
+        self.capacity = cluster.capacity
+
+    def ask(self, req: Request) -> Ask:
+        return Ask(req, self.config, self.state.ctx.reference_speed)
+
+    def put(self, start: Start, end: int) -> None:
+        """Put a start decided outside the placer's decide path on its node, and book it."""
+        view = place_on(self.state.views[start.rank], start.positions, self.ask(start.pod.request))
+        self.state.update(start.rank, view)
+        self.record(start, end)
+
+    def record(self, start: Start, end: int) -> None:
+        """Book a start that the node's view already holds, to be taken off at ``end``."""
+        req = start.pod.request
+        self.on_node[start.rank][req.job_id] = (req, start.positions, end)
+        self.allocated += gpu_request(req)
+
+    def view_of(self, rank: int, tasks: Iterable[tuple[Request, tuple[int, ...]]]) -> NodeView:
+        view = self.empty[rank]
+        for req, positions in tasks:
+            view = place_on(view, positions, self.ask(req))
+        return view
+
+    def finish(self, rank: int, job_id: str) -> None:
+        req, _, _ = self.on_node[rank].pop(job_id)
+        self.allocated -= gpu_request(req)
+        self.state.update(rank, self.view_of(rank, ((r, p) for r, p, _ in self.on_node[rank].values())))
+
+
+class DaemonScheduler:
+    """The placement daemon's decide path under one policy."""
+
+    def __init__(self, occupancy: Occupancy):
+        self.occupancy = occupancy
+        self.reserved: dict[str, str] = {}  # the last whole pass's reservations: gpu uuid -> job id
+
+    def decide(self, tasks: Sequence[TimedPod], now: int, whole: bool) -> Outcome:
+        occ = self.occupancy
+        by_id = {p.request.job_id: p for p in tasks}
+        out = Outcome()
+        requests = [replace(p.request, waited_s=float(now - p.created)) for p in tasks]
+        if whole:
+            self.reserved = {}
+        for result in occ.placer.decide(requests, self.reserved if whole else dict(self.reserved)):
+            pod = by_id[result.job_id]
+            if isinstance(result, Decision):
+                rank = occ.state.rank_of[result.node]
+                gpus = occ.state.views[rank].gpus
+                start = Start(pod, rank, tuple(i for i, g in enumerate(gpus) if g.uuid in result.gpu_uuids))
+                occ.record(start, end_of(pod, now))
+                out.started.append(start)
+            elif result.never:
+                out.refused.append(pod)
+        return out
+
+
+@dataclass
+class Timeline:
+    """What happened to every task, and the allocation after every event."""
+
+    capacity: int
+    waits: dict[str, int] = field(default_factory=dict)  # job id -> seconds from creation to start
+    withdrawn: list[TimedPod] = field(default_factory=list)  # deleted by their owner while waiting
+    refused: list[TimedPod] = field(default_factory=list)  # no GPU could ever host them
+    stuck: list[TimedPod] = field(default_factory=list)  # still waiting when nothing else could happen
+    times: list[int] = field(default_factory=list)  # event times
+    allocated: list[int] = field(default_factory=list)  # GPU units in use after the event
+
+
+def compressed(pods: Sequence[TimedPod], scale: float) -> tuple[TimedPod, ...]:
+    """The tasks arriving ``scale`` times as fast from the first arrival on, each running and waiting
+    for as long as before: the traced pod lists are samples of a larger cluster's tasks, so at their
+    own times they load the cluster hardly at all."""
+    if not pods or scale == 1:
+        return tuple(pods)
+    first = pods[0].created
+
+    def moved(p: TimedPod) -> TimedPod:
+        created = first + round((p.created - first) / scale)
+        if p.scheduled is None:
+            return TimedPod(p.request, created, created + p.deleted - p.created, None)
+        scheduled = created + p.scheduled - p.created
+        return TimedPod(p.request, created, scheduled + p.deleted - p.scheduled, scheduled)
+    return tuple(moved(p) for p in pods)
+
+
+def offered_demand(pods: Sequence[TimedPod], capacity: int) -> tuple[float, float]:
+    """(mean, peak) over the arrival span of the GPU units that tasks would hold were each started
+    on arrival, as a fraction of capacity: above 1, tasks must wait under any policy."""
+    if not pods:
+        return 0.0, 0.0
+    steps: dict[int, int] = {}
+    for p in pods:
+        if p.runtime is not None and p.runtime > 0:
+            steps[p.created] = steps.get(p.created, 0) + gpu_request(p.request)
+            steps[p.created + p.runtime] = steps.get(p.created + p.runtime, 0) - gpu_request(p.request)
+    first, last = pods[0].created, pods[-1].created
+    level = area = peak = 0
+    at = first
+    for t in sorted(steps):
+        if t > last:
+            break
+        area += level * (t - at)
+        level += steps[t]
+        at, peak = t, max(peak, level)
+    area += level * (last - at)
+    return (area / (last - first) / capacity if last > first else peak / capacity), peak / capacity
+
+
+def end_of(pod: TimedPod, now: int) -> int:
+    """When a task started ``now`` ends."""
+    return now + pod.runtime if pod.runtime is not None else pod.deleted
+
+
+def _next_time(pods: Sequence[TimedPod], nxt: int, *heaps: list) -> int | None:
+    times = [pods[nxt].created] if nxt < len(pods) else []
+    return min(times + [heap[0][0] for heap in heaps if heap], default=None)
+
+
+def replay(pods: Sequence[TimedPod], scheduler: Scheduler,
+           progress: Callable[[int], None] | None = None) -> Timeline:
+    """Run every task through ``scheduler``; ``pods`` in creation order."""
+    occ = scheduler.occupancy
+    timeline = Timeline(capacity=occ.capacity)
+    ends: list[tuple[int, int, str]] = []  # (end, rank, job id)
+    withdrawals: list[tuple[int, int, str]] = []  # (deletion, index, job id) of tasks that may give up
+    queue: dict[str, TimedPod] = {}  # waiting, in priority order
+    nxt = done = 0
+    while (now := _next_time(pods, nxt, ends, withdrawals)) is not None:
+        whole = bool(ends) and ends[0][0] <= now  # something ended: room freed
+        while ends and ends[0][0] <= now:
+            _, rank, job_id = heapq.heappop(ends)
+            occ.finish(rank, job_id)
+            done += 1
+        arrived = []
+        while nxt < len(pods) and pods[nxt].created <= now:
+            pod = pods[nxt]
+            queue[pod.request.job_id] = pod
+            arrived.append(pod)
+            if pod.runtime is None:
+                heapq.heappush(withdrawals, (pod.deleted, nxt, pod.request.job_id))
+            nxt += 1
+        while withdrawals and withdrawals[0][0] <= now:
+            _, _, job_id = heapq.heappop(withdrawals)
+            if (pod := queue.pop(job_id, None)) is not None:
+                timeline.withdrawn.append(pod)
+                whole = True  # the queue ahead of the others changed
+        tasks = list(queue.values()) if whole else [p for p in arrived if p.request.job_id in queue]
+        if tasks:
+            outcome = scheduler.decide(tasks, now, whole)
+            for start in outcome.started:
+                end = end_of(start.pod, now)
+                job_id = start.pod.request.job_id
+                del queue[job_id]
+                heapq.heappush(ends, (end, start.rank, job_id))
+                timeline.waits[job_id] = now - start.pod.created
+            for pod in outcome.refused:
+                del queue[pod.request.job_id]
+                timeline.refused.append(pod)
+        timeline.times.append(now)
+        timeline.allocated.append(occ.allocated)
+        if progress is not None:
+            progress(nxt + done)
+    timeline.stuck = list(queue.values())
+    return timeline
