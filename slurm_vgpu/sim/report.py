@@ -42,12 +42,7 @@ def print_table(runs: Sequence[Figures], arrival_max: float, console: Console | 
 
 def plot_allocation(runs: Sequence[Figures], path: Path, arrival_max: float) -> None:
     """One line per policy: mean allocation % against arrived GPU request % (the paper's Fig. 7)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = _figure()
     top = int(round(arrival_max * 100))
     for policy in dict.fromkeys(r.policy for r in runs):
         curves = [r.curve for r in runs if r.policy == policy]
@@ -57,9 +52,25 @@ def plot_allocation(runs: Sequence[Figures], path: Path, arrival_max: float) -> 
         ax.plot(buckets, values, label=f"{policy} ({final:.2f}%)")
     ax.plot([0, 100], [0, 100], color="grey", linewidth=0.6, linestyle=":")
     ax.set_xlim(0, top)
-    ax.set_xlabel("arrived GPU request (% of capacity)")
+    _save(fig, ax, path, "arrived GPU request (% of capacity)", "GPU allocation vs arrived load")
+
+
+def _figure():
+    """An allocation plot's figure; matplotlib (the `sim` extra) is imported only to draw one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(7, 4.5), dpi=120)
+
+
+def _save(fig, ax, path: Path, xlabel: str, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("GPU allocation (% of capacity)")
-    ax.set_title("GPU allocation vs arrived load")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -100,24 +111,11 @@ def print_time_table(runs: Sequence[TimeFigures], console: Console | None = None
 
 def plot_time_allocation(runs: Sequence[TimeFigures], path: Path) -> None:
     """GPU allocation over time, one line per scheduler (its first seed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = _figure()
     span = max((t for r in runs for t, _ in r.series), default=0)
     unit, name = (3600, "hours") if span > 7200 else (60, "minutes")
     for policy in dict.fromkeys(r.policy for r in runs):
         run = next(r for r in runs if r.policy == policy)
         ax.step([t / unit for t, _ in run.series], [a for _, a in run.series], where="post",
                 label=f"{policy} (mean {run.allocation_mean:.1f}%)")
-    ax.set_xlabel(f"{name} from the first arrival")
-    ax.set_ylabel("GPU allocation (% of capacity)")
-    ax.set_title("GPU allocation over time")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, ax, path, f"{name} from the first arrival", "GPU allocation over time")

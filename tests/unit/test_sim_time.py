@@ -124,9 +124,11 @@ def test_cli_time_mode_reports_each_class_beside_slurms_baseline(tmp_path):
     nodes = write(tmp_path / "n.csv", "sn,cpu_milli,memory_mib,gpu,model\n", ["n0,64000,262144,1,T4"])
     pods = write(tmp_path / "p.csv", POD_HEADER, [
         task("a", 0, runtime=100), task("b", 10, runtime=50, qos="BE"), task("c", 20, runtime=10, milli=300)])
+    plot = tmp_path / "time.png"
     result = CliRunner().invoke(simulate_cmd, ["--nodes", str(nodes), "--pods", str(pods), "--time",
-                                               "--policies", "ours,first-fit", "--json"])
+                                               "--policies", "ours,first-fit", "--json", "--plot", str(plot)])
     assert result.exit_code == 0, result.output
+    assert plot.read_bytes().startswith(b"\x89PNG")
     out = json.loads(result.output)
     assert [r["policy"] for r in out["runs"]] == ["slurm", "ours", "first-fit"]
     ours = out["runs"][1]
