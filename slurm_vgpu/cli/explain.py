@@ -105,8 +105,8 @@ def explain(runtime: Runtime, job_id: int, as_json: bool) -> None:
         placement = next(iter(placement_records(session, job_ids=[job_id])), None)
         now, gpu_nodes = store.now(), {s.node for s in states}
         refused = store.refused_nodes(session, {job.job_id: job.submit_time}, now - REFUSAL_MEMORY)
-        requests = [] if placement else waiting_requests([job], set(), now.timestamp(), refused, nodes, gpu_nodes,
-                                                         reservations=reservations)
+        requests, shut_out = ([], []) if placement else waiting_requests(
+            [job], set(), now.timestamp(), refused, nodes, gpu_nodes, reservations=reservations)
         workload = typical_workload(session, requests)
         room = node_states(nodes, gpu_nodes, jobs, store.pinned_nodes(session))
     if requests:
@@ -121,6 +121,9 @@ def explain(runtime: Runtime, job_id: int, as_json: bool) -> None:
                 record["rule"], record["why"] = "node", short
         verdict = _waiting_verdict(place_slices(states, requests, config, room, workload=[(r, 1.0) for r in workload]),
                                    records)
+    elif shut_out:
+        records = []
+        verdict = _waiting_verdict(PlacementResult(blocked=tuple(shut_out)), records)
     else:
         records = []
         verdict = _not_waiting_verdict(job, placement)

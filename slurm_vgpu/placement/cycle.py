@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import sqlalchemy as sa
 
@@ -185,10 +186,17 @@ def waiting_on_slurm(jobs: Iterable[Job], placed_jobs: set[int], now_s: float,
             and not j.holds_array_tasks and (why := j.kept_back(now_s, reservations)) is not None]
 
 
+class Waiting(NamedTuple):
+    """The jobs to place, as policy requests in order, and those no GPU node is open to now."""
+
+    requests: list[Request]
+    shut_out: list[Blocked]  # with why: Slurm would start them on none of the GPU nodes
+
+
 def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
                      refused: Mapping[int, set[str]] = {}, nodes: Mapping[str, Node] | None = None,
                      gpu_nodes: Iterable[str] = (), class_priority: Mapping[str, int] = {},
-                     reservations: Sequence[Reservation] = ()) -> list[Request]:
+                     reservations: Sequence[Reservation] = ()) -> Waiting:
     """Unplaced vgpu jobs that only their placement keeps from starting, as policy requests, in
     Slurm's priority order, each raised by its class's weight (``class_priority``: the site's
     ClassPriority), then oldest first.
@@ -200,7 +208,9 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
     Slurm holds back for a QoS or association limit (pinned, it would wait as well). A job may use
     the nodes of ``gpu_nodes`` that Slurm would run it on now (its partitions, --constraint,
     --exclude, --nodelist, by ``nodes``; Slurm's ``reservations``) and that did not refuse its pin
-    lately (``refused``).
+    lately (``refused``). A job whose partitions, constraints or reservations leave it none of the
+    GPU nodes is shut out, with that reason, rather than asked of the policy, which knows only
+    that the job may use no node.
     """
     at_limit = {j.user_id for j in jobs if j.held_by_limit}
     waiting = [
@@ -213,18 +223,28 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
     waiting = _within_throttles(waiting, jobs, placed_jobs)
     every = frozenset(gpu_nodes)
 
-    def allowed(job: Job) -> frozenset[str] | None:
-        left = every - refused.get(job.job_id, set())
-        if nodes is not None:
-            left &= job.allowed_nodes(nodes)
+    def allowed(job: Job) -> tuple[frozenset[str] | None, str | None]:
+        """The GPU nodes the job may use now (None: every one), or why Slurm would start it on none."""
+        left = every if nodes is None else every & job.allowed_nodes(nodes)
+        if every and not left:
+            return left, (f"Slurm would start it on none of the GPU nodes: its partition "
+                          f"({job.partition or 'the default'}), --constraint, --exclude and --nodelist leave none")
         own = reservation_names(job.reservation)
         left -= closed_nodes(own, job.time_limit_min, reservations, now_s)
+        if every and not left:
+            return left, ("every GPU node it may use is in an advance reservation it is not part of, or one "
+                          "that starts before its time limit ends (scontrol show reservation)")
         confined = confined_to(own, reservations, now_s)
         if confined is not None:
             left &= confined
-        return None if left == every else left
+            if every and not left:
+                return left, f"its reservation {job.reservation} holds none of the GPU nodes it may use"
+        left -= refused.get(job.job_id, set())  # all refused: the policy says so
+        return (None if left == every else left), None
 
-    return [
+    where = {j.job_id: allowed(j) for j in waiting}
+    shut_out = [Blocked(str(j.job_id), why) for j in waiting if (why := where[j.job_id][1]) is not None]
+    return Waiting([
         Request(
             job_id=str(j.job_id),
             share=j.request.share,
@@ -237,10 +257,10 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
             cpu_milli=1000 * j.cpus,
             node_memory_mib=j.memory_mib or 0,
             waited_s=max(0.0, now_s - j.submit_time),
-            nodes=allowed(j),
+            nodes=where[j.job_id][0],
         )
-        for j in waiting
-    ]
+        for j in waiting if where[j.job_id][1] is None
+    ], shut_out)
 
 
 def node_states(nodes: Mapping[str, Node], gpu_nodes: Iterable[str], jobs: Mapping[int, Job],
@@ -408,12 +428,12 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
         gpus = cycle_gpus(session, config, unusable)
         refused = store.refused_nodes(session, {j.job_id: j.submit_time for j in jobs.values()}, now - REFUSAL_MEMORY)
         gpu_nodes = {g.node for g in gpus}
-        requests = waiting_requests(list(jobs.values()), placed_jobs, now.timestamp(), refused, nodes, gpu_nodes,
-                                    config.class_priorities, reservations)
+        requests, shut_out = waiting_requests(list(jobs.values()), placed_jobs, now.timestamp(), refused, nodes,
+                                              gpu_nodes, config.class_priorities, reservations)
         room = node_states(nodes, gpu_nodes, jobs, store.pinned_nodes(session))
         placer = kept.for_cycle(session, requests, gpus, room)
     blocked: list[Blocked] = [Blocked(str(job_id), reason) for job_id, reason in blocked_by.items()]
-    blocked += waiting_on_slurm(jobs.values(), placed_jobs, now.timestamp(), reservations)
+    blocked += waiting_on_slurm(jobs.values(), placed_jobs, now.timestamp(), reservations) + shut_out
     submit_times = {j.job_id: j.submit_time for j in jobs.values()}
     with placement_writer(engine) as writer:
         new = [row for rows in commit_as_decided(writer, placer.decide(requests), requests, config.place_batch,

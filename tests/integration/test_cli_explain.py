@@ -107,3 +107,14 @@ def test_a_job_waiting_for_cpus_beside_its_gpu_is_told_so_counting_jobs_pinned_a
     why = {(g["node"], g["index"]): (g["rule"], g["why"]) for g in doc["gpus"]}
     assert why[("gpu02", 1)] == ("node", "its node has 2 CPUs free; the job needs 4")
     assert why[("gpu01", 0)] == ("node", "its node has 2 CPUs free; the job needs 4")
+
+
+def test_a_job_whose_partition_has_no_gpu_node_is_told_so(cli, fake_slurm):
+    insert_inventory(cli.engine)
+    fake_slurm.set_nodes(["gpu01|idle|debug*|0/8/0/8|64000|0|", "gpu02|idle|debug*|0/8/0/8|64000|0|",
+                          "cpu01|idle|cpu|0/8/0/8|64000|0|"])
+    fake_slurm.set_jobs([{**slurm_job(78, "vgpu-state=unplaced share=30 class=throughput"), "partition": "cpu"}])
+    doc = cli.json("explain", "78")
+    assert doc["verdict"]["reason"] == ("Slurm would start it on none of the GPU nodes: its partition (cpu), "
+                                        "--constraint, --exclude and --nodelist leave none")
+    assert doc["verdict"]["never"] is False and doc["gpus"] == []

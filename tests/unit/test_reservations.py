@@ -68,10 +68,30 @@ def test_waiting_jobs_are_placed_only_where_their_reservations_let_slurm_start_t
     member = squeue_job(3, resv_name="maint")
     early = squeue_job(4, resv_name="later")
     requests = {r.job_id: r.nodes for r in waiting_requests([plain, short, member, early], set(), NOW, nodes=NODES,
-                                                            gpu_nodes=GPU_NODES, reservations=resv)}
+                                                            gpu_nodes=GPU_NODES, reservations=resv).requests}
     assert requests == {"1": {"node4"}, "2": {"node3", "node4"}, "3": {"node1", "node2"}}
     told = waiting_on_slurm([plain, member, early], set(), NOW, resv)
     assert [(b.job_id, b.reason) for b in told] == [("4", f"its reservation later starts at {stamp(NOW + 600)}")]
+
+
+def test_a_job_that_reservations_leave_no_gpu_node_is_told_so_not_that_slurm_refused_its_pins():
+    resv = parse(SHOWN)
+    three = {name: NODES[name] for name in ("node1", "node2", "node3")}  # every GPU node reserved
+    unlimited, member = squeue_job(1), squeue_job(2, resv_name="maint")
+    requests, shut_out = waiting_requests([unlimited, member], set(), NOW, nodes=three,
+                                          gpu_nodes=sorted(three), reservations=resv)
+    assert [r.job_id for r in requests] == ["2"]
+    assert [(b.job_id, b.reason, b.never) for b in shut_out] == [
+        ("1", "every GPU node it may use is in an advance reservation it is not part of, or one that starts "
+              "before its time limit ends (scontrol show reservation)", False)]
+    off = squeue_job(3, resv_name="maint", partition="other")
+    assert waiting_requests([off], set(), NOW, nodes={**NODES, "node9": Node("idle", frozenset({"other"}))},
+                            gpu_nodes=GPU_NODES, reservations=resv).shut_out[0].reason.startswith(
+        "Slurm would start it on none of the GPU nodes: its partition (other)")
+    elsewhere = squeue_job(4, resv_name="maint", excluded_nodes="node[1-2]")
+    assert waiting_requests([elsewhere], set(), NOW, nodes=NODES, gpu_nodes=GPU_NODES,
+                            reservations=resv).shut_out[0].reason == (
+        "its reservation maint holds none of the GPU nodes it may use")
 
 
 def test_reserved_and_planned_nodes_stay_usable_for_the_jobs_slurm_would_start_there():

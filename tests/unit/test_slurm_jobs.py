@@ -32,7 +32,7 @@ def test_a_job_slurm_itself_would_not_start_says_why_and_is_not_placed():
     assert "afterok:9(unfulfilled)" in waiting_on.waits_on_slurm(NOW)
     assert time.strftime("(%Y-%m-%dT%H:%M:%S)", time.localtime(NOW + 600)) in later.waits_on_slurm(NOW)
     assert ready.waits_on_slurm(NOW) is None
-    requests = waiting_requests([held, waiting_on, later, ready], set(), NOW)
+    requests = waiting_requests([held, waiting_on, later, ready], set(), NOW).requests
     assert [r.job_id for r in requests] == ["4"]
 
 
@@ -41,7 +41,7 @@ def test_a_requeued_job_is_placed_no_sooner_than_slurm_would_start_it_again():
     the earliest; a pin's StartTime=now would undo that, and slurmd then ran no prolog for it."""
     requeued = squeue_job(5, restart_cnt=1, submit_time=NOW - 60)
     assert "121 s after its requeue" in requeued.waits_on_slurm(NOW)
-    assert waiting_requests([requeued], set(), NOW) == []
+    assert waiting_requests([requeued], set(), NOW).requests == []
     assert requeued.waits_on_slurm(NOW + 61) is None
     assert squeue_job(6, restart_cnt=0, submit_time=NOW - 60).waits_on_slurm(NOW) is None
 
@@ -63,16 +63,16 @@ def test_jobs_slurm_would_not_start_are_told_why_unless_placed_or_an_arrays_reco
 
 def test_waiting_jobs_are_placed_in_slurms_priority_order_then_oldest_first():
     jobs = [squeue_job(1, priority=10), squeue_job(2, priority=30), squeue_job(3, priority=30, submit_time=NOW - 99)]
-    assert [r.job_id for r in waiting_requests(jobs, set(), NOW)] == ["3", "2", "1"]
+    assert [r.job_id for r in waiting_requests(jobs, set(), NOW).requests] == ["3", "2", "1"]
 
 
 def test_a_class_weight_raises_or_lowers_slurms_priority_in_the_placement_order():
     latency = "vgpu-state=unplaced share=30 class=latency"
     best_effort = "vgpu-state=unplaced share=30 class=best-effort"
     jobs = [squeue_job(1, best_effort, priority=500), squeue_job(2, priority=400), squeue_job(3, latency, priority=100)]
-    assert [r.job_id for r in waiting_requests(jobs, set(), NOW)] == ["1", "2", "3"]
+    assert [r.job_id for r in waiting_requests(jobs, set(), NOW).requests] == ["1", "2", "3"]
     weights = {"latency": 1000, "best-effort": -200}
-    assert [r.job_id for r in waiting_requests(jobs, set(), NOW, class_priority=weights)] == ["3", "2", "1"]
+    assert [r.job_id for r in waiting_requests(jobs, set(), NOW, class_priority=weights).requests] == ["3", "2", "1"]
 
 
 def test_a_user_whose_pin_slurm_holds_for_a_qos_limit_gets_no_new_pin_until_it_starts():
@@ -81,9 +81,9 @@ def test_a_user_whose_pin_slurm_holds_for_a_qos_limit_gets_no_new_pin_until_it_s
     same_user = squeue_job(2)
     other_user = squeue_job(3, user_id=1001)
     assert held.held_by_limit and not same_user.held_by_limit
-    assert [r.job_id for r in waiting_requests([held, same_user, other_user], {1}, NOW)] == ["3"]
+    assert [r.job_id for r in waiting_requests([held, same_user, other_user], {1}, NOW).requests] == ["3"]
     started = replace(held, state="RUNNING", reason="None")
-    assert [r.job_id for r in waiting_requests([started, same_user], {1}, NOW)] == ["2"]
+    assert [r.job_id for r in waiting_requests([started, same_user], {1}, NOW).requests] == ["2"]
 
 
 def test_partition_exclude_and_the_users_nodelist_restrict_the_nodes():
@@ -95,9 +95,9 @@ def test_partition_exclude_and_the_users_nodelist_restrict_the_nodes():
                         partition="gpu,debug", required_nodes="b9")  # Slurm's own field holds the pin
     assert listed.allowed_nodes(NODES) == {"a1", "a2", "b2"}
     requests = waiting_requests([plain, debug], set(), NOW, refused={1: {"a1"}}, nodes=NODES,
-                                gpu_nodes=["a1", "a2", "b2"])
+                                gpu_nodes=["a1", "a2", "b2"]).requests
     assert [r.nodes for r in requests] == [frozenset({"a2", "b2"}), frozenset({"a2"})]
-    everywhere = waiting_requests([plain], set(), NOW, nodes=NODES, gpu_nodes=["a1", "a2", "b2"])
+    everywhere = waiting_requests([plain], set(), NOW, nodes=NODES, gpu_nodes=["a1", "a2", "b2"]).requests
     assert everywhere[0].nodes is None  # no restriction: the grouped fast path decides it
 
 
@@ -132,7 +132,7 @@ class Recording(Slurm):
 
 def test_a_whole_gpu_job_is_placed_as_a_whole_gpu_and_pinned_as_gres_gpu():
     job = squeue_job(5, "vgpu-state=unplaced share=100 class=throughput model=a100 gpus=1")
-    (request,) = waiting_requests([job], set(), NOW)
+    (request,) = waiting_requests([job], set(), NOW).requests
     assert request.whole and request.gpus == 1 and request.share == 100 and request.models == frozenset({"a100"})
     slurm = Recording()
     slurm.pin(5, ["a100_1"], 100, "a1", job.request)
@@ -142,7 +142,7 @@ def test_a_whole_gpu_job_is_placed_as_a_whole_gpu_and_pinned_as_gres_gpu():
 
 def test_a_job_of_several_whole_gpus_is_placed_as_one_request_and_pinned_in_one_update():
     job = squeue_job(5, "vgpu-state=unplaced share=100 class=throughput gpus=2")
-    (request,) = waiting_requests([job], set(), NOW)
+    (request,) = waiting_requests([job], set(), NOW).requests
     assert request.whole and request.gpus == 2
     slurm = Recording()
     slurm.pin(5, ["a100_0", "a100_3"], 100, "a1", job.request)
@@ -176,13 +176,13 @@ def array_task(job_id: int, task: int, array: int = 10, **fields):
 def test_an_arrays_pending_tasks_are_split_off_in_order_and_placed_each_as_its_own_job():
     record = squeue_job(10, array_job_id=10, array_task_string="1-4")  # as 22.05 shows a pending array
     assert record.holds_array_tasks and record.pending_tasks() == [1, 2, 3, 4] and record.array_task_id is None
-    assert waiting_requests([record], set(), NOW) == []  # the record of several tasks is never placed
+    assert waiting_requests([record], set(), NOW).requests == []  # the record of several tasks is never placed
     assert [(r.array_job_id, t) for r, t in array_splits([record], set(), NOW, most=2)] == [(10, 1), (10, 2)]
     # the last task is never split: the record turns into that task itself
     assert [t for _, t in array_splits([record], set(), NOW)] == [1, 2, 3]
     split = [array_task(11, 1), array_task(12, 2)]
     rest = squeue_job(10, array_job_id=10, array_task_string="3-4")
-    assert [r.job_id for r in waiting_requests([rest, *split], set(), NOW)] == ["11", "12"]
+    assert [r.job_id for r in waiting_requests([rest, *split], set(), NOW).requests] == ["11", "12"]
     assert array_splits([rest, *split], set(), NOW) == []  # its split tasks still wait for a GPU
     assert [t for _, t in array_splits([rest, *split], {11, 12}, NOW)] == [3]  # both placed: next
 
@@ -193,11 +193,11 @@ def test_an_arrays_throttle_bounds_its_tasks_placed_and_split():
     running = array_task(11, 1, array_max_tasks=2, job_state="RUNNING",
                         admin_comment="vgpu-state=pinned share=30 class=throughput")
     waiting = array_task(12, 2, array_max_tasks=2)
-    assert [r.job_id for r in waiting_requests([record, running, waiting], set(), NOW)] == ["12"]
+    assert [r.job_id for r in waiting_requests([record, running, waiting], set(), NOW).requests] == ["12"]
     assert array_splits([record, running], set(), NOW) == [(record, 3)]
     assert array_splits([record, running, waiting], {12}, NOW) == []  # 2 of 2 run or are placed
     second = array_task(13, 3, array_max_tasks=2)
-    assert [r.job_id for r in waiting_requests([record, running, waiting, second], set(), NOW)] == ["12"]
+    assert [r.job_id for r in waiting_requests([record, running, waiting, second], set(), NOW).requests] == ["12"]
 
 
 def test_a_held_array_is_not_split():
@@ -250,7 +250,7 @@ def test_a_job_is_placed_only_on_nodes_with_its_cpus_and_memory_idle_or_told_why
         replace(squeue_job(3), cpus=4),  # a2 (a3's GPU is taken by then)
         replace(squeue_job(4), cpus=1),  # a1
     )}
-    requests = waiting_requests(list(jobs.values()), set(), NOW, nodes=nodes, gpu_nodes=nodes)
+    requests = waiting_requests(list(jobs.values()), set(), NOW, nodes=nodes, gpu_nodes=nodes).requests
     result = place_slices(gpus, requests, PolicyConfig(policy="first-fit", latency_max_cotenants=0),
                           node_states(nodes, nodes, jobs, []))
     assert {d.job_id: d.node for d in result.decisions} == {"2": "a3", "3": "a2", "4": "a1"}
@@ -275,6 +275,6 @@ def test_a_drained_node_with_no_idle_cpu_says_it_is_drained():
     nodes = {"a1": Node("drain", frozenset({"gpu"}), cpus_idle=0, memory_free_mib=8192)}
     jobs = {1: squeue_job(1)}
     gpus = [GpuState("a1-0", "a1", 0, "A100", 40960, available=False, unavailable_reason="Slurm reports node a1 drain")]
-    result = place_slices(gpus, waiting_requests(list(jobs.values()), set(), NOW, nodes=nodes, gpu_nodes=nodes),
+    result = place_slices(gpus, waiting_requests(list(jobs.values()), set(), NOW, nodes=nodes, gpu_nodes=nodes).requests,
                           PolicyConfig(), node_states(nodes, nodes, jobs, []))
     assert [b.reason for b in result.blocked] == ["every GPU is drained or down (Slurm reports node a1 drain)"]
