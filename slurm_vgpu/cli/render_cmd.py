@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -9,6 +11,7 @@ import sqlalchemy as sa
 
 from .. import render
 from ..adapters.gpus import GpuRecord, InventoryError, NvmlInventory, SimulatedInventory
+from ..adapters.slurm import Node, SlurmError
 from ..db.models import Gpu
 from .runtime import Runtime, pass_runtime
 
@@ -34,6 +37,12 @@ def nodes_from_files(paths: tuple[Path, ...]) -> list[render.NodeSpec]:
     return nodes
 
 
+def with_slurm_features(nodes: list[render.NodeSpec], known: Mapping[str, Node]) -> list[render.NodeSpec]:
+    """Each node with the Features= Slurm reports for it (sinfo's available features), so that its
+    rendered NodeName line can stand for the site's own; a node Slurm does not know keeps none."""
+    return [replace(n, features=tuple(sorted(known[n.name].features))) if n.name in known else n for n in nodes]
+
+
 def _node(name: str, gpus: list[GpuRecord]) -> render.NodeSpec:
     """CPUs and RealMemory unknown: the rendered NodeName lines carry only what slurm-vgpu adds."""
     return render.NodeSpec(name=name, gpus=tuple(gpus), cpus=None, memory_mib=None)
@@ -57,10 +66,14 @@ def _node(name: str, gpus: list[GpuRecord]) -> render.NodeSpec:
 @click.option("--epilog", default=render.DEFAULT_EPILOG, show_default=True, help="Epilog= in slurm.conf.")
 @click.option("--device-dir", default=render.DEFAULT_DEVICE_DIR, show_default=True,
               help="Where the GPUs' device files are (gres.conf File=<dir>/nvidia<minor>).")
+@click.option("--features-from-slurm", is_flag=True,
+              help="Give each NodeName line the node's Features= as Slurm reports them (sinfo), so the "
+              "line can replace the site's own without losing what --constraint selects.")
 @pass_runtime
 def render_command(runtime: Runtime, names: tuple[str, ...], from_db: bool, from_nvml: bool,
                    inventory_files: tuple[Path, ...], output_dir: Path | None, plugstack_conf: str,
-                   spank_plugin: str, spank_args: str, prolog: str, epilog: str, device_dir: str) -> None:
+                   spank_plugin: str, spank_args: str, prolog: str, epilog: str, device_dir: str,
+                   features_from_slurm: bool) -> None:
     """Render gres.conf, the slurm.conf additions (GresTypes, job_submit, plugstack, prolog and
     epilog, Gres= per node), the plugstack.conf.d entry and job_submit.lua. FILE picks some of them
     (default: all); several on stdout come each after a '==> FILE <==' line, as head(1) prints them."""
@@ -77,6 +90,12 @@ def render_command(runtime: Runtime, names: tuple[str, ...], from_db: bool, from
         raise click.ClickException(str(exc)) from exc
     if not any(n.gpus for n in nodes):
         raise click.ClickException("the inventory has no GPUs; nothing to render (is the node agent running?)")
+    if features_from_slurm:
+        try:
+            nodes = with_slurm_features(nodes, runtime.slurm().nodes())
+        except SlurmError as exc:
+            raise click.ClickException(f"could not read the nodes' features from Slurm: {exc}; render "
+                                       "without --features-from-slurm and add Features= by hand") from exc
     settings = render.SiteSettings(
         plugstack_conf=plugstack_conf, spank_plugin=spank_plugin, spank_args=spank_args, prolog=prolog,
         epilog=epilog, operator_uids=runtime.config.operator_uids, default_class=runtime.config.default_class,
