@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.progress import Progress
 
+from ..config import NAMED_NUMBERS, ConfigError
 from ..policy import POLICIES
 from ..sim.trace import DEFAULT_DIR, DEFAULT_NODES, DEFAULT_PODS, TraceError, load_nodes, load_pods, load_timed_pods  # no numpy
 from .output import console
@@ -29,6 +30,16 @@ def _policies(ctx: click.Context, param: click.Parameter, value: str) -> list[st
         raise click.BadParameter(f"unknown policy {', '.join(unknown) or '(none)'}; "
                                  f"choose from {','.join(POLICIES)}")
     return names
+
+
+def _class_priority(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, int] | None:
+    """The ClassPriority grammar of slurm-vgpu.conf, read by the same parser."""
+    if value is None:
+        return None
+    try:
+        return dict(NAMED_NUMBERS["class_priority"](value, "--class-priority"))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command("simulate")
@@ -53,6 +64,9 @@ def _policies(ctx: click.Context, param: click.Parameter, value: str) -> list[st
               "first-fit with backfill is the baseline")
 @click.option("--time-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="with --time: arrivals this many times faster, run times unchanged")
+@click.option("--class-priority", callback=_class_priority, metavar="CLASS:WEIGHT,...",
+              help="with --time: the daemon's ClassPriority (e.g. latency:10000,best-effort:-10000) orders "
+              "the policies' queues; Slurm's stays in creation order")
 @click.option("--cluster-fraction", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0,
               show_default=True, help="with --time: keep this random fraction of the nodes (per seed)")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -61,7 +75,8 @@ def _policies(ctx: click.Context, param: click.Parameter, value: str) -> list[st
 @click.option("--json", "as_json", is_flag=True, help="print every figure per policy per seed as JSON")
 def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str], seeds: int,
              users: int, user_skew: float, arrival_max: float, in_time: bool, time_scale: float,
-             cluster_fraction: float, plot_path: Path | None, as_json: bool) -> None:
+             class_priority: dict[str, int] | None, cluster_fraction: float, plot_path: Path | None,
+             as_json: bool) -> None:
     """Replay a GPU trace through the placement policies and compare how full they pack the GPUs.
 
     Follows the FGD paper's protocol: shuffled tasks inflated to --arrival-max of GPU capacity,
@@ -72,8 +87,8 @@ def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str
     run times and leave, decided by the placement daemon's own path; the figures are queueing delay
     per class, GPU allocation over time and what ran, beside Slurm's own scheduling.
     """
-    if not in_time and (time_scale != 1.0 or cluster_fraction != 1.0):
-        raise click.UsageError("--time-scale and --cluster-fraction need --time")
+    if not in_time and (time_scale != 1.0 or cluster_fraction != 1.0 or class_priority):
+        raise click.UsageError("--time-scale, --cluster-fraction and --class-priority need --time")
     # Imported here: the simulator needs numpy (the `sim` extra), which a node or controller
     # install (pip install slurm-vgpu, the Ansible roles) does not have; every other command works.
     from ..sim.experiment import seeds_for, simulate as run_simulation
@@ -94,7 +109,8 @@ def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str
                                f"{len(pods)} tasks in {pods_path}")
     if in_time:
         _simulate_in_time(cluster, pods, policies, seeds, users, user_skew, time_scale, cluster_fraction,
-                          plot_path, as_json, {"nodes": Path(nodes_path).name, "pods": Path(pods_path).name})
+                          class_priority, plot_path, as_json,
+                          {"nodes": Path(nodes_path).name, "pods": Path(pods_path).name})
         return
     with Progress(transient=True, console=Console(file=sys.stderr)) as bar:
         task = bar.add_task("replaying", total=None)
@@ -114,8 +130,8 @@ def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str
 
 
 def _simulate_in_time(cluster, pods, policies: list[str], seeds: int, users: int, user_skew: float,
-                      time_scale: float, cluster_fraction: float, plot_path: Path | None, as_json: bool,
-                      files: dict) -> None:
+                      time_scale: float, cluster_fraction: float, class_priority: dict[str, int] | None,
+                      plot_path: Path | None, as_json: bool, files: dict) -> None:
     from ..sim.experiment import SLURM, seeds_for, simulate_in_time
     from ..sim.report import plot_time_allocation, print_time_table
     from ..sim.timeline import compressed
@@ -124,13 +140,13 @@ def _simulate_in_time(cluster, pods, policies: list[str], seeds: int, users: int
     with Progress(transient=True, console=Console(file=sys.stderr)) as bar:
         task = bar.add_task("replaying in time", total=None)
         runs = simulate_in_time(cluster, pods, policies, seeds_for(seeds), users, user_skew, cluster_fraction,
-                                lambda n, total: bar.update(task, advance=n, total=total))
+                                class_priority, lambda n, total: bar.update(task, advance=n, total=total))
     if plot_path is not None:
         plot_time_allocation(runs, plot_path)
     if as_json:
         click.echo(json.dumps({
             **files, "tasks": len(pods), "users": users, "user_skew": user_skew, "time_scale": time_scale,
-            "cluster_fraction": cluster_fraction, "baseline": SLURM, "runs": [asdict(r) for r in runs],
+            "cluster_fraction": cluster_fraction, "class_priority": class_priority or {}, "baseline": SLURM, "runs": [asdict(r) for r in runs],
         }, indent=2))
     else:
         print_time_table(runs, console())

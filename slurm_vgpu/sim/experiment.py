@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import replace
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..policy.fragmentation import Fragmentation, typical_requests
 from ..policy.model import PolicyConfig, Request
@@ -68,10 +68,11 @@ def part_of(cluster: Cluster, fraction: float, seed: int) -> Cluster:
 
 def simulate_in_time(cluster: Cluster, pods: Sequence[TimedPod], policies: Sequence[str],
                      seeds: Sequence[int], users: int = 0, user_skew: float = 1.0,
-                     cluster_fraction: float = 1.0,
+                     cluster_fraction: float = 1.0, class_priority: Mapping[str, int] | None = None,
                      progress: Callable[[int, int], None] | None = None) -> list[TimeFigures]:
-    """Replay the tasks at their times under Slurm alone and under each policy's daemon path; each
-    seed shuffles the node order, as in the packing protocol, and picks the nodes kept."""
+    """Replay the tasks at their times under Slurm alone and under each policy's daemon path (its
+    queue weighed by ``class_priority``, as ``ClassPriority``; Slurm's in creation order); each seed
+    shuffles the node order, as in the packing protocol, and picks the nodes kept."""
     workload = [(p.request, 1.0) for p in pods]
     total = (len(policies) + 1) * len(seeds) * 2 * len(pods)
     out = []
@@ -96,6 +97,6 @@ def simulate_in_time(cluster: Cluster, pods: Sequence[TimedPod], policies: Seque
             else:
                 config = PolicyConfig(policy=policy, seed=seed)
                 scheduler = DaemonScheduler(Occupancy(part, order, config, workload))
-            timeline = replay(mine, scheduler, tick)
+            timeline = replay(mine, scheduler, tick, None if policy == SLURM else class_priority)
             out.append(time_figures(policy, seed, timeline, mine, demand, time.perf_counter() - start))
     return out

@@ -2,8 +2,9 @@
 long as they ran in the traced cluster, and leave.
 
 The clock moves from event to event (an arrival, an end, a waiting task's owner giving up); after
-each, a scheduler decides the waiting tasks, in priority order (creation order: the trace has no
-priorities, and Slurm's age factor orders equal jobs so). Times are whole seconds, the daemon's
+each, a scheduler decides the waiting tasks, in priority order: creation order (the trace has no
+priorities, and Slurm's age factor orders equal jobs so), each class first raised by its weight
+where the daemon's ``ClassPriority`` is given. Times are whole seconds, the daemon's
 cycle. Where nothing ended or left since the last pass, the cluster only filled, so the tasks that
 waited then wait still: such a pass decides only the new arrivals, behind what the schedulers carry
 from their last whole pass (the daemon's anti-starvation reservations, Slurm's backfill
@@ -19,12 +20,12 @@ deletion time; started in a replay, it runs until then.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from ..policy.apply import place_on
-from ..policy.model import Decision, PolicyConfig, Request
+from ..policy.model import Decision, PolicyConfig, Request, SloClass
 from ..policy.placement import Placer
 from ..policy.rules import Ask
 from ..policy.view import NodeView
@@ -195,9 +196,16 @@ def _next_time(pods: Sequence[TimedPod], nxt: int, *heaps: list) -> int | None:
     return min(times + [heap[0][0] for heap in heaps if heap], default=None)
 
 
-def replay(pods: Sequence[TimedPod], scheduler: Scheduler,
-           progress: Callable[[int], None] | None = None) -> Timeline:
-    """Run every task through ``scheduler``; ``pods`` in creation order."""
+def replay(pods: Sequence[TimedPod], scheduler: Scheduler, progress: Callable[[int], None] | None = None,
+           class_priority: Mapping[str, int] | None = None) -> Timeline:
+    """Run every task through ``scheduler``; ``pods`` in creation order, waiting in the order that
+    ``class_priority`` (class name -> weight, as ``ClassPriority``) gives them."""
+    weight = {cls: (class_priority or {}).get(cls.value, 0) for cls in SloClass}
+    weighed = len(set(weight.values())) > 1  # else creation order, the queue's own
+    position = {p.request.job_id: i for i, p in enumerate(pods)}
+
+    def order(pod: TimedPod) -> tuple[int, int]:
+        return -weight[pod.request.slo_class], position[pod.request.job_id]
     occ = scheduler.occupancy
     timeline = Timeline(capacity=occ.capacity)
     ends: list[tuple[int, int, str]] = []  # (end, rank, job id)
@@ -223,7 +231,12 @@ def replay(pods: Sequence[TimedPod], scheduler: Scheduler,
             if (pod := queue.pop(job_id, None)) is not None:
                 timeline.withdrawn.append(pod)
                 whole = True  # the queue ahead of the others changed
-        tasks = list(queue.values()) if whole else [p for p in arrived if p.request.job_id in queue]
+        arrived = [p for p in arrived if p.request.job_id in queue]
+        if weighed and arrived and not whole:  # one that outranks a waiting task goes before it
+            new = {p.request.job_id for p in arrived}
+            last = max((order(p) for job_id, p in queue.items() if job_id not in new), default=None)
+            whole = last is not None and min(map(order, arrived)) < last
+        tasks = (sorted(queue.values(), key=order) if weighed else list(queue.values())) if whole else arrived
         if tasks:
             outcome = scheduler.decide(tasks, now, whole)
             for start in outcome.started:

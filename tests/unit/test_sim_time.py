@@ -140,3 +140,23 @@ def test_cli_time_mode_reports_each_class_beside_slurms_baseline(tmp_path):
 def test_cli_time_options_without_time_are_refused():
     result = CliRunner().invoke(simulate_cmd, ["--time-scale", "10"])
     assert result.exit_code == 2 and "need --time" in result.output
+
+
+def test_class_priority_puts_a_class_ahead_in_the_daemons_queue_as_classpriority_does(tmp_path, one_node):
+    pods = load_timed_pods(write(tmp_path / "p.csv", POD_HEADER, [
+        task("busy", 0, runtime=100, num=2), task("batch", 10, runtime=50, num=2, qos="BE"),
+        task("serve", 20, runtime=50, num=2, qos="LS")]))
+    workload = [(p.request, 1.0) for p in pods]
+
+    def waits(weights):
+        occupancy = Occupancy(one_node, [0], PolicyConfig(policy="ours"), workload)
+        return replay(pods, DaemonScheduler(occupancy), class_priority=weights).waits
+
+    assert waits(None) == {"busy": 0, "batch": 90, "serve": 130}
+    assert waits({"latency": 10000, "best-effort": -10000}) == {"busy": 0, "serve": 80, "batch": 140}
+
+
+def test_cli_class_priority_is_read_as_the_config_reads_it(tmp_path):
+    bad = CliRunner().invoke(simulate_cmd, ["--time", "--class-priority", "urgent:5"])
+    assert bad.exit_code == 2 and "ClassPriority=latency:10000,best-effort:-10000" in bad.output
+    assert "need --time" in CliRunner().invoke(simulate_cmd, ["--class-priority", "latency:1"]).output
