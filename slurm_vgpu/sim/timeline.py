@@ -206,6 +206,7 @@ def replay(pods: Sequence[TimedPod], scheduler: Scheduler, progress: Callable[[i
 
     def order(pod: TimedPod) -> tuple[int, int]:
         return -weight[pod.request.slo_class], position[pod.request.job_id]
+
     occ = scheduler.occupancy
     timeline = Timeline(capacity=occ.capacity)
     ends: list[tuple[int, int, str]] = []  # (end, rank, job id)
@@ -236,7 +237,8 @@ def replay(pods: Sequence[TimedPod], scheduler: Scheduler, progress: Callable[[i
             new = {p.request.job_id for p in arrived}
             last = max((order(p) for job_id, p in queue.items() if job_id not in new), default=None)
             whole = last is not None and min(map(order, arrived)) < last
-        tasks = (sorted(queue.values(), key=order) if weighed else list(queue.values())) if whole else arrived
+        pending = list(queue.values()) if whole else arrived  # the queue holds creation order
+        tasks = sorted(pending, key=order) if weighed else pending
         if tasks:
             outcome = scheduler.decide(tasks, now, whole)
             for start in outcome.started:
