@@ -305,6 +305,24 @@ class Slurm:
         """Every advance reservation slurmctld holds, active or to come."""
         return parse_reservations(self._run("scontrol", "show", "reservation", "--oneliner"))
 
+    def submit(self, *options: str, command: str) -> int:
+        """``sbatch --wrap`` a command with these options; the new job's id."""
+        return int(self._run("sbatch", "--parsable", *options, "--wrap", command).strip().split(";", 1)[0])
+
+    def states(self, job_ids: Sequence[int]) -> dict[int, str]:
+        """The state of each of these jobs that slurmctld still knows (none: an empty dict)."""
+        wanted = set(job_ids)
+        try:
+            doc = json.loads(self._run("squeue", "--json", "--states=all", f"--jobs={','.join(map(str, job_ids))}"))
+        except SlurmError as exc:
+            if "Invalid job id" in str(exc):
+                return {}
+            raise
+        return {j["job_id"]: job_state(j.get("job_state")) for j in doc.get("jobs", []) if j["job_id"] in wanted}
+
+    def scancel(self, job_ids: Sequence[int]) -> None:
+        self._run("scancel", *map(str, job_ids))
+
     def annotate(self, job: Job, note: str) -> None:
         """Tell a running vgpu job's user what the node agent did to it: ``agent="<note>"`` after
         its vgpu fields in AdminComment (``scontrol show job``, ``squeue -O AdminComment``)."""

@@ -16,6 +16,7 @@ from .explain import explain
 from .fleet import fleet
 from .inventory import gpus, nodes
 from .placements import jobs, placements
+from .profiles import profile, profiles
 from .render_cmd import render_command
 from .runtime import Runtime
 from .services import agent, placement
@@ -48,4 +49,6 @@ main.add_command(render_command)
 main.add_command(doctor)
 main.add_command(fleet)
 main.add_command(simulate)
+main.add_command(profile)
+main.add_command(profiles)
 main.add_command(spank)

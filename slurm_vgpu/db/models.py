@@ -147,3 +147,28 @@ class NodeLogin(Base):
 
     login: Mapped[str] = mapped_column(sa.Text, primary_key=True)
     node: Mapped[str] = mapped_column(sa.Text)
+
+
+class Profile(Base):
+    """One measured point of a workload's curve (slurm_vgpu.profiles): its figures on one GPU model
+    at one SM share and batch size, from the Slurm job that measured them."""
+
+    __tablename__ = "profiles"
+    __table_args__ = (
+        sa.UniqueConstraint("name", "model", "share", "batch", name="point"),
+        sa.CheckConstraint("share BETWEEN 1 AND 100", name="share"),
+        sa.CheckConstraint("batch >= 1", name="batch"),
+        sa.CheckConstraint("throughput >= 0", name="throughput"),
+        sa.CheckConstraint("p50_ms > 0 AND p99_ms >= p50_ms", name="latency"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text)  # the workload
+    model: Mapped[str] = mapped_column(sa.Text)  # GPU model short name, as gpus.model
+    share: Mapped[int] = mapped_column(sa.SmallInteger)
+    batch: Mapped[int] = mapped_column(sa.Integer, server_default="1")
+    throughput: Mapped[float] = mapped_column(sa.Float)  # per second
+    p50_ms: Mapped[float] = mapped_column(sa.Float)
+    p99_ms: Mapped[float] = mapped_column(sa.Float)
+    job_id: Mapped[int | None] = mapped_column(sa.BigInteger)  # the Slurm job that measured it
+    measured_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())

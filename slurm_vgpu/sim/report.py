@@ -42,7 +42,7 @@ def print_table(runs: Sequence[Figures], arrival_max: float, console: Console | 
 
 def plot_allocation(runs: Sequence[Figures], path: Path, arrival_max: float) -> None:
     """One line per policy: mean allocation % against arrived GPU request % (the paper's Fig. 7)."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     top = int(round(arrival_max * 100))
     for policy in dict.fromkeys(r.policy for r in runs):
         curves = [r.curve for r in runs if r.policy == policy]
@@ -55,8 +55,8 @@ def plot_allocation(runs: Sequence[Figures], path: Path, arrival_max: float) -> 
     _save(fig, ax, path, "arrived GPU request (% of capacity)", "GPU allocation vs arrived load")
 
 
-def _figure():
-    """An allocation plot's figure; matplotlib (the `sim` extra) is imported only to draw one."""
+def new_figure():
+    """A plot's figure; matplotlib (the `sim` extra) is imported only to draw one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,7 +111,7 @@ def print_time_table(runs: Sequence[TimeFigures], console: Console | None = None
 
 def plot_time_allocation(runs: Sequence[TimeFigures], path: Path) -> None:
     """GPU allocation over time, one line per scheduler (its first seed)."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     span = max((t for r in runs for t, _ in r.series), default=0)
     unit, name = (3600, "hours") if span > 7200 else (60, "minutes")
     for policy in dict.fromkeys(r.policy for r in runs):
