@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 import sqlalchemy as sa
 
+from ..adapters.slurm import ENDED_STATES
 from ..db.models import Gpu
 from ..db.profiles import save_curve, stored_points
 from ..profiles import FIGURES_EXAMPLE, FiguresError, Point, curves, knee, last_figures
@@ -26,8 +27,6 @@ from .runtime import Runtime, pass_runtime, slurm_errors
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DEFAULT_SHARES = "10,20,30,50,70,100"
-ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
-         "PREEMPTED"}
 POLL_S = 2.0
 
 COLUMNS = (
@@ -203,7 +202,7 @@ def _wait(slurm, name: str, model: str, jobs: dict[int, int]) -> dict[int, str]:
     while True:
         known = slurm.states(list(jobs.values()))
         last.update(known)
-        ended = [s for s, j in jobs.items() if last.get(j) in ENDED or (j in last and j not in known)]
+        ended = [s for s, j in jobs.items() if last.get(j) in ENDED_STATES or (j in last and j not in known)]
         running = [s for s, j in jobs.items() if known.get(j) in ("RUNNING", "CONFIGURING", "COMPLETING")]
         progress = (f"profile {name} on {model}: {len(ended)} of {len(jobs)} shares done"
                     + (f", running {running[0]}%" if running else ""))
