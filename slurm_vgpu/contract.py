@@ -59,10 +59,75 @@ def mps_size(mib: int) -> str:
     return f"{mib}M"
 
 
+# --- A latency target: --vgpu-profile=NAME names a profiled workload (slurm-vgpu profile), and
+# --vgpu-slo=p99:LATENCY[,rate:N/s] the target its slice is sized for. ---
+
+# NAME: 1 to PROFILE_NAME_MAX ASCII letters, digits and PROFILE_NAME_PUNCTUATION, starting with a
+# letter or digit.
+PROFILE_NAME_MAX = 64
+PROFILE_NAME_PUNCTUATION = "._-"
+PROFILE_HINT = (f"write --vgpu-profile=NAME, a profiled workload: letters, digits, '.', '_' and '-' "
+                f"(up to {PROFILE_NAME_MAX}), e.g. --vgpu-profile=resnet50")
+# TARGET: comma-separated KEY:VALUE, each key once, p99 required. p99's value is NUMBER followed by a
+# unit of SLO_LATENCY_UNITS_MS; rate's is NUMBER followed by SLO_RATE_UNIT. NUMBER is 1 to
+# SLO_DIGITS_MAX digits, optionally "." and 1 to SLO_FRACTION_MAX digits, and above 0.
+SLO_LATENCY_UNITS_MS = {"ms": 1, "s": 1000}
+SLO_RATE_UNIT = "/s"
+SLO_DIGITS_MAX = 9
+SLO_FRACTION_MAX = 3
+SLO_EXAMPLE = "p99:50ms,rate:200/s"
+SLO_HINT = (f"write --vgpu-slo=p99:LATENCY[,rate:N/s], LATENCY a number with ms or s and N requests per second, "
+            f"both above 0, e.g. --vgpu-slo={SLO_EXAMPLE}")
+# A target is met from the workload's profile, by a slice: the two options come together, with
+# --gres=vgpu:N, N the most of one GPU the chosen share may be.
+TARGET_PAIR_HINT = ("write --vgpu-profile=NAME and --vgpu-slo=TARGET together (the target is met from the "
+                    "workload's profile), or neither")
+TARGET_SLICE_HINT = ("write --gres=vgpu:N with --vgpu-profile and --vgpu-slo (N% of one GPU: the most the sized "
+                     "slice may take), not whole GPUs")
+_PROFILE_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9{re.escape(PROFILE_NAME_PUNCTUATION)}]{{0,{PROFILE_NAME_MAX - 1}}}")
+_SLO_NUMBER = rf"([0-9]{{1,{SLO_DIGITS_MAX}}}(?:\.[0-9]{{1,{SLO_FRACTION_MAX}}})?)"
+_SLO_LATENCY = re.compile(_SLO_NUMBER + f"({'|'.join(SLO_LATENCY_UNITS_MS)})")
+_SLO_RATE = re.compile(_SLO_NUMBER + re.escape(SLO_RATE_UNIT))
+
+
+def profile_error(name: str) -> str | None:
+    """None for a workload name, else what to write instead."""
+    return None if _PROFILE_NAME.fullmatch(name) else PROFILE_HINT
+
+
+def slo_target(text: str) -> tuple[float, float | None]:
+    """``p99:50ms,rate:200/s`` -> (50.0, 200.0); ValueError saying what is wrong and what to write."""
+    values: dict[str, str] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition(":")
+        if not sep or key not in ("p99", "rate"):
+            raise ValueError(f"{item!r} is not a target; {SLO_HINT}")
+        if key in values:
+            raise ValueError(f"{key} is given twice; {SLO_HINT}")
+        values[key] = value
+    if "p99" not in values:
+        raise ValueError(f"a target needs its p99 latency; {SLO_HINT}")
+    latency = _SLO_LATENCY.fullmatch(values["p99"])
+    if latency is None:
+        raise ValueError(f"p99:{values['p99']} is not a latency; {SLO_HINT}")
+    p99_ms = float(latency.group(1)) * SLO_LATENCY_UNITS_MS[latency.group(2)]
+    if p99_ms <= 0:
+        raise ValueError(f"a p99 of 0 cannot be met; {SLO_HINT}")
+    rate = None
+    if "rate" in values:
+        match = _SLO_RATE.fullmatch(values["rate"])
+        if match is None or float(match.group(1)) <= 0:
+            raise ValueError(f"rate:{values['rate']} is not a rate above 0; {SLO_HINT}")
+        rate = float(match.group(1))
+    return p99_ms, rate
+
+
 # --- How the SPANK plugin hands the options to job_submit.lua (spank_job_control_setenv). ---
 
 SPANK_ENV_CLASS = "VGPU_CLASS"
 SPANK_ENV_MEMORY = "VGPU_MEM"
+SPANK_ENV_PROFILE = "VGPU_PROFILE"
+SPANK_ENV_SLO = "VGPU_SLO"
 
 # --- The admin_comment record: job_submit.lua writes it, the placement rewrites it. ---
 
@@ -76,8 +141,8 @@ PLACEMENT_DECIDES = (UNPLACED, PINNED)
 # The record's keys, in the order written. Values never hold a space, except quoted ones
 # (QUOTED_KEYS) which never hold a double quote (quote() turns it into a single one).
 COMMENT_KEYS = {"state": "vgpu-state", "share": "share", "slo_class": "class", "memory_mib": "mem_mib",
-                "model": "model", "gpus": "gpus", "begin": "begin", "nodelist": "nodelist", "gpu": "gpu",
-                "wait": "wait"}
+                "model": "model", "gpus": "gpus", "profile": "profile", "slo": "slo", "begin": "begin",
+                "nodelist": "nodelist", "gpu": "gpu", "wait": "wait"}
 QUOTED_KEYS = ("wait", "agent")
 SHARE_MAX = 100  # a share is a percentage of one GPU
 # A job may ask for whole GPUs (--gres=gpu:N, --gpus=N) instead of a slice: up to this many, on one
@@ -140,6 +205,10 @@ class VgpuRequest:
     wait: str | None = None  # why it waits, as last told to the user
     begin: int | None = None  # the user's own --begin (epoch seconds), kept from submit
     nodelist: str | None = None  # the user's own --nodelist (a hostlist), kept from submit
+    # --vgpu-profile and --vgpu-slo: the share is then the smallest measured one that meets the
+    # target, ``share`` the most it may be
+    profile: str | None = None
+    slo: str | None = None
 
     def comment(self) -> str:
         parts = []
@@ -155,7 +224,8 @@ def parse_request(admin_comment: str | None) -> VgpuRequest | None:
     """``vgpu-state=unplaced share=30 class=latency mem_mib=8192 model=h100`` -> VgpuRequest; None
     when the comment holds no request: no or an unknown vgpu-state, a share that is not 1..100,
     no or an unknown class, a mem_mib or begin that is not a whole number, a gpus that is not
-    1..WHOLE_GPUS_MAX or comes with a share below 100 or a mem_mib."""
+    1..WHOLE_GPUS_MAX or comes with a share below 100 or a mem_mib, a profile or slo that is not
+    one or comes without the other or with whole GPUs."""
     raw = comment_fields(admin_comment or "")
     value = {name: raw.get(key) for name, key in COMMENT_KEYS.items()}  # None: not in the record
     share = _whole(value["share"], 1, SHARE_MAX)
@@ -168,9 +238,21 @@ def parse_request(admin_comment: str | None) -> VgpuRequest | None:
         return None
     if value["gpus"] is not None and (gpus is None or share != SHARE_MAX or memory is not None):
         return None
+    if (value["profile"] is None) != (value["slo"] is None) or (value["profile"] is not None and (
+            gpus is not None or profile_error(value["profile"]) is not None or not _is_target(value["slo"]))):
+        return None
     return VgpuRequest(state=value["state"], share=share, slo_class=value["slo_class"], memory_mib=memory,
                        model=value["model"] or None, gpus=gpus, gpu=value["gpu"] or None,
-                       wait=value["wait"] or None, begin=begin, nodelist=value["nodelist"] or None)
+                       wait=value["wait"] or None, begin=begin, nodelist=value["nodelist"] or None,
+                       profile=value["profile"], slo=value["slo"])
+
+
+def _is_target(text: str) -> bool:
+    try:
+        slo_target(text)
+    except ValueError:
+        return False
+    return True
 
 
 # job_submit.lua holds a vgpu job by setting its begin time this far ahead (Slurm keeps it pending

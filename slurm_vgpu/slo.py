@@ -7,18 +7,15 @@ rate with headroom; no share is extrapolated between or beyond what was measured
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from .contract import slo_target
 from .profiles import Point
 
-EXAMPLE = "p99:50ms,rate:200/s"
 # A share carries a rate only up to this fraction of its measured throughput: at 80% busy a queue
 # of requests already waits about two service times (M/D/1), which a p99 measured without one hides.
 UTILISATION_CEILING = 0.8
-_LATENCY = re.compile(r"(\d+(?:\.\d+)?)(ms|s)")
-_RATE = re.compile(r"(\d+(?:\.\d+)?)/s")
 
 
 class SloError(ValueError):
@@ -35,33 +32,11 @@ class Target:
 
 
 def parse_target(text: str) -> Target:
-    """A target as written (``p99:50ms,rate:200/s``); SloError says what to write instead."""
-    values: dict[str, str] = {}
-    for item in (part.strip() for part in text.split(",")):
-        key, sep, value = item.partition(":")
-        if not sep or key not in ("p99", "rate"):
-            raise SloError(f"{text}: {item!r} is not a target; write p99:<latency>[,rate:<n>/s], "
-                           f"e.g. {EXAMPLE}")
-        if key in values:
-            raise SloError(f"{text}: {key} is given twice; write it once, e.g. {EXAMPLE}")
-        values[key] = value
-    if "p99" not in values:
-        raise SloError(f"{text}: a target needs its p99 latency, e.g. {EXAMPLE}")
-    latency = _LATENCY.fullmatch(values["p99"])
-    if latency is None:
-        raise SloError(f"{text}: p99:{values['p99']} is not a latency; write a number with ms or s, "
-                       "e.g. p99:50ms")
-    p99_ms = float(latency.group(1)) * (1000 if latency.group(2) == "s" else 1)
-    if p99_ms <= 0:
-        raise SloError(f"{text}: a p99 of 0 cannot be met; write the latency the job needs, e.g. p99:50ms")
-    rate = None
-    if "rate" in values:
-        match = _RATE.fullmatch(values["rate"])
-        if match is None or float(match.group(1)) <= 0:
-            raise SloError(f"{text}: rate:{values['rate']} is not a rate; write requests per second "
-                           "above 0, e.g. rate:200/s")
-        rate = float(match.group(1))
-    return Target(p99_ms, rate)
+    """A target as written (``p99:50ms,rate:200/s``, the grammar of :func:`contract.slo_target`)."""
+    try:
+        return Target(*slo_target(text))
+    except ValueError as exc:
+        raise SloError(f"{text}: {exc}") from None
 
 
 @dataclass(frozen=True)

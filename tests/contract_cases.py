@@ -60,6 +60,33 @@ COMMENTS = [
     ("vgpu-state=unplaced share=100 class=throughput gpus=0", None),
     ("vgpu-state=unplaced share=100 class=throughput gpus=9", None),  # above WHOLE_GPUS_MAX
     ("vgpu-state=unplaced share=100 class=throughput gpus=one", None),
+    ("vgpu-state=unplaced share=60 class=latency profile=resnet50 slo=p99:50ms,rate:200/s",
+     dict(state="unplaced", share=60, slo_class="latency", profile="resnet50", slo="p99:50ms,rate:200/s")),
+    ("vgpu-state=unplaced share=60 class=latency profile=resnet50", None),  # a profile without its target
+    ("vgpu-state=unplaced share=60 class=latency slo=p99:50ms", None),  # and a target without its profile
+    ("vgpu-state=unplaced share=60 class=latency profile=resnet50 slo=p99:fast", None),
+    ("vgpu-state=unplaced share=60 class=latency profile=-x slo=p99:50ms", None),
+    ("vgpu-state=unplaced share=100 class=latency gpus=1 profile=resnet50 slo=p99:50ms", None),  # not whole GPUs
+]
+
+# --vgpu-profile NAME -> whether it is a workload name
+PROFILES = [
+    ("resnet50", True), ("a", True), ("bert-large_v1.2", True), ("9", True), ("x" * 64, True),
+    ("x" * 65, False), ("", False), ("-x", False), (".x", False), ("_x", False), ("x y", False), ("x/y", False),
+    ("x,y", False), ("x:y", False), ("x=y", False), ("caf\u00e9", False), ("x\n", False),
+]
+
+# --vgpu-slo TARGET -> (p99 in ms, rate per second or None), or None when it is not a target
+SLOS = [
+    ("p99:50ms", (50.0, None)), ("p99:0.5s", (500.0, None)), ("p99:50ms,rate:200/s", (50.0, 200.0)),
+    ("rate:200/s,p99:1s", (1000.0, 200.0)), ("p99:1.125ms", (1.125, None)), ("p99:000000001ms", (1.0, None)),
+    ("p99:0.001s", (1.0, None)), ("p99:50ms,rate:0.5/s", (50.0, 0.5)), ("p99:999999999ms", (999999999.0, None)),
+    ("p99:fast", None), ("p99:0ms", None), ("p99:0.000s", None), ("p99:50", None), ("p99:50 ms", None),
+    ("p99:50MS", None), ("P99:50ms", None), ("p99:1.2345ms", None), ("p99:5.ms", None), ("p99:.5ms", None),
+    ("p99:1234567890ms", None), ("rate:200/s", None), ("p99:50ms,rate:0/s", None), ("p99:50ms,rate:200", None),
+    ("p99:50ms,rate:200/m", None), ("p99:50ms,p99:40ms", None), ("p95:50ms", None), ("", None),
+    ("p99:50ms,", None), (",p99:50ms", None), ("p99:5:0ms", None), (" p99:50ms", None), ("p99:-5ms", None),
+    ("p99:+5ms", None), ("p99:50ms;rate:2/s", None), ("p99:50ms,rate:2/s,rate:3/s", None),
 ]
 
 # a request (VgpuRequest's fields) -> the admin_comment written for it; read back, it is the same
@@ -77,11 +104,14 @@ ROUND_TRIPS = [
      'vgpu-state=failed share=50 class=latency wait="no GPU has 50% and share=10 room"'),
     (dict(state="pinned", share=100, slo_class="throughput", model="a100", gpus=1, gpu="GPU-3"),
      "vgpu-state=pinned share=100 class=throughput model=a100 gpus=1 gpu=GPU-3"),
+    (dict(state="unplaced", share=60, slo_class="latency", model="h100", profile="bert.v2", slo="p99:0.5s",
+          begin=17),
+     "vgpu-state=unplaced share=60 class=latency model=h100 profile=bert.v2 slo=p99:0.5s begin=17"),
 ]
 
 # what a user submits: (tres_per_node as Slurm gives it for --gres, --vgpu-class, --vgpu-mem,
-# --nodelist, --begin as epoch seconds), None for an option not given; the class and size cases
-# above are submitted too
+# --nodelist, --begin as epoch seconds[, --vgpu-profile, --vgpu-slo]), None for an option not given;
+# the class, size, profile and target cases above are submitted too
 SUBMITS = [
     ("gres:vgpu:30", None, None, None, None),
     ("gres:vgpu:h100:30", "latency", "8G", "n[1-2]", 4102444800),
@@ -93,4 +123,9 @@ SUBMITS = [
     ("gres:gpu", None, None, None, None),
     ("gres:gpu:2", None, None, None, None),
     ("gres/gpu:0", None, None, None, None),
+    # a latency target, met by a slice of at most N% (the profile and target cases below ask 60%)
+    ("gres:vgpu:h100:60", "latency", None, None, None, "resnet50", "p99:50ms,rate:200/s"),
+    ("gres:vgpu:60", None, None, None, None, "resnet50", None),
+    ("gres:vgpu:60", None, None, None, None, None, "p99:50ms"),
+    ("gres:gpu:1", None, None, None, None, "resnet50", "p99:50ms"),
 ]

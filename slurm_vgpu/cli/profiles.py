@@ -8,7 +8,6 @@ when every share printed them, and replaces the one measured before.
 """
 from __future__ import annotations
 
-import re
 import shlex
 import sys
 import time
@@ -18,6 +17,7 @@ import click
 import sqlalchemy as sa
 
 from ..adapters.slurm import ENDED_STATES
+from ..contract import PROFILE_NAME_MAX, profile_error
 from ..db.models import Gpu
 from ..db.profiles import save_curve, stored_points
 from ..profiles import FIGURES_EXAMPLE, FiguresError, Point, curves, knee, last_figures
@@ -25,7 +25,6 @@ from ..slo import SloError, choose, parse_target
 from .output import Column, echo_json, document, emit, json_option
 from .runtime import Runtime, pass_runtime, slurm_errors
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DEFAULT_SHARES = "10,20,30,50,70,100"
 POLL_S = 2.0
 
@@ -86,9 +85,9 @@ def profile(rt: Runtime, name: str, model: str, shares: str, output_dir: Path | 
 
     COMMAND prints its figures on a line of its output:
     "slurm-vgpu: throughput=412.5/s p50_ms=9.1 p99_ms=18.2" (optionally batch=8)."""
-    if NAME.fullmatch(name) is None:
-        raise click.BadParameter(f"{name!r}: a workload name is letters, digits, '.', '_' and '-' (up to 64), "
-                                 "e.g. resnet50", param_hint="NAME")
+    if profile_error(name) is not None:
+        raise click.BadParameter(f"{name!r}: a workload name is letters, digits, '.', '_' and '-' "
+                                 f"(up to {PROFILE_NAME_MAX}), e.g. resnet50", param_hint="NAME")
     share_list = parse_shares(shares)
     model = model.lower()
     with rt.session() as session:

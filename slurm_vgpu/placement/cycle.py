@@ -25,8 +25,10 @@ from ..db import store
 from ..db.engine import session_scope
 from ..db.writer import PlacementWriter, placement_writer
 from ..db.models import Gpu, Placement
+from ..db.profiles import stored_points
 from ..policy import Blocked, Decision, GpuState, NodeState, PolicyConfig, Request, SloClass
 from ..policy.placement import Placer
+from .targets import sized
 from .wait_notes import WaitNotes
 
 log = logging.getLogger("slurm_vgpu.placement")
@@ -407,6 +409,17 @@ def commit_as_decided(writer: PlacementWriter, outcomes: Iterator[Decision | Blo
         outcomes.close()
 
 
+def sized_by_target(session, requests: list[Request], jobs: Mapping[int, Job], gpus: list[GpuState],
+                    config: Config) -> tuple[list[Request], list[Blocked]]:
+    """Jobs of a latency target get the share and GPU model their workload's profile says meets
+    it (:mod:`.targets`); the profiles are read only when such a job waits."""
+    asked = {str(j.job_id): j.request for j in jobs.values() if j.request.profile is not None}
+    if not asked or not any(r.job_id in asked for r in requests):
+        return requests, []
+    points = [point for point, _ in stored_points(session, sorted({r.profile for r in asked.values()}))]
+    return sized(requests, asked, points, gpus, policy_config(config))
+
+
 def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool = True,
               kept: KeptPlacer | None = None, notes: WaitNotes | None = None) -> CycleReport:
     """``may_cancel`` is False until the agents have had time to register: a request that looks
@@ -430,6 +443,8 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
         gpu_nodes = {g.node for g in gpus}
         requests, shut_out = waiting_requests(list(jobs.values()), placed_jobs, now.timestamp(), refused, nodes,
                                               gpu_nodes, config.class_priorities, reservations)
+        requests, unmet = sized_by_target(session, requests, jobs, gpus, config)
+        shut_out += unmet
         room = node_states(nodes, gpu_nodes, jobs, store.pinned_nodes(session))
         placer = kept.for_cycle(session, requests, gpus, room)
     blocked: list[Blocked] = [Blocked(str(job_id), reason) for job_id, reason in blocked_by.items()]

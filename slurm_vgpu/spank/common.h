@@ -29,6 +29,8 @@ struct plugin_config {
 int config_parse(struct plugin_config *config, int ac, char **av);
 const char *class_check(const char *value);  /* NULL when valid, else what to write instead */
 const char *memory_check(const char *value);
+const char *profile_check(const char *value);
+const char *slo_check(const char *value);
 const char *memory_parse(const char *value, unsigned long long *mib);  /* memory_check, and the size in MiB */
 
 /* slice.c: the slice file the prolog wrote for a job. */

@@ -17,9 +17,27 @@
 #define VGPU_SIZE_MAX_DIGITS 9
 #define VGPU_SIZE_HINT "write --vgpu-mem=SIZE as a whole number with an optional unit K, M, G or T, e.g. --vgpu-mem=8G or --vgpu-mem=512M"
 
+/* --vgpu-profile=NAME: 1 to VGPU_PROFILE_NAME_MAX ASCII letters, digits and VGPU_PROFILE_PUNCTUATION,
+ * starting with a letter or digit. */
+#define VGPU_PROFILE_NAME_MAX 64
+#define VGPU_PROFILE_PUNCTUATION "._-"
+#define VGPU_PROFILE_HINT "write --vgpu-profile=NAME, a profiled workload: letters, digits, '.', '_' and '-' (up to 64), e.g. --vgpu-profile=resnet50"
+
+/* --vgpu-slo=TARGET: comma-separated KEY:VALUE, each key once, p99 required; p99's value a NUMBER and
+ * one of VGPU_SLO_LATENCY_UNITS, rate's a NUMBER and VGPU_SLO_RATE_UNIT; NUMBER is 1 to
+ * VGPU_SLO_DIGITS_MAX digits, optionally '.' and 1 to VGPU_SLO_FRACTION_MAX digits, above 0. */
+#define VGPU_SLO_LATENCY_UNITS "ms", "s"
+#define VGPU_SLO_RATE_UNIT "/s"
+#define VGPU_SLO_DIGITS_MAX 9
+#define VGPU_SLO_FRACTION_MAX 3
+#define VGPU_SLO_EXAMPLE "p99:50ms,rate:200/s"
+#define VGPU_SLO_HINT "write --vgpu-slo=p99:LATENCY[,rate:N/s], LATENCY a number with ms or s and N requests per second, both above 0, e.g. --vgpu-slo=p99:50ms,rate:200/s"
+
 /* The options, as exported to the job for job_submit.lua (spank_job_control_setenv). */
 #define SPANK_ENV_CLASS "VGPU_CLASS"
 #define SPANK_ENV_MEMORY "VGPU_MEM"
+#define SPANK_ENV_PROFILE "VGPU_PROFILE"
+#define SPANK_ENV_SLO "VGPU_SLO"
 
 /* The slice file: RunDir's jobs/JOBID, KEY=VALUE lines, '#' comments. */
 #define SLICE_DIR_DEFAULT "/run/slurm-vgpu/jobs"

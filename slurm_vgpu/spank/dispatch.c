@@ -1,6 +1,6 @@
 /* slurm-vgpu SPANK plugin: every Slurm callback, dispatched by context.
  *
- * Local (sbatch, srun, salloc): --vgpu-class and --vgpu-mem are checked (a bad value stops the
+ * Local (sbatch, srun, salloc): --vgpu-class, --vgpu-mem, --vgpu-profile and --vgpu-slo are checked (a bad value stops the
  * command before it submits) and exported with spank_job_control_setenv, so job_submit.lua finds
  * them in spank_job_env and the prolog as SPANK_VGPU_* variables.
  * Remote (slurmstepd, each task): the slice file the prolog wrote decides the task's GPU devices
@@ -17,6 +17,8 @@ SPANK_PLUGIN(slurm-vgpu, 1);
 static struct plugin_config config;
 static char *option_class;
 static char *option_memory;
+static char *option_profile;
+static char *option_slo;
 static struct slice task_slice;
 
 static int take_option(char **dest, const char *value, const char *name, const char *(*check)(const char *))
@@ -46,12 +48,30 @@ static int on_memory(int val, const char *optarg, int remote)
 	return take_option(&option_memory, optarg, "vgpu-mem", memory_check);
 }
 
+static int on_profile(int val, const char *optarg, int remote)
+{
+	(void)val;
+	(void)remote;
+	return take_option(&option_profile, optarg, "vgpu-profile", profile_check);
+}
+
+static int on_slo(int val, const char *optarg, int remote)
+{
+	(void)val;
+	(void)remote;
+	return take_option(&option_slo, optarg, "vgpu-slo", slo_check);
+}
+
 /* Registered in slurm_spank_init: Slurm ignores a static spank_options table in sbatch/salloc. */
 static struct spank_option options[] = {
 	{ "vgpu-class", "CLASS",
 	  "[slurm-vgpu] service class of the GPU slice: " VGPU_CLASS_NAMES, 1, 0,
 	  on_class },
 	{ "vgpu-mem", "SIZE", "[slurm-vgpu] GPU memory cap of the slice, e.g. 8G or 512M", 1, 0, on_memory },
+	{ "vgpu-profile", "NAME", "[slurm-vgpu] the profiled workload the slice is sized for (with --vgpu-slo)", 1, 0,
+	  on_profile },
+	{ "vgpu-slo", "TARGET", "[slurm-vgpu] latency target the slice is sized for, e.g. " VGPU_SLO_EXAMPLE, 1, 0,
+	  on_slo },
 	SPANK_OPTIONS_TABLE_END
 };
 
@@ -85,7 +105,8 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
 	(void)av;
 	if (spank_context() != S_CTX_LOCAL && spank_context() != S_CTX_ALLOCATOR)
 		return 0;
-	if (export(sp, SPANK_ENV_CLASS, option_class) < 0 || export(sp, SPANK_ENV_MEMORY, option_memory) < 0)
+	if (export(sp, SPANK_ENV_CLASS, option_class) < 0 || export(sp, SPANK_ENV_MEMORY, option_memory) < 0 ||
+	    export(sp, SPANK_ENV_PROFILE, option_profile) < 0 || export(sp, SPANK_ENV_SLO, option_slo) < 0)
 		return -1;
 	return 0;
 }
@@ -104,9 +125,10 @@ int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av)
 		return -1;
 	if (task_slice.found)
 		return 0;
-	if (option_class != NULL || option_memory != NULL) {
+	if (option_class != NULL || option_memory != NULL || option_profile != NULL || option_slo != NULL) {
 		/* The user asked for a slice and the prolog set none up: fail rather than run unfenced. */
-		log_error("job %u has --vgpu-class/--vgpu-mem but no GPU slice on this node: ask for one with "
+		log_error("job %u has --vgpu-class/--vgpu-mem/--vgpu-profile/--vgpu-slo but no GPU slice on this node: "
+			  "ask for one with "
 			  "--gres=vgpu:N, or see `scontrol show job %u` (AdminComment) for why it has none",
 			  job_id, job_id);
 		return -1;

@@ -175,7 +175,7 @@ def test_a_step_that_asks_for_a_slice_its_job_has_not_fails_with_a_reason(nodes)
     wait_for(nodes, [job_id])
     text = job_output(nodes, job_id)
     assert "task-started" not in text
-    assert f"slurm-vgpu: job {job_id} has --vgpu-class/--vgpu-mem but no GPU slice on this node" in text
+    assert f"slurm-vgpu: job {job_id} has --vgpu-class/--vgpu-mem/--vgpu-profile/--vgpu-slo but no GPU slice on this node" in text
 
 
 @pytest.mark.parametrize("options, message", [
@@ -192,8 +192,8 @@ def test_a_step_that_asks_for_a_slice_its_job_has_not_fails_with_a_reason(nodes)
     (["--gres=vgpu:101"], "write --gres=vgpu:N with 1 <= N <= 100"),
     (["--gres=vgpu:h100:30"], "no GPU model 'h100' in this cluster; models: a100, t4"),
     (["--gres=vgpu:30", "--vgpu-mem=1T"], "fits no GPU here"),
-    (["--vgpu-class=latency"], "--vgpu-class and --vgpu-mem describe a GPU slice; add --gres=vgpu:N"),
-    (["--vgpu-mem=4G"], "--vgpu-class and --vgpu-mem describe a GPU slice; add --gres=vgpu:N"),
+    (["--vgpu-class=latency"], "--vgpu-class, --vgpu-mem, --vgpu-profile and --vgpu-slo describe a GPU slice; add --gres=vgpu:N"),
+    (["--vgpu-mem=4G"], "--vgpu-class, --vgpu-mem, --vgpu-profile and --vgpu-slo describe a GPU slice; add --gres=vgpu:N"),
 ])
 def test_bad_requests_fail_at_submit_saying_what_to_write(nodes, options, message):
     result = slurm(nodes, "sbatch", *options, "--wrap", "true", user=USER, check=False)

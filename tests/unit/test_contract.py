@@ -21,7 +21,7 @@ from slurm_vgpu.contract import DEFAULT_CLASS, UNPLACED, VgpuRequest, parse_requ
 from slurm_vgpu.node import slice as slice_file
 from slurm_vgpu.policy import SloClass
 from slurm_vgpu.resources import MIGRATIONS, SPANK
-from tests.contract_cases import CLASSES, COMMENTS, ROUND_TRIPS, SIZES, SUBMITS
+from tests.contract_cases import CLASSES, COMMENTS, PROFILES, ROUND_TRIPS, SIZES, SLOS, SUBMITS
 
 LUA = shutil.which("lua5.1")
 CC = shutil.which("cc") or shutil.which("gcc")
@@ -48,6 +48,24 @@ def test_python_classes(value, valid):
 @pytest.mark.parametrize("value, mib", SIZES)
 def test_python_sizes(value, mib):
     assert python_size(value) == mib
+
+
+def python_slo(text: str) -> tuple[float, float | None] | None:
+    try:
+        return contract.slo_target(text)
+    except ValueError as exc:
+        assert str(exc).endswith(contract.SLO_HINT)
+        return None
+
+
+@pytest.mark.parametrize("value, valid", PROFILES)
+def test_python_profiles(value, valid):
+    assert (contract.profile_error(value) is None) == valid
+
+
+@pytest.mark.parametrize("value, target", SLOS)
+def test_python_slos(value, target):
+    assert python_slo(value) == target
 
 
 @pytest.mark.parametrize("comment, fields", COMMENTS)
@@ -106,6 +124,8 @@ for _, case in ipairs({ %(submits)s }) do
     local env = {}
     if case[2] ~= nil then table.insert(env, "VGPU_CLASS=" .. case[2]) end
     if case[3] ~= nil then table.insert(env, "VGPU_MEM=" .. case[3]) end
+    if case[6] ~= nil then table.insert(env, "VGPU_PROFILE=" .. case[6]) end
+    if case[7] ~= nil then table.insert(env, "VGPU_SLO=" .. case[7]) end
     local job = { tres_per_node = case[1], spank_job_env = env, req_nodes = case[4], begin_time = case[5] }
     local rc = slurm_job_submit(job, {}, 1000)
     print("submit " .. rc .. " " .. hex(job.admin_comment) .. " " .. hex(MESSAGE))
@@ -119,13 +139,17 @@ end
 
 
 def submits() -> list[tuple]:
-    """SUBMITS, then every class and size case submitted as --gres=vgpu:30."""
-    return ([*SUBMITS] + [("gres:vgpu:30", value, None, None, None) for value, _ in CLASSES]
-            + [("gres:vgpu:30", None, value, None, None) for value, _ in SIZES])
+    """SUBMITS, then every class and size case submitted as --gres=vgpu:30, every profile and target
+    case as --gres=vgpu:60 with a good target or profile; each case of 7 fields."""
+    cases = ([*SUBMITS] + [("gres:vgpu:30", value, None, None, None) for value, _ in CLASSES]
+             + [("gres:vgpu:30", None, value, None, None) for value, _ in SIZES]
+             + [("gres:vgpu:60", None, None, None, None, value, "p99:50ms") for value, _ in PROFILES]
+             + [("gres:vgpu:60", None, None, None, None, "resnet50", value) for value, _ in SLOS])
+    return [(*case, *(None,) * (7 - len(case))) for case in cases]
 
 
 def expected_submit(gres: str, vgpu_class: str | None, vgpu_mem: str | None, nodelist: str | None,
-                    begin: int | None) -> tuple[str, str]:
+                    begin: int | None, profile: str | None, slo: str | None) -> tuple[str, str]:
     """('ok', the comment) or ('refused', the hint the message must hold), by the Python contract."""
     if vgpu_class is not None and contract.class_error(vgpu_class):
         return "refused", contract.class_error(vgpu_class)
@@ -134,6 +158,12 @@ def expected_submit(gres: str, vgpu_class: str | None, vgpu_mem: str | None, nod
         memory = python_size(vgpu_mem)
         if memory is None:
             return "refused", contract.SIZE_HINT
+    if profile is not None and contract.profile_error(profile):
+        return "refused", contract.PROFILE_HINT
+    if slo is not None and python_slo(slo) is None:
+        return "refused", contract.SLO_HINT
+    if (profile is None) != (slo is None):
+        return "refused", contract.TARGET_PAIR_HINT
     name, rest = re.fullmatch(r"gres[:/](v?gpu)(.*)", gres).groups()
     fields = rest.split(":")[1:]
     count = int(fields[-1]) if fields else 1
@@ -141,11 +171,13 @@ def expected_submit(gres: str, vgpu_class: str | None, vgpu_mem: str | None, nod
     if name == "gpu":
         if not 1 <= count <= contract.WHOLE_GPUS_MAX:
             return "refused", f"write --gres=gpu:N or --gpus=N with 1 <= N <= {contract.WHOLE_GPUS_MAX}"
+        if profile is not None:
+            return "refused", contract.TARGET_SLICE_HINT
         request = VgpuRequest(UNPLACED, contract.SHARE_MAX, vgpu_class or DEFAULT_CLASS, model=model, gpus=count,
                               begin=begin, nodelist=nodelist)
     else:
         request = VgpuRequest(UNPLACED, count, vgpu_class or DEFAULT_CLASS, memory, model, begin=begin,
-                              nodelist=nodelist)
+                              nodelist=nodelist, profile=profile, slo=slo)
     return "ok", request.comment()
 
 
@@ -163,7 +195,7 @@ def lua_results(tmp_path_factory):
     driver = directory / "driver.lua"
     driver.write_text(LUA_DRIVER % {"script": lua_string(str(script)), "submits": rows, "comments": comments})
     out = subprocess.run([LUA, str(driver)], capture_output=True, text=True, check=True).stdout.splitlines()
-    decode = lambda h: bytes.fromhex(h).decode()  # noqa: E731
+    decode = lambda h: bytes.fromhex(h).decode(errors="replace")  # noqa: E731 (a refused name may not be UTF-8)
     submitted = [(int(rc), decode(comment), decode(message))
                  for kind, rc, comment, message in (line.split(" ") for line in out if line.startswith("submit "))]
     modified = [(int(rc), decode(message))
@@ -207,7 +239,8 @@ void slurm_error(const char *format, ...) { (void)format; }
 void slurm_info(const char *format, ...) { (void)format; }
 void slurm_debug(const char *format, ...) { (void)format; }
 
-/* Each argument: "c:VALUE" (a class), "s:VALUE" (a size) or "f:DIR:JOBID" (a slice file). */
+/* Each argument: "c:VALUE" (a class), "s:VALUE" (a size), "p:VALUE" (a workload name), "o:VALUE" (a
+ * latency target) or "f:DIR:JOBID" (a slice file). */
 int main(int argc, char **argv)
 {
 	for (int i = 1; i < argc; i++) {
@@ -219,6 +252,10 @@ int main(int argc, char **argv)
 
 		if (argv[i][0] == 'c') {
 			hint = class_check(value);
+		} else if (argv[i][0] == 'p') {
+			hint = profile_check(value);
+		} else if (argv[i][0] == 'o') {
+			hint = slo_check(value);
 		} else if (argv[i][0] == 's') {
 			hint = memory_parse(value, &mib);
 		} else {
@@ -262,6 +299,16 @@ def c_driver(tmp_path_factory):
 def test_c_agrees_on_every_class(c_driver):
     out = c_driver(*(f"c:{value}" for value, _ in CLASSES))
     assert out == ["OK 0" if valid else f"ERR {contract.CLASS_HINT}" for _, valid in CLASSES]
+
+
+def test_c_agrees_on_every_profile_name(c_driver):
+    out = c_driver(*(f"p:{value}" for value, _ in PROFILES))
+    assert out == ["OK 0" if valid else f"ERR {contract.PROFILE_HINT}" for _, valid in PROFILES]
+
+
+def test_c_agrees_on_every_target(c_driver):
+    out = c_driver(*(f"o:{value}" for value, _ in SLOS))
+    assert out == ["OK 0" if target else f"ERR {contract.SLO_HINT}" for _, target in SLOS]
 
 
 def test_c_agrees_on_every_size(c_driver):

@@ -30,7 +30,19 @@ local SIZE_MAX_DIGITS = 9
 local SIZE_HINT = "write --vgpu-mem=SIZE as a whole number with an optional unit K, M, G or T, e.g. --vgpu-mem=8G or --vgpu-mem=512M"
 local SPANK_ENV_CLASS = "VGPU_CLASS"
 local SPANK_ENV_MEMORY = "VGPU_MEM"
-local KEY = { state = "vgpu-state", share = "share", slo_class = "class", memory_mib = "mem_mib", model = "model", gpus = "gpus", begin = "begin", nodelist = "nodelist", gpu = "gpu", wait = "wait", }
+local SPANK_ENV_PROFILE = "VGPU_PROFILE"
+local SPANK_ENV_SLO = "VGPU_SLO"
+local PROFILE_NAME_MAX = 64
+local PROFILE_PATTERN = "^[%w][%w" .. string.gsub("._-", "%p", "%%%0") .. "]*$"
+local PROFILE_HINT = "write --vgpu-profile=NAME, a profiled workload: letters, digits, '.', '_' and '-' (up to 64), e.g. --vgpu-profile=resnet50"
+local SLO_LATENCY_UNITS = { ["ms"] = true, ["s"] = true, }
+local SLO_RATE_UNIT = "/s"
+local SLO_DIGITS_MAX = 9
+local SLO_FRACTION_MAX = 3
+local SLO_HINT = "write --vgpu-slo=p99:LATENCY[,rate:N/s], LATENCY a number with ms or s and N requests per second, both above 0, e.g. --vgpu-slo=p99:50ms,rate:200/s"
+local TARGET_PAIR_HINT = "write --vgpu-profile=NAME and --vgpu-slo=TARGET together (the target is met from the workload's profile), or neither"
+local TARGET_SLICE_HINT = "write --gres=vgpu:N with --vgpu-profile and --vgpu-slo (N% of one GPU: the most the sized slice may take), not whole GPUs"
+local KEY = { state = "vgpu-state", share = "share", slo_class = "class", memory_mib = "mem_mib", model = "model", gpus = "gpus", profile = "profile", slo = "slo", begin = "begin", nodelist = "nodelist", gpu = "gpu", wait = "wait", }
 local UNPLACED = "unplaced"
 local REQUEST_STATES = { ["unplaced"] = true, ["pinned"] = true, ["failed"] = true, }
 local PLACEMENT_DECIDES = { ["unplaced"] = true, ["pinned"] = true, }
@@ -142,6 +154,40 @@ local function parse_memory_mib(text)
     return mib
 end
 
+-- Whether NAME is a workload name: slurm_vgpu.contract.profile_error.
+local function is_profile(name)
+    return string.len(name) >= 1 and string.len(name) <= PROFILE_NAME_MAX and string.find(name, PROFILE_PATTERN) ~= nil
+end
+
+-- A target's NUMBER at the start of text: what follows it and whether it is above 0; nil when none.
+local function slo_number(text)
+    local digits, rest = string.match(text, "^(%d+)(.*)$")
+    if digits == nil or string.len(digits) > SLO_DIGITS_MAX then return nil end
+    local positive = string.find(digits, "[1-9]") ~= nil
+    if string.sub(rest, 1, 1) == "." then
+        local fraction, after = string.match(rest, "^%.(%d+)(.*)$")
+        if fraction == nil or string.len(fraction) > SLO_FRACTION_MAX then return nil end
+        positive, rest = positive or string.find(fraction, "[1-9]") ~= nil, after
+    end
+    return rest, positive
+end
+
+-- Whether TEXT is a latency target: slurm_vgpu.contract.slo_target.
+local function is_slo(text)
+    local seen = {}
+    for item in string.gmatch(text .. ",", "([^,]*),") do
+        local key, value = string.match(item, "^([^:]*):(.*)$")
+        if (key ~= "p99" and key ~= "rate") or seen[key] then return false end
+        seen[key] = true
+        local unit, positive = slo_number(value)
+        if unit == nil or not positive then return false end
+        if (key == "p99" and not SLO_LATENCY_UNITS[unit]) or (key == "rate" and unit ~= SLO_RATE_UNIT) then
+            return false
+        end
+    end
+    return seen["p99"] == true
+end
+
 -- The admin_comment's key=value fields, read as slurm_vgpu.contract.comment_fields reads them:
 -- space-separated; a value runs to the next space, or, opened by a double quote, to the next one.
 local function comment_fields(text)
@@ -180,6 +226,10 @@ local function request_state(comment)
     end
     if f[KEY.gpus] ~= nil and (whole(f[KEY.gpus], 1, WHOLE_GPUS_MAX) == nil
         or whole(f[KEY.share], 1, SHARE_MAX) ~= SHARE_MAX or f[KEY.memory_mib] ~= nil) then
+        return nil
+    end
+    if (f[KEY.profile] == nil) ~= (f[KEY.slo] == nil) or (f[KEY.profile] ~= nil and (f[KEY.gpus] ~= nil
+        or not is_profile(f[KEY.profile]) or not is_slo(f[KEY.slo]))) then
         return nil
     end
     return f[KEY.state]
@@ -291,9 +341,12 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
     end
     local class_option = spank_value(job_desc, SPANK_ENV_CLASS)
     local memory = spank_value(job_desc, SPANK_ENV_MEMORY)
+    local profile = spank_value(job_desc, SPANK_ENV_PROFILE)
+    local slo = spank_value(job_desc, SPANK_ENV_SLO)
     if rest == nil and gpus_rest == nil then
-        if class_option ~= nil or memory ~= nil then
-            return refuse("--vgpu-class and --vgpu-mem describe a GPU slice; add --gres=vgpu:N, or drop them")
+        if class_option ~= nil or memory ~= nil or profile ~= nil or slo ~= nil then
+            return refuse("--vgpu-class, --vgpu-mem, --vgpu-profile and --vgpu-slo describe a GPU slice; " ..
+                "add --gres=vgpu:N, or drop them")
         end
         return slurm.SUCCESS -- no GPU asked for: untouched
     end
@@ -324,6 +377,18 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
             return refuse(string.format("--vgpu-mem %s fits no GPU here (largest: %d MiB)", memory, LARGEST_MEMORY_MIB))
         end
     end
+    if profile ~= nil and not is_profile(profile) then
+        return refuse("--vgpu-profile '" .. profile .. "' is not a workload name; " .. PROFILE_HINT)
+    end
+    if slo ~= nil and not is_slo(slo) then
+        return refuse("--vgpu-slo '" .. slo .. "' is not a target; " .. SLO_HINT)
+    end
+    if (profile == nil) ~= (slo == nil) then
+        return refuse(TARGET_PAIR_HINT)
+    end
+    if profile ~= nil and gpus ~= nil then
+        return refuse(TARGET_SLICE_HINT)
+    end
     local now = os.time()
     -- the record, as slurm_vgpu.contract.VgpuRequest.comment writes it
     local record = {}
@@ -338,6 +403,8 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
     add(KEY.memory_mib, memory_mib)
     add(KEY.model, model)
     add(KEY.gpus, gpus)
+    add(KEY.profile, profile)
+    add(KEY.slo, slo)
     if is_set(job_desc.begin_time, 0) and job_desc.begin_time > now then add(KEY.begin, job_desc.begin_time) end
     add(KEY.nodelist, job_desc.req_nodes) -- the pin sets NodeList; keep the user's
     job_desc.admin_comment = table.concat(record, " ")
