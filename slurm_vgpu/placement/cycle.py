@@ -47,6 +47,10 @@ USABLE_NODE_STATES = {"idle", "mix", "alloc", "comp", "plnd", "resv", "maint"}
 # vgpu jobs, CPUs of some waiting, showed every node ``mix-`` and left every slice waiting).
 PLANNED = "-"
 REFUSAL_MEMORY = timedelta(minutes=10)  # how long a node that refused a job's pin is left out for it
+# A job Slurm requeued and every GPU node then refused: Slurm 22.05 keeps a requeued job's first pin
+# in its GRES request, and holds it never runnable on any other GPU (docs/slurm-behaviour.md).
+REQUEUED_REFUSED = ("since Slurm requeued it, every GPU node refuses its pin (Slurm holds it never runnable); "
+                    "submit it again")
 NEVER_RUNNABLE = "BadConstraints"  # the reason of a job Slurm holds as never runnable where it is pinned
 ARRAY_SPLIT = 32  # at most this many tasks of one array are split off per cycle
 # States in which a task counts against its array's %N throttle (Slurm's own count of running tasks).
@@ -212,7 +216,7 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
     --exclude, --nodelist, by ``nodes``; Slurm's ``reservations``) and that did not refuse its pin
     lately (``refused``). A job whose partitions, constraints or reservations leave it none of the
     GPU nodes is shut out, with that reason, rather than asked of the policy, which knows only
-    that the job may use no node.
+    that the job may use no node; so is, for good, a job Slurm requeued that every GPU node refused.
     """
     at_limit = {j.user_id for j in jobs if j.held_by_limit}
     waiting = [
@@ -242,10 +246,13 @@ def waiting_requests(jobs: list[Job], placed_jobs: set[int], now_s: float,
             if every and not left:
                 return left, f"its reservation {job.reservation} holds none of the GPU nodes it may use"
         left -= refused.get(job.job_id, set())  # all refused: the policy says so
+        if every and not left and job.restarts:
+            return left, REQUEUED_REFUSED
         return (None if left == every else left), None
 
     where = {j.job_id: allowed(j) for j in waiting}
-    shut_out = [Blocked(str(j.job_id), why) for j in waiting if (why := where[j.job_id][1]) is not None]
+    shut_out = [Blocked(str(j.job_id), why, never=why == REQUEUED_REFUSED)
+                for j in waiting if (why := where[j.job_id][1]) is not None]
     return Waiting([
         Request(
             job_id=str(j.job_id),

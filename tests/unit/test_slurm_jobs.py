@@ -278,3 +278,18 @@ def test_a_drained_node_with_no_idle_cpu_says_it_is_drained():
     result = place_slices(gpus, waiting_requests(list(jobs.values()), set(), NOW, nodes=nodes, gpu_nodes=nodes).requests,
                           PolicyConfig(), node_states(nodes, nodes, jobs, []))
     assert [b.reason for b in result.blocked] == ["every GPU is drained or down (Slurm reports node a1 drain)"]
+
+
+def test_a_requeued_job_every_gpu_node_refused_is_ended_with_the_reason_a_fresh_one_waits():
+    """Seen on Slurm 22.05 after a prolog failed during a database outage: the requeued job was
+    held never runnable wherever it was pinned, on every GPU node, for as long as it waited."""
+    nodes = {name: Node("idle", frozenset({"gpu"})) for name in ("n1", "n2")}
+    requeued = squeue_job(6, restart_cnt=1, submit_time=NOW - 600)
+    fresh = squeue_job(7)
+    refused = {6: {"n1", "n2"}, 7: {"n1", "n2"}}
+    requests, shut_out = waiting_requests([requeued, fresh], set(), NOW, refused, nodes, ["n1", "n2"])
+    assert [(b.job_id, b.never) for b in shut_out] == [("6", True)]
+    assert "since Slurm requeued it, every GPU node refuses its pin" in shut_out[0].reason
+    assert [(r.job_id, r.nodes) for r in requests] == [("7", frozenset())]  # the policy says it waits
+    some = waiting_requests([requeued], set(), NOW, {6: {"n1"}}, nodes, ["n1", "n2"]).requests
+    assert [(r.job_id, r.nodes) for r in some] == [("6", frozenset({"n2"}))]
