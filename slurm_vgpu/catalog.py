@@ -2,7 +2,8 @@
 how many MPS clients a GPU of each generation takes.
 
 ``speed`` is dense FP16 tensor throughput relative to an A100 (vendor datasheets, without sparsity,
-rounded); a site sets its own per model with ``GpuSpeed`` in slurm-vgpu.conf, which comes first.
+rounded); a site sets its own per model with ``GpuSpeed`` in slurm-vgpu.conf, which comes first, or
+has it measured (``SpeedWorkload``: a profiled workload's throughput), which comes before both.
 A model in neither has no speed: the agent says so and ``doctor`` warns, and it counts as an A100.
 """
 from __future__ import annotations
@@ -50,13 +51,27 @@ def short_name(nvml_name: str) -> str:
 UNKNOWN_SPEED = 1.0  # what a model of no known speed counts as: the reference, an A100
 
 
-def speed_of(short: str, site: Mapping[str, float] = {}) -> tuple[float, str]:
-    """(speed, where it comes from): the site's ``GpuSpeed``, else the datasheet table, else
-    :data:`UNKNOWN_SPEED` from ``"unknown"``."""
+def speed_of(short: str, site: Mapping[str, float] = {}, measured: Mapping[str, float] = {}) -> tuple[float, str]:
+    """(speed, where it comes from): ``measured`` (from the site's ``SpeedWorkload`` profile), else
+    the site's ``GpuSpeed``, else the datasheet table, else :data:`UNKNOWN_SPEED` from ``"unknown"``."""
+    if short in measured:
+        return measured[short], "profile"
     if short in site:
         return site[short], "GpuSpeed"
     model = MODELS.get(short)
     return (model.speed, "datasheet") if model else (UNKNOWN_SPEED, "unknown")
+
+
+def measured_speeds(full_gpu_throughput: Mapping[str, float], site: Mapping[str, float] = {}) -> dict[str, float]:
+    """Speeds from one workload's throughput on a whole GPU of each model, on the A100 scale: anchored
+    on the A100 when it was measured, else on the measured model of the highest known speed (the
+    site's or the datasheet's). Empty when no measured model has a known speed to anchor on."""
+    known = {m: speed_of(m, site)[0] for m, t in full_gpu_throughput.items() if t > 0 and speed_of(m, site)[1] != "unknown"}
+    if not known:
+        return {}
+    anchor = "a100" if "a100" in known else max(known, key=lambda m: (known[m], m))
+    scale = known[anchor] / full_gpu_throughput[anchor]
+    return {m: round(t * scale, 3) for m, t in full_gpu_throughput.items() if t > 0}
 
 
 # An MPS server takes at most this many client CUDA contexts per GPU: 48 on Volta (compute

@@ -55,6 +55,9 @@ class Config:
     # the site's speed of a GPU model relative to an A100 (``GpuSpeed=h200:3.4,l4:0.39``), before
     # the datasheet's (catalog.py); read by the node agent when it registers its GPUs
     gpu_speed: tuple[tuple[str, float], ...] = ()
+    # a profiled workload (slurm-vgpu profile) whose throughput on a whole GPU gives each model it was
+    # measured on its speed, before GpuSpeed; read by the node agent when it registers its GPUs
+    speed_workload: str | None = None
     # added to Slurm's priority of a waiting vgpu job of that class when the placement orders the
     # jobs it places (``ClassPriority=latency:10000,best-effort:-10000``); unnamed classes add 0
     class_priority: tuple[tuple[str, int], ...] = ()
@@ -160,6 +163,9 @@ def parse(text: str, source: str = "slurm-vgpu.conf") -> Config:
         if spec.name == "default_class" and contract.class_error(values["default_class"]):
             raise ConfigError(f"{source}:{number}: DefaultClass: {values['default_class']!r} is not an SLO class; "
                               f"choose one of {', '.join(contract.SLO_CLASSES)}")
+        if spec.name == "speed_workload" and contract.profile_error(values["speed_workload"]):
+            raise ConfigError(f"{source}:{number}: SpeedWorkload: {values['speed_workload']!r} is not a workload "
+                              "name; give the name of a profiled workload (slurm-vgpu profiles), e.g. resnet50")
         if spec.name == "policy" and values["policy"] not in POLICIES:
             raise ConfigError(f"{source}:{number}: Policy: {values['policy']!r} is not a policy; "
                               f"choose one of {', '.join(POLICIES)}")

@@ -60,7 +60,8 @@ class Agent:
     def run(self) -> None:
         while not self.stop.is_set():  # an agent started while the database is away waits for it
             try:
-                register(self.engine, self.node, self.inventory, self.config.mps_max_clients, self.config.gpu_speeds)
+                register(self.engine, self.node, self.inventory, self.config.mps_max_clients, self.config.gpu_speeds,
+                         self.config.speed_workload)
                 break
             except sa.exc.OperationalError as exc:
                 log.warning("cannot register %s yet, will retry: %s", self.node, str(exc).splitlines()[0])

@@ -8,24 +8,34 @@ import sqlalchemy as sa
 
 from .. import __version__
 from ..adapters.gpus import GpuInventory
-from ..catalog import UNKNOWN_SPEED, speed_of
+from ..catalog import UNKNOWN_SPEED, measured_speeds, speed_of
 from ..db import store
+from ..db.profiles import full_gpu_throughputs
 from ..db.engine import session_scope
 
 log = logging.getLogger("slurm_vgpu.agent")
 
 
 def register(engine: sa.Engine, node: str, inventory: GpuInventory, mps_max_clients: int | None = None,
-             speeds: Mapping[str, float] = {}) -> int:
+             speeds: Mapping[str, float] = {}, speed_workload: str | None = None) -> int:
     """Read the GPUs (NVML or the simulated file) and record them, each with its client limit (the
-    site's ``MpsMaxClients`` where lower than its MPS server's) and its speed (the site's
-    ``GpuSpeed``, else the datasheet's); returns how many. A model of no known speed is said
-    aloud: it counts as an A100, which may be far from the truth."""
+    site's ``MpsMaxClients`` where lower than its MPS server's) and its speed (measured by the
+    site's ``SpeedWorkload`` profile, else the site's ``GpuSpeed``, else the datasheet's); returns
+    how many. A model of no known speed is said aloud: it counts as an A100, which may be far from
+    the truth."""
     gpus = inventory.gpus()
     with session_scope(engine) as session:
-        store.register_node(session, node, gpus, __version__, mps_max_clients, speeds)
+        measured = measured_speeds(full_gpu_throughputs(session, speed_workload), speeds) if speed_workload else {}
+        unmeasured = sorted({g.model for g in gpus} - set(measured)) if speed_workload else []
+        if unmeasured:
+            why = (f"SpeedWorkload {speed_workload} has no profile at a share of 100 on {', '.join(unmeasured)} "
+                   f"(or none anchored on a model of known speed); measure it with slurm-vgpu profile "
+                   f"{speed_workload} --model MODEL -- COMMAND")
+            log.warning("%s: %s", node, why)
+            store.log_event(session, "gpu-speed-unmeasured", why, node=node)
+        store.register_node(session, node, gpus, __version__, mps_max_clients, speeds, measured)
         store.log_event(session, "agent-registered", f"{node}: {len(gpus)} GPUs", node=node)
-        for model in sorted({g.model for g in gpus if speed_of(g.model, speeds)[1] == "unknown"}):
+        for model in sorted({g.model for g in gpus if speed_of(g.model, speeds, measured)[1] == "unknown"}):
             why = unknown_speed(model)
             log.warning("%s: %s", node, why)
             store.log_event(session, "gpu-speed-unknown", why, node=node)

@@ -30,3 +30,12 @@ def stored_points(session: Session, names: Sequence[str] | None = None) -> list[
         query = query.where(Profile.name.in_(names))
     return [(Point(r.name, r.model, r.share, Figures(r.throughput, r.p50_ms, r.p99_ms, r.batch)), r)
             for r in session.scalars(query)]
+
+
+def full_gpu_throughputs(session: Session, name: str) -> dict[str, float]:
+    """Each GPU model's throughput of workload ``name`` at a share of 100, at the smallest batch size
+    measured there."""
+    rows = session.execute(sa.select(Profile.model, Profile.batch, Profile.throughput)
+                           .where(Profile.name == name, Profile.share == 100)
+                           .order_by(Profile.model, Profile.batch.desc())).all()
+    return {model: throughput for model, _, throughput in rows}  # the smallest batch's row comes last

@@ -21,10 +21,12 @@ def now() -> datetime:
 
 
 def register_node(session: Session, node: str, gpus: Sequence[GpuRecord], agent_version: str,
-                  mps_max_clients: int | None = None, speeds: Mapping[str, float] = {}) -> None:
+                  mps_max_clients: int | None = None, speeds: Mapping[str, float] = {},
+                  measured: Mapping[str, float] = {}) -> None:
     """Insert or refresh a node and its GPUs; GPUs that vanished from the node are marked down. Each
     GPU's client limit is its MPS server's, or ``mps_max_clients`` (the site's) where lower; its
-    speed the site's (``speeds``, from GpuSpeed), else the datasheet's."""
+    speed the measured one (``measured``, from SpeedWorkload's profile), else the site's
+    (``speeds``, from GpuSpeed), else the datasheet's."""
     session.execute(
         sa.dialects.postgresql.insert(Node)
         .values(name=node, heartbeat_at=now(), agent_version=agent_version)
@@ -34,7 +36,7 @@ def register_node(session: Session, node: str, gpus: Sequence[GpuRecord], agent_
         values = dict(
             node=node, index=gpu.index, minor=gpu.minor, name=gpu.name, model=gpu.model, gres_type=gpu.gres_type,
             sm_count=gpu.sm_count, memory_mib=gpu.memory_mib,
-            compute_capability=gpu.compute_capability, speed=speed_of(gpu.model, speeds)[0],
+            compute_capability=gpu.compute_capability, speed=speed_of(gpu.model, speeds, measured)[0],
             max_clients=mps_clients(gpu.compute_capability, mps_max_clients),
         )
         session.execute(

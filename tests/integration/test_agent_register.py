@@ -47,3 +47,24 @@ def test_speeds_come_from_gpu_speed_then_the_datasheet_and_an_unknown_model_is_s
     caplog.clear()
     register(clean_db, "gpu01", gpus, speeds={"h200": 3.6, "b200": 7.2})  # the admin added it; the agent restarts
     assert speeds(url)["b200"] == 7.2 and not caplog.records
+
+
+def test_a_speed_workloads_profile_comes_before_gpu_speed_and_the_datasheet(clean_db, tmp_path, caplog):
+    """Profiles written as `slurm-vgpu profile` writes them; the throughputs are made up."""
+    url = clean_db.url.render_as_string(hide_password=False).replace("+psycopg", "")
+    with connect(url) as conn:
+        for model, share, batch, throughput in [("h100", 100, 1, 1500.0), ("h100", 100, 8, 9000.0),
+                                                ("h100", 50, 1, 1400.0), ("b200", 100, 1, 3000.0)]:
+            conn.execute("INSERT INTO profiles (name, model, share, batch, throughput, p50_ms, p99_ms) "
+                         "VALUES ('resnet50', %s, %s, %s, %s, 1, 2)", (model, share, batch, throughput))
+    gpus = inventory(tmp_path, ("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA B200", "b200"), ("Tesla T4", "t4"))
+    with caplog.at_level(logging.WARNING, logger="slurm_vgpu.agent"):
+        register(clean_db, "gpu01", gpus, speeds={"b200": 5.0}, speed_workload="resnet50")
+    # anchored on the b200 (the measured model of the highest known speed: 5.0, the site's GpuSpeed);
+    # the h100 measured half its throughput at batch 1; the t4, not measured, keeps the datasheet's
+    assert speeds(url) == {"h100": 2.5, "b200": 5.0, "t4": 0.21}
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "SpeedWorkload resnet50 has no profile at a share of 100 on t4" in warning
+    caplog.clear()
+    register(clean_db, "gpu01", gpus, speed_workload="bert")  # no profile at all: GpuSpeed, else the datasheet
+    assert speeds(url) == {"h100": 3.2, "b200": 1.0, "t4": 0.21}

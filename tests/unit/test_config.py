@@ -82,7 +82,7 @@ def test_a_key_near_no_other_is_refused_with_every_key():
 
 def test_render_writes_every_key_it_can_read_back():
     config = Config(node_name="gpu01", reference_model="a100", hpc_job_mapping_dir="/run/map/%n", mps_max_clients=20,
-                    gpu_speed=(("h200", 3.4), ("l4", 0.39)), class_priority=(("latency", 10000), ("best-effort", -500)))
+                    gpu_speed=(("h200", 3.4), ("l4", 0.39)), speed_workload="resnet50", class_priority=(("latency", 10000), ("best-effort", -500)))
     text = render(config)
     assert {line.split("=", 1)[0] for line in text.splitlines()[1:]} == set(KEYS) - {"SlurmConf"}
     assert parse(text) == config
@@ -137,3 +137,21 @@ def test_class_priorities_name_classes_with_whole_numbers():
         with pytest.raises(ConfigError, match=r"ClassPriority: .* is not class:weight \(a class of latency, throughput, "
                                               r"best-effort and a whole number\); write e.g. ClassPriority=latency:10000"):
             parse(f"ClassPriority={bad}\n")
+
+
+def test_a_speed_workload_must_be_a_workload_name():
+    from slurm_vgpu.config import ConfigError, parse
+
+    assert parse("SpeedWorkload=resnet50\n", "f").speed_workload == "resnet50"
+    with pytest.raises(ConfigError, match="f:1: SpeedWorkload: 'res net' is not a workload name"):
+        parse("SpeedWorkload=res net\n", "f")
+
+
+def test_measured_speeds_are_on_the_a100_scale():
+    from slurm_vgpu.catalog import measured_speeds, speed_of
+
+    assert measured_speeds({"a100": 100.0, "h100": 300.0, "t4": 20.0}) == {"a100": 1.0, "h100": 3.0, "t4": 0.2}
+    assert measured_speeds({"h100": 500.0, "t4": 50.0}) == {"h100": 3.2, "t4": 0.32}  # on the h100's 3.2
+    assert measured_speeds({"b200": 500.0}, {"b200": 5.0}) == {"b200": 5.0}  # on the site's GpuSpeed
+    assert measured_speeds({"b200": 500.0}) == {}  # nothing to anchor on
+    assert speed_of("h100", {"h100": 3.0}, {"h100": 2.9}) == (2.9, "profile")
