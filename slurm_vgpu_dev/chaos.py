@@ -74,6 +74,7 @@ class Report:
     samples: int = 0
     faults: Counter = field(default_factory=Counter)
     admin_resumes: int = 0  # nodes Slurm drained for a duplicate job id, resumed after the faults
+    admin_releases: int = 0  # jobs Slurm held after launching them twice, released after the faults
     admin_restarts: int = 0  # slurmctld started with -i: it would not start on the state it had
 
     @property
@@ -86,6 +87,7 @@ class Report:
             f"{self.ended_with_reason} ended with a reason, {len(self.unfinished)} unfinished",
             f"faults: {', '.join(f'{k} x{v}' for k, v in sorted(self.faults.items())) or 'none'}; then, as an "
             f"admin would, {self.admin_resumes} node(s) resumed that Slurm drained for a duplicate job id, "
+            f"{self.admin_releases} job(s) released that it held after launching them twice, "
             f"{self.admin_restarts} slurmctld start(s) with -i",
             f"samples {self.samples}: {len(self.over_100)} over 100, {len(self.user_mixes)} user mixes "
             "(Slurm, slice files, and the Postgres replay)",
@@ -113,6 +115,7 @@ class Chaos:
         self.out = cluster.dir / "chaos"
         self.out.mkdir(exist_ok=True)
         self.out.chmod(0o1777)
+        self.held_since: dict[int, float] = {}  # job id -> when the run first saw Slurm hold it after a launch
         self.submitted: list[Submission] = []  # in submit order; a forgetful slurmctld gives ids out again
 
     # --- Slurm, as root or as a user ---------------------------------------------------------------
@@ -255,7 +258,7 @@ class Chaos:
         """Faults while the jobs are submitted; then, faults over, wait for every job to end, still
         watching, and doing what an admin would after a slurmctld that lost its state: resume the
         nodes Slurm drains for a duplicate job id (it may find one minutes later, when it starts a
-        rolled-back job again)."""
+        rolled-back job again) and release the jobs it held after launching them twice."""
         faults = threading.Thread(target=self.inject, args=(fault_every_s,), daemon=True)
         watcher = threading.Thread(target=self.watch, args=(0.5,), daemon=True)
         faults.start()
@@ -287,6 +290,23 @@ class Chaos:
             if drained(state) and reason.startswith("Duplicate jobid"):
                 self.slurm("scontrol", "update", f"NodeName={node}", "State=RESUME")
                 self.report.admin_resumes += 1
+
+    def release_duplicate_launches(self) -> None:
+        """A slurmctld that came back from older state launches a job that already runs a second
+        time; slurmd refuses ("Job N already running, do not launch second copy"), and slurmctld
+        requeues the job held (``launch failed requeued held``) beside draining the node. Only an
+        admin releases it: the node agent releases only the jobs whose prolog it saw fail for want
+        of the database, within seconds of its return. The run does the admin's part for a job held
+        so for ADMIN_DELAY_S, so that the agent's own releases are not done for it, and counts it."""
+        out = self.slurm("squeue", "--noheader", "--states=PENDING", "--format=%i|%r").stdout
+        held = {int(i) for i, _, r in (line.partition("|") for line in out.splitlines())
+                if r.strip() == LAUNCH_FAILED_HELD and i.strip().isdigit()}
+        now = time.monotonic()
+        for job_id in held:
+            since = self.held_since.setdefault(job_id, now)
+            if now - since >= ADMIN_DELAY_S and self.slurm("scontrol", "release", str(job_id)).returncode == 0:
+                self.report.admin_releases += 1
+                del self.held_since[job_id]
 
     def slurm_jobs(self) -> dict[int, dict]:
         result = self.slurm("squeue", "--json", "--states=all")  # 23.02+ drop ended jobs without it
@@ -321,6 +341,7 @@ class Chaos:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.resume_duplicate_drains()
+            self.release_duplicate_launches()
             known = self.slurm_jobs()
             if known and all(_state(j) in ENDED for j in known.values()):
                 return
@@ -370,6 +391,8 @@ class Chaos:
         self.report.user_mixes += [f"Postgres: {v}" for v in replay(rows, "users")]
 
 
+LAUNCH_FAILED_HELD = "launch failed requeued held"  # Slurm's reason for a job it held after a failed launch
+ADMIN_DELAY_S = 120.0  # how long a held job waits for the node agent before the run releases it as an admin
 SACCT_SEPARATOR = "^^"  # between sacct's fields: an AdminComment may hold "|"
 
 
