@@ -9,7 +9,8 @@ from slurm_vgpu_dev.chaos import Chaos, ensure_users
 
 from ..conftest import TEST_PORT, own_cluster
 
-# In the default run (the release matrix runs it in its whole-suite leg); -m 'not chaos' leaves it out.
+# Not in the default run yet: under faults, some jobs are still unfinished at the deadline
+# (docs/performance.md, "Chaos"). Run it with: ./scripts/test -m chaos tests/e2e/test_chaos.py
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 
 
