@@ -23,7 +23,8 @@ def test_no_gpu_overfills_or_mixes_users_and_no_job_is_lost_under_faults():
         and report.faults["postgres"], text
     assert not report.over_100 and not report.user_mixes, text
     assert not report.lost and not report.ran_without_slice and not report.unfinished, text
-    assert report.completed_with_slice + report.ended_with_reason + len(report.lost_by_slurmctld) == report.jobs
+    assert report.completed_with_slice + report.ended_with_reason + len(report.lost_by_slurmctld) \
+        + len(report.rolled_back) == report.jobs, text
 
 
 def _default_layout():
