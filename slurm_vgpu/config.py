@@ -62,6 +62,11 @@ class Config:
     # jobs it places (``ClassPriority=latency:10000,best-effort:-10000``); unnamed classes add 0
     class_priority: tuple[tuple[str, int], ...] = ()
     starvation_wait: float = PolicyConfig.starvation_wait_s  # seconds before the oldest blocked request reserves a GPU
+    # a latency slice that finds no room may requeue best-effort slices (slurm_vgpu.policy.preemption),
+    # where slurm.conf's PreemptMode includes REQUEUE; they get SIGTERM, and are requeued
+    # PreemptGraceTime seconds later, or as soon as they have ended
+    preempt_best_effort: bool = False
+    preempt_grace_time: float = 30.0
     pin_timeout: float = 120.0  # seconds a pinned job may stay pending before it is placed again
     cycle_interval: float = 1.0  # seconds between placement cycles
     # most decisions the placement daemon lets wait for the write in flight (each write carries

@@ -62,6 +62,7 @@ def run_checks(config: Config, database_url: URL) -> list[Check]:
         lambda: check_plugstack(node),
         lambda: check_spank_plugin(node),
         lambda: check_prolog_epilog(node),
+        lambda: check_preemption(config, node),
         lambda: check_mps(config),
         lambda: check_gpus(config),
         lambda: check_speeds(config),
@@ -173,6 +174,27 @@ def check_prolog_epilog(node: Node) -> Check:
         return Check("prolog", WARN, "PrologFlags has no Alloc: the prolog runs only at the first step, "
                      "so sbatch scripts start before their GPU slice is set up", "add PrologFlags=Alloc")
     return Check("prolog", OK, f"Prolog={node.settings['prolog']} Epilog={node.settings['epilog']}")
+
+
+def check_preemption(config: Config, node: Node) -> Check:
+    """PreemptBestEffort=yes needs slurm.conf's PreemptMode to include REQUEUE, which Slurm takes
+    only beside a PreemptType other than preempt/none (docs/slurm-behaviour.md)."""
+    if not config.preempt_best_effort:
+        return Check("preemption", OK, "off (PreemptBestEffort=no)")
+    if node.settings is None:
+        return Check("preemption", FAIL, "slurm.conf cannot be read", "see the slurm check")
+    mode = node.settings.get("preemptmode", "OFF")
+    kind = node.settings.get("preempttype", "preempt/none")
+    fix = ("set PreemptType=preempt/qos and PreemptMode=REQUEUE in slurm.conf (preempt/qos preempts nothing "
+           "by itself while no QoS lists another in its Preempt), or PreemptBestEffort=no in slurm-vgpu.conf")
+    if "REQUEUE" not in mode.upper().split(","):
+        return Check("preemption", FAIL, f"PreemptBestEffort=yes, but slurm.conf's PreemptMode is {mode}: "
+                     "the placement daemon preempts nothing", fix)
+    if kind.lower() == "preempt/none":
+        return Check("preemption", FAIL, f"PreemptMode={mode} beside PreemptType={kind}: Slurm refuses this "
+                     "slurm.conf", fix)
+    return Check("preemption", OK, f"best-effort slices requeued for latency ones after "
+                 f"{config.preempt_grace_time:g}s (PreemptType={kind}, PreemptMode={mode})")
 
 
 def check_mps(config: Config) -> Check:

@@ -83,6 +83,15 @@ def start_cluster(directory: Path, database_url: str, layout: Path | None = None
     return cluster
 
 
+def config_lines(slurm_conf: str = "", vgpu_conf: str = ""):
+    """A ``before_start`` change: these lines added to the cluster's slurm.conf and slurm-vgpu.conf."""
+    def add(cluster) -> None:
+        for path, lines in ((cluster.slurm_conf, slurm_conf), (cluster.vgpu_conf, vgpu_conf)):
+            with open(path, "a") as conf:
+                conf.write(lines)
+    return add
+
+
 @contextmanager
 def own_cluster(name: str, layout: str, port: int, before_start=()):
     """A cluster of the given layout TOML, with its own directory, database and ports, for one

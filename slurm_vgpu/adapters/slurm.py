@@ -79,6 +79,7 @@ class Job:
     memory_mib: int | None = None  # --mem, or --mem-per-cpu x cpus; None: not asked for
     reservation: str = ""  # --reservation, as Slurm keeps it (``a,b``: one of them)
     time_limit_min: int | None = None  # its time limit in minutes; None: unlimited
+    requeue: bool = True  # Slurm may requeue it (False: submitted with --no-requeue, or JobRequeue=0)
 
     @property
     def ref(self) -> int | str:
@@ -236,6 +237,18 @@ class Slurm:
         request = replace(job.request or fallback, state=UNPLACED, gpu=None, wait=f"requeued: {why}")
         (self.hold if job.state == "PENDING" else self.requeue)(job.ref, request)
         return True
+
+    def signal(self, job_id: int | str, name: str) -> None:
+        """Send signal ``name`` (``TERM``) to every process of the job: its batch script and each step."""
+        self._run("scancel", "--full", f"--signal={name}", str(job_id))
+
+    def preempt_mode(self) -> str:
+        """slurm.conf's PreemptMode as slurmctld runs it (``OFF``, ``REQUEUE``, ``SUSPEND,GANG``, ...)."""
+        for line in self._run("scontrol", "show", "config").splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "PreemptMode":
+                return value.strip()
+        return "OFF"
 
     def _show(self, job_id: int) -> dict[str, str] | None:
         """The ``scontrol show job -o`` record of this job id itself; None when Slurm says it no
@@ -417,6 +430,7 @@ def _job(doc: dict) -> Job:
         memory_mib=_memory_mib(doc),
         reservation=doc.get("resv_name") or "",
         time_limit_min=number(doc.get("time_limit"), None),
+        requeue=bool(doc.get("requeue", True)),
     )
 
 

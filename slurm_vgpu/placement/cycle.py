@@ -28,6 +28,8 @@ from ..db.models import Gpu, Placement
 from ..db.profiles import stored_points
 from ..policy import Blocked, Decision, GpuState, NodeState, PolicyConfig, Request, SloClass
 from ..policy.placement import Placer
+from .preempting import Preemptions, preempt
+from .rows import placement_rows
 from .targets import sized
 from .wait_notes import WaitNotes
 
@@ -355,21 +357,6 @@ def array_splits(jobs: list[Job], placed_jobs: set[int], now_s: float, most: int
     return splits
 
 
-def placement_rows(decisions: Sequence[Decision], by_id: Mapping[str, Request],
-                   submit_times: Mapping[int, int] = {}) -> list[dict]:
-    """The placements rows of a cycle's decisions (state ``placed``: not yet pinned in Slurm), given
-    their requests by job id and their jobs' submit times (which, with the id, name a job): one row
-    per GPU, so a job of several whole GPUs has several."""
-    return [_placement_row(d, gpu, by_id[d.job_id], submit_times) for d in decisions for gpu in d.gpu_uuids]
-
-
-def _placement_row(d: Decision, gpu: str, req: Request, submit_times: Mapping[int, int]) -> dict:
-    return dict(job_id=int(d.job_id), job_submit_time=submit_times.get(int(d.job_id), 0), gpu_uuid=gpu,
-                uid=req.user, share=d.share, requested_share=req.share, memory_mib=req.memory_mib,
-                whole=req.whole, gpus=len(d.gpu_uuids), slo_class=req.slo_class.value, state="placed",
-                cpus=max(1, req.cpu_milli // 1000), node_memory_mib=req.node_memory_mib or None)
-
-
 def commit_as_decided(writer: PlacementWriter, outcomes: Iterator[Decision | Blocked],
                       requests: Sequence[Request], most: int, blocked: list[Blocked],
                       submit_times: Mapping[int, int] = {}) -> Iterator[list[dict]]:
@@ -428,13 +415,15 @@ def sized_by_target(session, requests: list[Request], jobs: Mapping[int, Job], g
 
 
 def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool = True,
-              kept: KeptPlacer | None = None, notes: WaitNotes | None = None) -> CycleReport:
+              kept: KeptPlacer | None = None, notes: WaitNotes | None = None,
+              preemptions: Preemptions | None = None) -> CycleReport:
     """``may_cancel`` is False until the agents have had time to register: a request that looks
     impossible against a half-registered inventory is told it waits, not cancelled. ``kept`` is
-    the daemon's placer and ``notes`` when it last wrote each wait reason (fresh ones when not
-    given)."""
+    the daemon's placer, ``notes`` when it last wrote each wait reason and ``preemptions`` those
+    under way (fresh ones when not given)."""
     kept = kept or KeptPlacer(config)
     notes = notes if notes is not None else WaitNotes()
+    preemptions = preemptions if preemptions is not None else Preemptions()
     report = CycleReport()
     jobs = {j.job_id: j for j in slurm.vgpu_jobs()}
     notes.keep_only(jobs)
@@ -460,6 +449,8 @@ def run_cycle(engine: sa.Engine, slurm: Slurm, config: Config, may_cancel: bool 
     with placement_writer(engine) as writer:
         new = [row for rows in commit_as_decided(writer, placer.decide(requests), requests, config.place_batch,
                                                  blocked, submit_times) for row in rows]
+    if config.preempt_best_effort:
+        preempt(engine, slurm, config, policy_config(config), preemptions, jobs, requests, blocked, gpus, room)
     with session_scope(engine) as session:
         gpus_by_uuid = store.gpus_by_uuid(session, {p["gpu_uuid"] for p in new} | {p.gpu_uuid for p in repin})
         to_pin = pins([*((p["job_id"], p["id"], p["gpu_uuid"], p["share"]) for p in new),

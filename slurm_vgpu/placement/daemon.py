@@ -17,6 +17,7 @@ from ..adapters.slurm import Slurm, SlurmError
 from ..config import Config
 from ..db.engine import make_engine
 from .cycle import KeptPlacer, collector_paused, run_cycle
+from .preempting import Preemptions
 from .wait_notes import WaitNotes
 
 log = logging.getLogger("slurm_vgpu.placement")
@@ -72,6 +73,7 @@ def _loop(engine: sa.Engine, config: Config, once: bool) -> None:
     leadership = Leadership(engine)
     kept = KeptPlacer(config)
     notes = WaitNotes()
+    preemptions = Preemptions()
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     while not stopping:
@@ -80,7 +82,8 @@ def _loop(engine: sa.Engine, config: Config, once: bool) -> None:
             try:
                 settled = time.monotonic() - leadership.since > 2 * config.heartbeat_interval
                 with collector_paused():
-                    report = run_cycle(engine, slurm, config, may_cancel=settled, kept=kept, notes=notes)
+                    report = run_cycle(engine, slurm, config, may_cancel=settled, kept=kept, notes=notes,
+                                       preemptions=preemptions)
                 if report.placed or report.cancelled or report.released or report.unpinned:
                     log.info("cycle: placed %s released %s cancelled %s unpinned %s", report.placed,
                              report.released, list(report.cancelled), report.unpinned)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from slurm_vgpu_dev import accounting
 
-from ..conftest import TEST_PORT, engine_for, own_cluster, slurm
+from ..conftest import TEST_PORT, config_lines, engine_for, own_cluster, slurm
 from .jobs import ensure_user, job, submit, wait_for, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -28,16 +28,10 @@ PIN_TIMEOUT = 10
 CAP = "vgpu-cap"  # a QoS: at most 100 vgpu units per user
 
 
-def enforce_limits(cluster) -> None:
-    with open(cluster.slurm_conf, "a") as conf:
-        conf.write("AccountingStorageEnforce=limits\n")
-    with open(cluster.vgpu_conf, "a") as conf:
-        conf.write(f"PinTimeout={PIN_TIMEOUT}\n")
-
-
 @pytest.fixture(scope="module")
 def solo():
-    with own_cluster("solo", TWO_GPU_LAYOUT, TEST_PORT + 40, before_start=[enforce_limits]) as cluster:
+    with own_cluster("solo", TWO_GPU_LAYOUT, TEST_PORT + 40, before_start=[config_lines(
+            "AccountingStorageEnforce=limits\n", f"PinTimeout={PIN_TIMEOUT}\n")]) as cluster:
         for user in (HEAVY, LIGHT, CAPPED):
             ensure_user(user)
         accounting.add_users(cluster, [HEAVY, LIGHT, CAPPED])  # limits enforced: no job without an association

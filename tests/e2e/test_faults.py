@@ -15,7 +15,7 @@ from slurm_vgpu.db import engine as db
 from slurm_vgpu.mps import GpuMps
 from slurm_vgpu_dev import cluster as devcluster
 
-from ..conftest import TEST_PORT, engine_for, own_cluster, slurm
+from ..conftest import TEST_PORT, config_lines, engine_for, own_cluster, slurm
 from .jobs import ensure_user, job, output, output_dir, submit, wait_for, wait_until
 from .node_helpers import mps_state, node_config, placement, wait_started
 
@@ -31,19 +31,17 @@ gpus = { t4 = 2 }
 """
 
 
-def one_license(cluster) -> None:
-    """A license of one: a job that holds it keeps another that asks for it pending (Reason=Licenses)
-    after its pin, which the placement, blind to licenses, gives it; CPUs would not, since a job is
-    pinned only where its CPUs are idle."""
-    with open(cluster.slurm_conf, "a") as conf:
-        conf.write(f"Licenses={LICENSE}:1\n")
+# A license of one: a job that holds it keeps another that asks for it pending (Reason=Licenses)
+# after its pin, which the placement, blind to licenses, gives it; CPUs would not, since a job is
+# pinned only where its CPUs are idle.
+ONE_LICENSE = config_lines(f"Licenses={LICENSE}:1\n")
 
 
 @pytest.fixture(scope="module")
 def faulty():
     for user in (USER, OTHER):
         ensure_user(user)
-    with own_cluster("faults", LAYOUT, TEST_PORT + 70, before_start=[one_license]) as cluster:
+    with own_cluster("faults", LAYOUT, TEST_PORT + 70, before_start=[ONE_LICENSE]) as cluster:
         yield cluster
 
 

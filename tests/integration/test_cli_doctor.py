@@ -64,8 +64,8 @@ def statuses(cli) -> tuple[int, dict[str, dict]]:
 def test_a_ready_node_passes_every_check(cli, node):
     code, checks = statuses(cli)
     assert {name: c["status"] for name, c in checks.items()} == {
-        "slurm": "OK", "plugstack": "OK", "spank": "OK", "prolog": "OK", "mps": "OK", "gpus": "OK",
-        "speed": "OK", "run-dir": "OK", "database": "OK"}
+        "slurm": "OK", "plugstack": "OK", "spank": "OK", "prolog": "OK", "preemption": "OK", "mps": "OK",
+        "gpus": "OK", "speed": "OK", "run-dir": "OK", "database": "OK"}
     assert code == 0
     assert "2 GPUs" in checks["gpus"]["message"] and checks["speed"]["message"] == "h100 3.2 (datasheet)"
     assert spank_built_for(node["plugin"]) == slurmd_version()
@@ -120,3 +120,20 @@ def test_a_gpu_model_of_no_known_speed_is_a_warning_that_says_what_to_add(cli, n
     code, checks = statuses(cli)
     assert checks["speed"]["status"] == "OK"
     assert checks["speed"]["message"] == "b200 7.2 (GpuSpeed), h100 3 (GpuSpeed)"
+
+
+def test_preemption_asked_for_needs_slurms_preempt_mode_requeue(cli, node):
+    assert statuses(cli)[1]["preemption"]["message"] == "off (PreemptBestEffort=no)"
+    cli.config.write_text(cli.config.read_text() + "PreemptBestEffort=yes\n")
+    code, checks = statuses(cli)
+    assert code == 1 and checks["preemption"]["status"] == "FAIL"
+    assert "PreemptMode is OFF" in checks["preemption"]["message"]
+    assert "PreemptType=preempt/qos and PreemptMode=REQUEUE" in checks["preemption"]["fix"]
+    vgpu_conf = node["etc"] / "vgpu.conf"
+    vgpu_conf.write_text(vgpu_conf.read_text() + "PreemptMode=REQUEUE\n")
+    assert "Slurm refuses this slurm.conf" in statuses(cli)[1]["preemption"]["message"]
+    vgpu_conf.write_text(vgpu_conf.read_text() + "PreemptType=preempt/qos\n")
+    code, checks = statuses(cli)
+    assert code == 0 and checks["preemption"]["status"] == "OK"
+    assert checks["preemption"]["message"] == ("best-effort slices requeued for latency ones after 30s "
+                                               "(PreemptType=preempt/qos, PreemptMode=REQUEUE)")
