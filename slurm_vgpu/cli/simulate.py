@@ -67,6 +67,9 @@ def _class_priority(ctx: click.Context, param: click.Parameter, value: str | Non
 @click.option("--class-priority", callback=_class_priority, metavar="CLASS:WEIGHT,...",
               help="with --time: the daemon's ClassPriority (e.g. latency:10000,best-effort:-10000) orders "
               "the policies' queues; Slurm's stays in creation order")
+@click.option("--preempt-grace", type=click.IntRange(min=0), metavar="SECONDS",
+              help="with --time: the policies preempt best-effort tasks for waiting latency ones, as the "
+              "daemon's PreemptBestEffort=yes, after this grace time (PreemptGraceTime)")
 @click.option("--cluster-fraction", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0,
               show_default=True, help="with --time: keep this random fraction of the nodes (per seed)")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -75,8 +78,8 @@ def _class_priority(ctx: click.Context, param: click.Parameter, value: str | Non
 @click.option("--json", "as_json", is_flag=True, help="print every figure per policy per seed as JSON")
 def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str], seeds: int,
              users: int, user_skew: float, arrival_max: float, in_time: bool, time_scale: float,
-             class_priority: dict[str, int] | None, cluster_fraction: float, plot_path: Path | None,
-             as_json: bool) -> None:
+             class_priority: dict[str, int] | None, preempt_grace: int | None, cluster_fraction: float,
+             plot_path: Path | None, as_json: bool) -> None:
     """Replay a GPU trace through the placement policies and compare how full they pack the GPUs.
 
     Follows the FGD paper's protocol: shuffled tasks inflated to --arrival-max of GPU capacity,
@@ -87,8 +90,8 @@ def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str
     run times and leave, decided by the placement daemon's own path; the figures are queueing delay
     per class, GPU allocation over time and what ran, beside Slurm's own scheduling.
     """
-    if not in_time and (time_scale != 1.0 or cluster_fraction != 1.0 or class_priority):
-        raise click.UsageError("--time-scale, --cluster-fraction and --class-priority need --time")
+    if not in_time and (time_scale != 1.0 or cluster_fraction != 1.0 or class_priority or preempt_grace is not None):
+        raise click.UsageError("--time-scale, --cluster-fraction, --class-priority and --preempt-grace need --time")
     # Imported here: the simulator needs numpy (the `sim` extra), which a node or controller
     # install (pip install slurm-vgpu, the Ansible roles) does not have; every other command works.
     from ..sim.experiment import seeds_for, simulate as run_simulation
@@ -109,7 +112,7 @@ def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str
                                f"{len(pods)} tasks in {pods_path}")
     if in_time:
         _simulate_in_time(cluster, pods, policies, seeds, users, user_skew, time_scale, cluster_fraction,
-                          class_priority, plot_path, as_json,
+                          class_priority, preempt_grace, plot_path, as_json,
                           {"nodes": Path(nodes_path).name, "pods": Path(pods_path).name})
         return
     with Progress(transient=True, console=Console(file=sys.stderr)) as bar:
@@ -131,7 +134,7 @@ def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str
 
 def _simulate_in_time(cluster, pods, policies: list[str], seeds: int, users: int, user_skew: float,
                       time_scale: float, cluster_fraction: float, class_priority: dict[str, int] | None,
-                      plot_path: Path | None, as_json: bool, files: dict) -> None:
+                      preempt_grace: int | None, plot_path: Path | None, as_json: bool, files: dict) -> None:
     from ..sim.experiment import SLURM, seeds_for, simulate_in_time
     from ..sim.report import plot_time_allocation, print_time_table
     from ..sim.timeline import compressed
@@ -140,13 +143,14 @@ def _simulate_in_time(cluster, pods, policies: list[str], seeds: int, users: int
     with Progress(transient=True, console=Console(file=sys.stderr)) as bar:
         task = bar.add_task("replaying in time", total=None)
         runs = simulate_in_time(cluster, pods, policies, seeds_for(seeds), users, user_skew, cluster_fraction,
-                                class_priority, lambda n, total: bar.update(task, advance=n, total=total))
+                                class_priority, lambda n, total: bar.update(task, advance=n, total=total),
+                                preempt_grace)
     if plot_path is not None:
         plot_time_allocation(runs, plot_path)
     if as_json:
         click.echo(json.dumps({
             **files, "tasks": len(pods), "users": users, "user_skew": user_skew, "time_scale": time_scale,
-            "cluster_fraction": cluster_fraction, "class_priority": class_priority or {}, "baseline": SLURM, "runs": [asdict(r) for r in runs],
+            "cluster_fraction": cluster_fraction, "class_priority": class_priority or {}, "preempt_grace": preempt_grace, "baseline": SLURM, "runs": [asdict(r) for r in runs],
         }, indent=2))
     else:
         print_time_table(runs, console())

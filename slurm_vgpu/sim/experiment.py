@@ -69,10 +69,13 @@ def part_of(cluster: Cluster, fraction: float, seed: int) -> Cluster:
 def simulate_in_time(cluster: Cluster, pods: Sequence[TimedPod], policies: Sequence[str],
                      seeds: Sequence[int], users: int = 0, user_skew: float = 1.0,
                      cluster_fraction: float = 1.0, class_priority: Mapping[str, int] | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> list[TimeFigures]:
+                     progress: Callable[[int, int], None] | None = None,
+                     preempt_grace: int | None = None) -> list[TimeFigures]:
     """Replay the tasks at their times under Slurm alone and under each policy's daemon path (its
-    queue weighed by ``class_priority``, as ``ClassPriority``; Slurm's in creation order); each seed
-    shuffles the node order, as in the packing protocol, and picks the nodes kept."""
+    queue weighed by ``class_priority``, as ``ClassPriority``, and preempting best-effort tasks for
+    latency ones with ``preempt_grace``, as ``PreemptBestEffort`` and ``PreemptGraceTime``; Slurm's
+    in creation order, never preempting); each seed shuffles the node order, as in the packing
+    protocol, and picks the nodes kept."""
     workload = [(p.request, 1.0) for p in pods]
     total = (len(policies) + 1) * len(seeds) * 2 * len(pods)
     out = []
@@ -96,7 +99,7 @@ def simulate_in_time(cluster: Cluster, pods: Sequence[TimedPod], policies: Seque
                 scheduler = SlurmScheduler(Occupancy(part, order, SLURM_CONFIG, workload))
             else:
                 config = PolicyConfig(policy=policy, seed=seed)
-                scheduler = DaemonScheduler(Occupancy(part, order, config, workload))
+                scheduler = DaemonScheduler(Occupancy(part, order, config, workload), preempt_grace)
             timeline = replay(mine, scheduler, tick, None if policy == SLURM else class_priority)
             out.append(time_figures(policy, seed, timeline, mine, demand, time.perf_counter() - start))
     return out

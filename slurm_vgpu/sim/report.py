@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..policy.model import SloClass
 from .metrics import Figures, summary
-from .time_figures import TimeFigures
+from .time_figures import ON_TIME_S, TimeFigures
 
 
 def print_table(runs: Sequence[Figures], arrival_max: float, console: Console | None = None) -> None:
@@ -95,6 +95,8 @@ def print_time_table(runs: Sequence[TimeFigures], console: Console | None = None
         table.add_column(name, justify="left" if name == "scheduler" else "right")
     for cls in SloClass:
         table.add_column(f"wait {cls.value} s", justify="right")
+    table.add_column(f"latency within {ON_TIME_S}s %", justify="right")
+    table.add_column("preempted", justify="right")
     table.add_column("seconds", justify="right")
     for policy in dict.fromkeys(r.policy for r in runs):
         mine = [r for r in runs if r.policy == policy]
@@ -104,6 +106,8 @@ def print_time_table(runs: Sequence[TimeFigures], console: Console | None = None
             f"{np.mean([r.allocation_peak for r in mine]):.1f}",
             *(f"{np.mean([getattr(r, f) for r in mine]):.0f}" for f in ("started", "withdrawn", "refused", "stuck")),
             *(_wait(mine, cls) for cls in SloClass),
+            f"{np.mean([r.latency_on_time for r in mine]):.1f}",
+            f"{np.mean([r.preempted for r in mine]):.0f}",
             f"{sum(r.seconds for r in mine):.1f}",
         )
     (console or Console()).print(table)

@@ -96,7 +96,7 @@ class SlurmScheduler:
                 start = self._elsewhere(pod, ask, self.reservation[2])
                 if start is None:
                     continue
-            occ.put(start, end)
+            occ.put(start, end, now)
             out.started.append(start)
         return out
 

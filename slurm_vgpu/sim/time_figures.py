@@ -10,9 +10,12 @@ import numpy as np
 
 from ..policy.model import SloClass
 from .timeline import Timeline
-from .trace import TimedPod
+from .trace import MILLI, TimedPod
+
+GPU_HOUR = 3600 * MILLI  # GPU units (milli-GPUs) x seconds in one GPU hour
 
 SERIES_POINTS = 500  # allocation samples kept for plots and --json
+ON_TIME_S = 30  # a latency task whose wait is at most this met its start-time target (bench/slo)
 
 
 @dataclass
@@ -33,6 +36,10 @@ class TimeFigures:
     allocation_peak: float = 0.0
     series: list[tuple[int, float]] = field(default_factory=list)  # (s from the first arrival, allocation %), arrival span
     seconds: float = 0.0
+    latency_on_time: float = 0.0  # % of the latency tasks started within ON_TIME_S of their arrival
+    preempted: int = 0  # best-effort runs taken off for a latency task
+    work_lost_gpu_h: float = 0.0  # GPU hours those runs had done
+    work_done_gpu_h: dict[str, float] = field(default_factory=dict)  # per class, runs ended by the last arrival
 
 
 def _allocation(timeline: Timeline, first: int, last: int) -> float:
@@ -59,6 +66,8 @@ def time_figures(policy: str, seed: int, timeline: Timeline, pods: Sequence[Time
                  demand: tuple[float, float] = (0.0, 0.0), seconds: float = 0.0) -> TimeFigures:
     first, last = pods[0].created, pods[-1].created
     waits: dict[str, list[int]] = {c.value: [] for c in SloClass}
+    latency = [p for p in pods if p.request.slo_class is SloClass.LATENCY]
+    on_time = sum(1 for p in latency if timeline.waits.get(p.request.job_id, ON_TIME_S + 1) <= ON_TIME_S)
     for pod in pods:
         wait = timeline.waits.get(pod.request.job_id)
         if wait is not None:
@@ -78,4 +87,8 @@ def time_figures(policy: str, seed: int, timeline: Timeline, pods: Sequence[Time
         allocation_peak=round(100 * max(timeline.allocated, default=0) / timeline.capacity, 4),
         series=_series(timeline, first, last),
         seconds=round(seconds, 2),
+        latency_on_time=round(100 * on_time / len(latency), 2) if latency else 100.0,
+        preempted=timeline.preempted,
+        work_lost_gpu_h=round(timeline.work_lost / GPU_HOUR, 3),
+        work_done_gpu_h={c: round(w / GPU_HOUR, 3) for c, w in timeline.work_done.items()},
     )

@@ -11,7 +11,10 @@ from their last whole pass (the daemon's anti-starvation reservations, Slurm's b
 reservation). Two schedulers share the clock and the cluster (:class:`Occupancy`):
 
 - :class:`DaemonScheduler` is the placement daemon's own decide path (:meth:`Placer.decide`): every
-  waiting task each cycle, in order, with the policy's rules and its anti-starvation reservations;
+  waiting task each cycle, in order, with the policy's rules and its anti-starvation reservations,
+  and, given a grace time, its preemption: a latency task that waits has the best-effort tasks
+  :func:`~slurm_vgpu.policy.preemption.choose_victims` names taken off after the grace time (the
+  room held by them meanwhile) and queued again, to run again from their start;
 - :class:`.slurm_baseline.SlurmScheduler` is what Slurm alone would do.
 
 A task that never ran in the traced cluster (no ``scheduled_time``) leaves the queue at its
@@ -25,8 +28,9 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from ..policy.apply import place_on
-from ..policy.model import Decision, PolicyConfig, Request, SloClass
+from ..policy.model import Decision, NodeState, PolicyConfig, Request, SloClass
 from ..policy.placement import Placer
+from ..policy.preemption import MOST_PER_CYCLE, Tenant, choose_victims
 from ..policy.rules import Ask
 from ..policy.view import NodeView
 from .protocol import gpu_request
@@ -40,6 +44,7 @@ class Start:
     pod: TimedPod
     rank: int
     positions: tuple[int, ...]
+    delay: int = 0  # seconds from the decision to the start (a preemption's grace time)
 
 
 @dataclass
@@ -48,6 +53,8 @@ class Outcome:
 
     started: list[Start] = field(default_factory=list)
     refused: list[TimedPod] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)  # tasks taken off to be queued again
+    work_lost: float = 0.0  # GPU-unit seconds the preempted tasks had run
 
 
 class Scheduler(Protocol):
@@ -76,23 +83,33 @@ class Occupancy:
         self.state = self.placer.state
         self.empty = list(self.state.views)
         self.on_node: list[dict[str, tuple[Request, tuple[int, ...], int]]] = [{} for _ in self.empty]
+        self.begun: dict[str, int] = {}  # when each running task started
+        self.units: dict[str, int] = {}  # the units each running task holds on each of its GPUs
         self.allocated = 0  # GPU units in use
         self.capacity = cluster.capacity
 
     def ask(self, req: Request) -> Ask:
         return Ask(req, self.config, self.state.ctx.reference_speed)
 
-    def put(self, start: Start, end: int) -> None:
+    def put(self, start: Start, end: int, begun: int) -> None:
         """Put a start decided outside the placer's decide path on its node, and book it."""
         view = place_on(self.state.views[start.rank], start.positions, self.ask(start.pod.request))
         self.state.update(start.rank, view)
-        self.record(start, end)
+        self.record(start, end, begun)
 
-    def record(self, start: Start, end: int) -> None:
-        """Book a start that the node's view already holds, to be taken off at ``end``."""
+    def record(self, start: Start, end: int, begun: int) -> None:
+        """Book a start (at ``begun``) that the node's view already holds, to be taken off at ``end``."""
         req = start.pod.request
         self.on_node[start.rank][req.job_id] = (req, start.positions, end)
+        self.begun[req.job_id] = begun
+        if start.positions:
+            self.units[req.job_id] = self.ask(req).units(self.state.views[start.rank].gpus[start.positions[0]])
         self.allocated += gpu_request(req)
+
+    def runs(self, rank: int, job_id: str, end: int) -> bool:
+        """The task runs there and ends at ``end`` (not taken off by a preemption since)."""
+        booked = self.on_node[rank].get(job_id)
+        return booked is not None and booked[2] == end
 
     def view_of(self, rank: int, tasks: Iterable[tuple[Request, tuple[int, ...]]]) -> NodeView:
         view = self.empty[rank]
@@ -102,15 +119,19 @@ class Occupancy:
 
     def finish(self, rank: int, job_id: str) -> None:
         req, _, _ = self.on_node[rank].pop(job_id)
+        del self.begun[job_id]
+        self.units.pop(job_id, None)
         self.allocated -= gpu_request(req)
         self.state.update(rank, self.view_of(rank, ((r, p) for r, p, _ in self.on_node[rank].values())))
 
 
 class DaemonScheduler:
-    """The placement daemon's decide path under one policy."""
+    """The placement daemon's decide path under one policy; with ``preempt_grace`` (seconds), its
+    preemption too."""
 
-    def __init__(self, occupancy: Occupancy):
+    def __init__(self, occupancy: Occupancy, preempt_grace: int | None = None):
         self.occupancy = occupancy
+        self.preempt_grace = preempt_grace
         self.reserved: dict[str, str] = {}  # the last whole pass's reservations: gpu uuid -> job id
 
     def decide(self, tasks: Sequence[TimedPod], now: int, whole: bool) -> Outcome:
@@ -120,17 +141,59 @@ class DaemonScheduler:
         requests = [replace(p.request, waited_s=float(now - p.created)) for p in tasks]
         if whole:
             self.reserved = {}
+        waiting = []
         for result in occ.placer.decide(requests, self.reserved if whole else dict(self.reserved)):
             pod = by_id[result.job_id]
             if isinstance(result, Decision):
                 rank = occ.state.rank_of[result.node]
                 gpus = occ.state.views[rank].gpus
                 start = Start(pod, rank, tuple(i for i, g in enumerate(gpus) if g.uuid in result.gpu_uuids))
-                occ.record(start, end_of(pod, now))
+                occ.record(start, end_of(pod, now), now)
                 out.started.append(start)
             elif result.never:
                 out.refused.append(pod)
+            elif pod.request.slo_class is SloClass.LATENCY:
+                waiting.append(pod)
+        if self.preempt_grace is not None and waiting:
+            tenants = self._tenants(now + self.preempt_grace)
+            for pod in waiting[:MOST_PER_CYCLE]:
+                if self._preempt_for(pod, now, out, tenants):
+                    tenants = self._tenants(now + self.preempt_grace)
         return out
+
+    def _tenants(self, at: int) -> dict[str, list[Tenant]]:
+        """Each GPU's running tasks as preemption weighs them, with the time each will have run ``at``."""
+        occ = self.occupancy
+        tenants: dict[str, list[Tenant]] = {}
+        for rank, booked in enumerate(occ.on_node):
+            gpus = occ.state.views[rank].gpus
+            for job_id, (req, positions, _) in booked.items():
+                tenant = Tenant(job_id, occ.units.get(job_id, 0), req.user, req.slo_class, req.memory_mib,
+                                float(at - occ.begun[job_id]), len(positions) == 1 and not req.whole,
+                                req.cpu_milli, req.node_memory_mib)
+                for i in positions:
+                    tenants.setdefault(gpus[i].uuid, []).append(tenant)
+        return tenants
+
+    def _preempt_for(self, pod: TimedPod, now: int, out: Outcome, tenants: dict[str, list[Tenant]]) -> bool:
+        """Take the victims off (their room held until the grace time ends) and start ``pod`` there;
+        whether it did."""
+        occ, grace = self.occupancy, self.preempt_grace
+        views = occ.state.views
+        chosen = choose_victims(replace(pod.request, waited_s=float(now - pod.created)),
+                                [g for v in views for g in v.gpus], tenants, occ.config, occ.state.ctx.reference_speed,
+                                {v.name: NodeState(v.name, v.cpu_milli_free, v.memory_mib_free) for v in views})
+        if chosen is None:
+            return False
+        rank = occ.state.rank_of[chosen.node]
+        for victim in chosen.victims:
+            occ.finish(rank, victim)
+        out.preempted += chosen.victims
+        out.work_lost += chosen.work_lost
+        start = Start(pod, rank, (next(i for i, g in enumerate(views[rank].gpus) if g.uuid == chosen.gpu_uuid),), grace)
+        occ.put(start, end_of(pod, now + grace), now + grace)
+        out.started.append(start)
+        return True
 
 
 @dataclass
@@ -144,6 +207,9 @@ class Timeline:
     stuck: list[TimedPod] = field(default_factory=list)  # still waiting when nothing else could happen
     times: list[int] = field(default_factory=list)  # event times
     allocated: list[int] = field(default_factory=list)  # GPU units in use after the event
+    preempted: int = 0  # runs taken off for a latency task
+    work_lost: float = 0.0  # GPU-unit seconds those runs had done
+    work_done: dict[str, float] = field(default_factory=dict)  # class -> GPU-unit seconds of runs ended by the last arrival
 
 
 def compressed(pods: Sequence[TimedPod], scale: float) -> tuple[TimedPod, ...]:
@@ -209,6 +275,8 @@ def replay(pods: Sequence[TimedPod], scheduler: Scheduler, progress: Callable[[i
 
     occ = scheduler.occupancy
     timeline = Timeline(capacity=occ.capacity)
+    by_id = {p.request.job_id: p for p in pods}
+    horizon = pods[-1].created if pods else 0
     ends: list[tuple[int, int, str]] = []  # (end, rank, job id)
     withdrawals: list[tuple[int, int, str]] = []  # (deletion, index, job id) of tasks that may give up
     queue: dict[str, TimedPod] = {}  # waiting, in priority order
@@ -216,7 +284,13 @@ def replay(pods: Sequence[TimedPod], scheduler: Scheduler, progress: Callable[[i
     while (now := _next_time(pods, nxt, ends, withdrawals)) is not None:
         whole = bool(ends) and ends[0][0] <= now  # something ended: room freed
         while ends and ends[0][0] <= now:
-            _, rank, job_id = heapq.heappop(ends)
+            end, rank, job_id = heapq.heappop(ends)
+            if not occ.runs(rank, job_id, end):
+                continue  # taken off by a preemption
+            if end <= horizon:
+                req = by_id[job_id].request
+                work = timeline.work_done.get(req.slo_class.value, 0.0)
+                timeline.work_done[req.slo_class.value] = work + gpu_request(req) * (end - occ.begun[job_id])
             occ.finish(rank, job_id)
             done += 1
         arrived = []
@@ -242,11 +316,16 @@ def replay(pods: Sequence[TimedPod], scheduler: Scheduler, progress: Callable[[i
         if tasks:
             outcome = scheduler.decide(tasks, now, whole)
             for start in outcome.started:
-                end = end_of(start.pod, now)
+                end = end_of(start.pod, now + start.delay)
                 job_id = start.pod.request.job_id
                 del queue[job_id]
                 heapq.heappush(ends, (end, start.rank, job_id))
-                timeline.waits[job_id] = now - start.pod.created
+                timeline.waits[job_id] = now + start.delay - start.pod.created
+            for job_id in outcome.preempted:  # queued again, in creation order
+                queue[job_id] = by_id[job_id]
+                queue = dict(sorted(queue.items(), key=lambda item: position[item[0]]))
+            timeline.preempted += len(outcome.preempted)
+            timeline.work_lost += outcome.work_lost
             for pod in outcome.refused:
                 del queue[pod.request.job_id]
                 timeline.refused.append(pod)

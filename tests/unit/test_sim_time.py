@@ -160,3 +160,36 @@ def test_cli_class_priority_is_read_as_the_config_reads_it(tmp_path):
     bad = CliRunner().invoke(simulate_cmd, ["--time", "--class-priority", "urgent:5"])
     assert bad.exit_code == 2 and "ClassPriority=latency:10000,best-effort:-10000" in bad.output
     assert "need --time" in CliRunner().invoke(simulate_cmd, ["--class-priority", "latency:1"]).output
+
+
+def test_preemption_requeues_a_best_effort_task_for_a_waiting_latency_one_after_the_grace_time(tmp_path, one_node):
+    pods = load_timed_pods(write(tmp_path / "p.csv", POD_HEADER, [
+        task("train-a", 0, runtime=1000, qos="BE"), task("train-b", 5, runtime=1000, qos="BE"),
+        task("serve", 100, runtime=50, qos="LS")]))
+    workload = [(p.request, 1.0) for p in pods]
+
+    def timeline(grace):
+        occupancy = Occupancy(one_node, [0], PolicyConfig(policy="ours"), workload)
+        return replay(pods, DaemonScheduler(occupancy, grace))
+
+    assert timeline(None).waits == {"train-a": 0, "train-b": 0, "serve": 900}
+    preempting = timeline(10)
+    # train-b has run 105 s at the end of the grace time, train-a 110 s: train-b goes, and starts
+    # again from its beginning once serve has ended
+    assert preempting.waits == {"train-a": 0, "serve": 10, "train-b": 155}
+    assert (preempting.preempted, preempting.work_lost) == (1, 1000 * 105)
+    assert preempting.times[-1] == 160 + 1000  # train-b's second run ends last
+
+
+def test_cli_preempt_grace_reports_what_was_preempted(tmp_path):
+    nodes = write(tmp_path / "n.csv", "sn,cpu_milli,memory_mib,gpu,model\n", ["n0,64000,262144,1,T4"])
+    pods = write(tmp_path / "p.csv", POD_HEADER, [task("train", 0, runtime=1000, qos="BE"),
+                                                   task("serve", 100, runtime=50, qos="LS")])
+    result = CliRunner().invoke(simulate_cmd, ["--nodes", str(nodes), "--pods", str(pods), "--time",
+                                               "--policies", "ours", "--preempt-grace", "30", "--json"])
+    assert result.exit_code == 0, result.output
+    slurm, ours = json.loads(result.output)["runs"]
+    assert (slurm["preempted"], ours["preempted"]) == (0, 1)
+    assert ours["wait_mean_s"]["latency"] == 30.0 and ours["latency_on_time"] == 100.0
+    assert ours["work_lost_gpu_h"] == round(130 / 3600, 3)
+    assert "need --time" in CliRunner().invoke(simulate_cmd, ["--preempt-grace", "5"]).output
