@@ -153,3 +153,23 @@ def slurm(cluster, *args: str, user: str | None = None, check: bool = True) -> s
         path = [f"PATH={env['PATH']}"] if "PATH" in cluster.env() else []
         argv = ["runuser", "-u", user, "--", "env", f"SLURM_CONF={cluster.slurm_conf}", *path, *argv]
     return subprocess.run(argv, env=env, capture_output=True, text=True, check=check, cwd="/tmp")
+
+
+LOG_TAIL_LINES = 60
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test on a dev cluster shows the end of that cluster's placement daemon log: what
+    the daemon decided is what a failure on another machine (CI) can only be read from."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    from slurm_vgpu_dev.cluster import Cluster
+
+    for name, value in getattr(item, "funcargs", {}).items():
+        log = value.dir / "log" / "placement.out" if isinstance(value, Cluster) else None
+        if log is not None and log.exists():
+            tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            report.sections.append((f"placement daemon log of {name} (last {len(tail)} lines)", "\n".join(tail)))

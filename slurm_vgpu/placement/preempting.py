@@ -126,6 +126,8 @@ def _signal(engine, slurm: Slurm, jobs: Mapping[int, Job], chosen: Preemption, c
     """SIGTERM to each victim, and its AdminComment says why."""
     why = (f"preempted by latency job {chosen.job_id}: requeued {config.preempt_grace_time:g}s after SIGTERM, "
            "placed again later")
+    log.info("job %s: SIGTERM to best-effort job(s) %s on %s, requeued in %gs (work lost %.0f share-seconds)",
+             chosen.job_id, ", ".join(chosen.victims), chosen.node, config.preempt_grace_time, chosen.work_lost)
     for victim in chosen.victims:
         job = jobs[int(victim)]
         try:
@@ -159,6 +161,8 @@ def _requeue(engine, slurm: Slurm, jobs: Mapping[int, Job], chosen: Preemption, 
             return
         store.log_event(session, "preempted", f"job {chosen.job_id} placed in the room of {', '.join(chosen.victims)}",
                         job_id=job.job_id, gpu_uuid=chosen.gpu_uuid, node=chosen.node)
+    log.info("job %s: placed in the room of %s on %s; requeueing them", chosen.job_id, ", ".join(chosen.victims),
+             chosen.node)
     for victim in victims:
         if victim in jobs:
             try:

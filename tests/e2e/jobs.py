@@ -76,11 +76,12 @@ def wait_for(cluster, job_ids, states=ENDED, timeout: float = 120.0) -> dict[int
     return seen
 
 
-def wait_until(what: str, check, timeout: float = 60.0, every: float = 0.5):
-    """``check()``'s value once it is truthy; fails naming ``what`` after ``timeout`` seconds."""
+def wait_until(what: str, check, timeout: float = 60.0, every: float = 0.5, seen=None):
+    """``check()``'s value once it is truthy; fails naming ``what`` after ``timeout`` seconds, and
+    what ``seen()`` then returns (the state the test waited on)."""
     deadline = time.monotonic() + timeout
     while not (found := check()):
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        assert time.monotonic() < deadline, f"gave up waiting for {what}" + (f"; last seen: {seen()!r}" if seen else "")
         time.sleep(every)
     return found
 

@@ -49,18 +49,28 @@ def placements(cluster, job_id: int) -> list[tuple[str, str | None]]:
             sa.text("SELECT state, reason FROM placements WHERE job_id = :j ORDER BY id"), {"j": job_id})]
 
 
+def sliced(cluster, *job_ids: int) -> None:
+    """Waits until these jobs run with their slices set up (their prologs done)."""
+    wait_for(cluster, job_ids, states={"RUNNING"})
+    for job_id in job_ids:
+        wait_until(f"job {job_id}'s slice set up", lambda: placements(cluster, job_id)[-1:] == [("running", None)], 30,
+                   seen=lambda: placements(cluster, job_id))
+
+
 def test_a_latency_slice_requeues_exactly_the_best_effort_slice_it_needs(solo):
     throughput = submit(solo, "--gres=vgpu:h100:30", "--vgpu-class=throughput", script="sleep 600")
     old = submit(solo, "--gres=vgpu:h100:40", "--vgpu-class=best-effort", script="sleep 600")
-    wait_for(solo, [throughput, old], states={"RUNNING"})
+    sliced(solo, throughput, old)
     young = submit(solo, "--gres=vgpu:h100:30", "--vgpu-class=best-effort", "--open-mode=append",
                    script=CHECKPOINTING)
-    wait_for(solo, [young], states={"RUNNING"})
+    # running with its slice set up: a slice whose prolog still runs is no victim yet (its room
+    # counts as taken), and the older best-effort slice would go instead
+    sliced(solo, young)
 
     urgent = submit(solo, "--gres=vgpu:h100:30", "--vgpu-class=latency", script="sleep 15")
     # it waits saying what is done for it, while the victim has its grace time
     wait_until("the latency job's reason", lambda: f"best-effort job(s) {young}" in job(solo, urgent)["AdminComment"],
-               60)
+               60, seen=lambda: job(solo, urgent)["AdminComment"])
     assert f"preempted by latency job {urgent}" in job(solo, young)["AdminComment"]
     wait_for(solo, [urgent], states={"RUNNING"}, timeout=90)
 
@@ -85,7 +95,7 @@ def test_a_latency_slice_requeues_exactly_the_best_effort_slice_it_needs(solo):
 
 def test_a_latency_slice_that_room_elsewhere_can_take_preempts_nothing(solo):
     filler = submit(solo, "--gres=vgpu:h100:60", "--vgpu-class=best-effort", script="sleep 600")
-    wait_for(solo, [filler], states={"RUNNING"})
+    sliced(solo, filler)
     urgent = submit(solo, "--gres=vgpu:h100:40", "--vgpu-class=latency", script="true")
     wait_for(solo, [urgent])
     assert job(solo, filler)["JobState"] == "RUNNING" and restarts(solo, filler) == 0
