@@ -14,7 +14,7 @@ need_apt=()
 for pair in slurmctld:slurm-wlm slurmd:slurm-wlm munged:munge gcc:build-essential make:build-essential \
             psql:postgresql-client sshd:openssh-server unshare:util-linux nsenter:util-linux \
             setfacl:acl lua5.1:lua5.1 mmdebstrap:mmdebstrap patchelf:patchelf slurmdbd:slurmdbd \
-            mariadb:mariadb-client; do
+            mariadb:mariadb-client haproxy:haproxy; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need_apt+=("${pair#*:}")
 done
 [ -f /usr/include/slurm/spank.h ] || need_apt+=(libslurm-dev)

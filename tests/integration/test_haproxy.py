@@ -1,0 +1,177 @@
+"""The router of a service is a real HAProxy (Debian's), driven through its admin socket: replicas
+join and leave it live, their weights split the requests in hand, a replica that dies is out of the
+pool within seconds without a request lost, and with none left a client gets a clear 503. The
+replicas here are small HTTP servers on loopback, not inference on GPUs."""
+from __future__ import annotations
+
+import http.client
+import http.server
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from slurm_vgpu.route.haproxy import Endpoint, HAProxyError, Runtime, check_config, config, sync
+
+SERVICE = "chat"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Replica:
+    """An HTTP server that answers its name; with ``hold`` set, it keeps each request in hand until
+    ``release()``, so that a test sees how many requests the proxy gave it at once."""
+
+    def __init__(self, name: str, hold: bool = False):
+        self.name, self.in_hand, self.served = name, 0, 0
+        self.lock, self.gate = threading.Lock(), threading.Event()
+        if not hold:
+            self.gate.set()
+        replica = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                with replica.lock:
+                    replica.in_hand += 1
+                replica.gate.wait(30)
+                body = replica.name.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                with replica.lock:
+                    replica.in_hand -= 1
+                    replica.served += 1
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = Endpoint("127.0.0.1", self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def die(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def proxy(tmp_path: Path):
+    listen = Endpoint("127.0.0.1", free_port())
+    admin = tmp_path / "admin.sock"
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(config(SERVICE, listen, admin))
+    check_config(cfg)
+    process = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _ in range(100):
+        if admin.exists():
+            break
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.05)
+    yield listen, Runtime(admin)
+    process.terminate()
+    process.wait(10)
+
+
+def get(listen: Endpoint) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(listen.address, listen.port, timeout=30)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def until(check, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.05)
+    return found
+
+
+def test_weights_split_the_requests_in_hand_and_change_live(proxy):
+    listen, runtime = proxy
+    fast, slow = Replica("fast", hold=True), Replica("slow", hold=True)
+    assert sync(runtime, SERVICE, {"fast": fast.endpoint, "slow": slow.endpoint}, {"fast": 3, "slow": 1}) == [
+        f"added fast at 127.0.0.1:{fast.endpoint.port}, weight 3", f"added slow at 127.0.0.1:{slow.endpoint.port}, weight 1"]
+    with ThreadPoolExecutor(8) as pool:
+        answers = [pool.submit(get, listen) for _ in range(8)]
+        until(lambda: fast.in_hand + slow.in_hand == 8)
+        # leastconn by weight: requests in hand per unit of weight stay level, 6 to 2
+        assert (fast.in_hand, slow.in_hand) == (6, 2)
+        fast.release()
+        slow.release()
+        assert sorted(a.result()[0] for a in answers) == [200] * 8
+
+    # the weights turn round without a reload: the slow replica now takes the larger part
+    assert sync(runtime, SERVICE, {"fast": fast.endpoint, "slow": slow.endpoint}, {"fast": 1, "slow": 3}) == [
+        "fast: weight 3 -> 1", "slow: weight 1 -> 3"]
+    assert {s.name: s.weight for s in runtime.servers(SERVICE).values()} == {"fast": 1, "slow": 3}
+    fast.gate.clear()
+    slow.gate.clear()
+    served = (fast.served, slow.served)
+    with ThreadPoolExecutor(8) as pool:
+        answers = [pool.submit(get, listen) for _ in range(8)]
+        until(lambda: fast.in_hand + slow.in_hand == 8)
+        assert (fast.in_hand, slow.in_hand) == (2, 6)
+        fast.release()
+        slow.release()
+        assert [a.result()[0] for a in answers] == [200] * 8
+    assert (fast.served - served[0], slow.served - served[1]) == (2, 6)
+
+
+def test_a_replica_that_dies_leaves_the_pool_without_losing_a_request(proxy):
+    listen, runtime = proxy
+    a, b = Replica("a"), Replica("b")
+    sync(runtime, SERVICE, {"a": a.endpoint, "b": b.endpoint}, {"a": 1, "b": 1})
+    until(lambda: all(s.up for s in runtime.servers(SERVICE).values()))
+    b.die()
+    # before the health checks notice, a request that HAProxy sends to b is sent again, to a
+    answers = [get(listen) for _ in range(10)]
+    assert answers == [(200, "a")] * 10
+    until(lambda: not runtime.servers(SERVICE)["b"].up, timeout=5)
+
+    # the replica is requeued onto another port: it moves, and serves again
+    moved = Replica("b")
+    assert sync(runtime, SERVICE, {"a": a.endpoint, "b": moved.endpoint}, {}) == [
+        f"removed b (127.0.0.1:{b.endpoint.port})", f"added b at 127.0.0.1:{moved.endpoint.port}, weight 1"]
+    until(lambda: runtime.servers(SERVICE)["b"].up)
+    assert {get(listen)[1] for _ in range(6)} == {"a", "b"}
+
+
+def test_with_no_replica_left_a_client_gets_a_clear_503(proxy):
+    listen, runtime = proxy
+    only = Replica("only")
+    sync(runtime, SERVICE, {"only": only.endpoint}, {})
+    assert get(listen) == (200, "only")
+    assert sync(runtime, SERVICE, {}, {}) == [f"removed only (127.0.0.1:{only.endpoint.port})"]
+    assert runtime.servers(SERVICE) == {}
+    status, body = get(listen)
+    assert status == 503 and "No server is available to handle this request" in body
+
+
+def test_bad_names_and_commands_say_what_haproxy_takes(proxy, tmp_path):
+    _, runtime = proxy
+    with pytest.raises(HAProxyError, match="letters, digits and _.:- only"):
+        sync(runtime, SERVICE, {"my replica": Endpoint("127.0.0.1", 1)}, {})
+    with pytest.raises(HAProxyError, match="No such server"):
+        runtime.set_weight(SERVICE, "absent", 2)
+    broken = tmp_path / "broken.cfg"
+    broken.write_text(config(SERVICE, Endpoint("127.0.0.1", free_port()), tmp_path / "a.sock") + "    balance nonsense\n")
+    with pytest.raises(HAProxyError, match="broken.cfg"):
+        check_config(broken)
+    with pytest.raises(HAProxyError, match="admin socket"):
+        Runtime(tmp_path / "absent.sock").servers(SERVICE)
