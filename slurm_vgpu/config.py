@@ -15,6 +15,7 @@ import difflib
 import os
 import socket
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -132,12 +133,14 @@ _KEYS = {f.name.replace("_", ""): f for f in fields(Config)}  # lower-case key -
 KEYS = tuple(key_name(f.name) for f in fields(Config))  # every key, as the file spells it
 
 
-def unknown_key(key: str) -> str:
-    """Why ``key`` is refused, naming the known key nearest to it (or all of them, when none is near)."""
-    near = difflib.get_close_matches(key.lower(), list(_KEYS), n=1)
+def unknown_key(key: str, keys: Sequence[str] = KEYS) -> str:
+    """Why ``key`` is refused, naming the known key of ``keys`` nearest to it (or all of them, when
+    none is near); keys compare without case, as Slurm's do."""
+    spelt = {k.lower(): k for k in keys}
+    near = difflib.get_close_matches(key.lower(), list(spelt), n=1)
     if near:
-        return f"unknown key {key!r}; did you mean {key_name(_KEYS[near[0]].name)!r}?"
-    return f"unknown key {key!r}; the keys are {', '.join(KEYS)}"
+        return f"unknown key {key!r}; did you mean {spelt[near[0]]!r}?"
+    return f"unknown key {key!r}; the keys are {', '.join(keys)}"
 
 
 def parse(text: str, source: str = "slurm-vgpu.conf") -> Config:
