@@ -324,6 +324,10 @@ class Slurm:
 
     def states(self, job_ids: Sequence[int]) -> dict[int, str]:
         """The state of each of these jobs that slurmctld still knows (none: an empty dict)."""
+        return {job_id: job.state for job_id, job in self.jobs_by_id(job_ids).items()}
+
+    def jobs_by_id(self, job_ids: Sequence[int]) -> dict[int, Job]:
+        """Each of these jobs that slurmctld still knows, by id (none: an empty dict)."""
         wanted = set(job_ids)
         try:
             doc = json.loads(self._run("squeue", "--json", "--states=all", f"--jobs={','.join(map(str, job_ids))}"))
@@ -331,7 +335,12 @@ class Slurm:
             if "Invalid job id" in str(exc):
                 return {}
             raise
-        return {j["job_id"]: job_state(j.get("job_state")) for j in doc.get("jobs", []) if j["job_id"] in wanted}
+        return {j["job_id"]: _job(j) for j in doc.get("jobs", []) if j["job_id"] in wanted}
+
+    def node_addresses(self) -> dict[str, str]:
+        """Each node's NodeAddr: where a service on it is reached."""
+        rows = self._run("sinfo", "--noheader", "--Node", "--Format=NodeList:100|,NodeAddr:100|").splitlines()
+        return {name.strip(): address.strip() for name, address, *_ in (r.split("|") for r in rows if r.strip())}
 
     def scancel(self, job_ids: Sequence[int]) -> None:
         self._run("scancel", *map(str, job_ids))

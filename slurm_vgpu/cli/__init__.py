@@ -17,6 +17,7 @@ from .fleet import fleet
 from .inventory import gpus, nodes
 from .placements import jobs, placements
 from .profiles import profile, profiles
+from .serve import serve
 from .render_cmd import render_command
 from .runtime import Runtime
 from .services import agent, placement
@@ -51,4 +52,5 @@ main.add_command(fleet)
 main.add_command(simulate)
 main.add_command(profile)
 main.add_command(profiles)
+main.add_command(serve)
 main.add_command(spank)

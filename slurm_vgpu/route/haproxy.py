@@ -140,12 +140,16 @@ class Runtime:
         return found
 
     def add(self, backend: str, name: str, endpoint: Endpoint, weight: int) -> None:
-        """A new server, health-checked, in the pool as soon as its first check passes."""
+        """A new server, health-checked, in the pool once its first check passes: HAProxy counts a
+        new server up before any check, and a replica still loading its model would get requests."""
         where = f"{_named('backend', backend)}/{_named('replica', name)}"
         self._do(f"add server {where} {endpoint.address}:{endpoint.port} weight {weight} {HEALTH}",
                  "New server registered.")
         self._do(f"enable health {where}")
         self._do(f"enable server {where}")
+        # down until its first check passes (set in maintenance, it would be ignored); a request
+        # sent to it in between, refused, goes to another replica (retries, redispatch)
+        self._do(f"set server {where} health down")
 
     def set_weight(self, backend: str, name: str, weight: int) -> None:
         self._do(f"set weight {backend}/{name} {weight}")

@@ -11,9 +11,10 @@ Slurm-style ``Key=Value`` lines, as slurm-vgpu.conf, ``#`` comments::
     Listen=127.0.0.1:8080
 
 Replica i (from 0) runs ``Command`` with ``%p`` replaced by ``Port + i``, so that two replicas on
-one node never ask for the same port; a Command line is taken whole (a shell command may hold #). ``Rate=200/s`` instead of ``Replicas`` asks for as many
-replicas as the ``Profile``'s rate at ``Share`` (on the slowest model) needs. Every problem of a
-file is reported at once, each with its line and what to write instead.
+one node never ask for the same port; a Command line is taken whole (a shell command may hold #).
+``Model``, ``Memory`` and ``Partition`` are those of ``sbatch --gres=vgpu:MODEL:SHARE --vgpu-mem
+--partition``. Every problem of a file is reported at once, each with its line and what to write
+instead.
 """
 from __future__ import annotations
 
@@ -23,9 +24,8 @@ from .. import contract
 from ..config import unknown_key
 from .haproxy import NAME
 
-KEYS = ("Name", "Command", "Port", "Replicas", "Rate", "Share", "Class", "Profile", "Model", "Memory",
-        "Partition", "Listen")
-REQUIRED = ("Name", "Command", "Port", "Share", "Listen")
+KEYS = ("Name", "Command", "Port", "Replicas", "Share", "Class", "Model", "Memory", "Partition", "Listen")
+REQUIRED = ("Name", "Command", "Port", "Replicas", "Share", "Listen")
 PORT_MARK = "%p"
 MOST_REPLICAS = 64
 
@@ -41,10 +41,8 @@ class Service:
     port: int  # replica i listens on port + i
     share: int  # % of one GPU per replica
     listen: tuple[str, int]  # the router's address and port
-    replicas: int | None = None
-    rate: float | None = None  # requests/s the replicas together must serve (sized from the profile)
+    replicas: int
     slo_class: str = contract.DEFAULT_CLASS
-    profile: str | None = None
     model: str | None = None
     memory_mib: int | None = None
     partition: str | None = None
@@ -74,16 +72,11 @@ def _check(key: str, value: str) -> tuple[object, str | None]:
     if key == "Replicas":
         n = int(value) if value.isdigit() else 0
         return n, None if 1 <= n <= MOST_REPLICAS else f"a whole number of replicas from 1 to {MOST_REPLICAS}, e.g. Replicas=3"
-    if key == "Rate":
-        rate = contract.request_rate(value)
-        return rate, None if rate else "requests per second above 0, e.g. Rate=200/s"
     if key == "Share":
         n = int(value) if value.isdigit() else 0
         return n, None if 1 <= n <= 100 else "each replica's % of one GPU, 1 to 100, e.g. Share=30"
     if key == "Class":
         return value, None if contract.class_error(value) is None else f"one of {contract.CLASS_NAMES}, e.g. Class=latency"
-    if key == "Profile":
-        return value, contract.profile_error(value) and "a profiled workload's name (slurm-vgpu profiles), e.g. Profile=llama-7b"
     if key == "Memory":
         try:
             return contract.memory_mib(value), None
@@ -119,19 +112,11 @@ def parse(text: str, source: str = "service file") -> Service:
             if problem:
                 problems.append(f"{source}:{number}: {spelt}={value}: {problem}")
     problems += [f"{source}: {key} is missing; add {key}=..." for key in REQUIRED if key not in values]
-    if "Replicas" in values and "Rate" in values:
-        problems.append(f"{source}: give Replicas or Rate, not both")
-    elif "Replicas" not in values and "Rate" not in values:
-        problems.append(f"{source}: say how many replicas: Replicas=N, or Rate=N/s with a Profile")
-    elif "Rate" in values and "Profile" not in values:
-        problems.append(f"{source}: Rate=N/s needs the Profile whose measured rate sizes the replicas; "
-                        "add Profile=NAME, or give Replicas=N")
     if "Port" in values and (values.get("Replicas") or 1) - 1 + (values["Port"] or 0) > 65535:
         problems.append(f"{source}: replica ports Port to Port+Replicas-1 end above 65535; give a lower Port")
     if problems:
         raise ServiceError("\n".join(problems))
     return Service(
         name=values["Name"], command=values["Command"], port=values["Port"], share=values["Share"],
-        listen=values["Listen"], replicas=values.get("Replicas"), rate=values.get("Rate"),
-        slo_class=values.get("Class", contract.DEFAULT_CLASS), profile=values.get("Profile"),
+        listen=values["Listen"], replicas=values["Replicas"], slo_class=values.get("Class", contract.DEFAULT_CLASS),
         model=values.get("Model"), memory_mib=values.get("Memory"), partition=values.get("Partition"))

@@ -102,11 +102,17 @@ def until(check, timeout: float = 10.0):
     return found
 
 
+def all_up(runtime: Runtime) -> None:
+    """Until every server has passed its first health check (a new one starts down)."""
+    until(lambda: all(s.up for s in runtime.servers(SERVICE).values()), timeout=5)
+
+
 def test_weights_split_the_requests_in_hand_and_change_live(proxy):
     listen, runtime = proxy
     fast, slow = Replica("fast", hold=True), Replica("slow", hold=True)
     assert sync(runtime, SERVICE, {"fast": fast.endpoint, "slow": slow.endpoint}, {"fast": 3, "slow": 1}) == [
         f"added fast at 127.0.0.1:{fast.endpoint.port}, weight 3", f"added slow at 127.0.0.1:{slow.endpoint.port}, weight 1"]
+    all_up(runtime)
     with ThreadPoolExecutor(8) as pool:
         answers = [pool.submit(get, listen) for _ in range(8)]
         until(lambda: fast.in_hand + slow.in_hand == 8)
@@ -137,7 +143,7 @@ def test_a_replica_that_dies_leaves_the_pool_without_losing_a_request(proxy):
     listen, runtime = proxy
     a, b = Replica("a"), Replica("b")
     sync(runtime, SERVICE, {"a": a.endpoint, "b": b.endpoint}, {"a": 1, "b": 1})
-    until(lambda: all(s.up for s in runtime.servers(SERVICE).values()))
+    all_up(runtime)
     b.die()
     # before the health checks notice, a request that HAProxy sends to b is sent again, to a
     answers = [get(listen) for _ in range(10)]
@@ -152,10 +158,23 @@ def test_a_replica_that_dies_leaves_the_pool_without_losing_a_request(proxy):
     assert {get(listen)[1] for _ in range(6)} == {"a", "b"}
 
 
+def test_a_replica_joins_the_pool_only_once_it_answers(proxy):
+    listen, runtime = proxy
+    with socket.socket() as reserved:  # a replica still loading: its port is not listening yet
+        reserved.bind(("127.0.0.1", 0))
+        port = reserved.getsockname()[1]
+        sync(runtime, SERVICE, {"loading": Endpoint("127.0.0.1", port)}, {})
+        assert not runtime.servers(SERVICE)["loading"].up
+        assert get(listen)[0] == 503
+        reserved.listen()
+        until(lambda: runtime.servers(SERVICE)["loading"].up, timeout=5)
+
+
 def test_with_no_replica_left_a_client_gets_a_clear_503(proxy):
     listen, runtime = proxy
     only = Replica("only")
     sync(runtime, SERVICE, {"only": only.endpoint}, {})
+    all_up(runtime)
     assert get(listen) == (200, "only")
     assert sync(runtime, SERVICE, {}, {}) == [f"removed only (127.0.0.1:{only.endpoint.port})"]
     assert runtime.servers(SERVICE) == {}

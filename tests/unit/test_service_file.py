@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from slurm_vgpu.adapters.slurm import Job
+from slurm_vgpu.catalog import MODELS
 from slurm_vgpu.route.service import ServiceError, parse
+from slurm_vgpu.route.serving import replica_weights, sbatch_options
 
 GOOD = """\
 # the chat model, three replicas behind one router
@@ -28,11 +31,8 @@ def test_a_service_file_gives_each_replica_its_own_port():
         f"python3 serve.py --port {p} --tag '#1'" for p in (9100, 9101, 9102)]
 
 
-def test_the_class_defaults_as_for_any_vgpu_job_and_a_rate_needs_a_profile():
-    service = parse(GOOD.replace("Class=latency\n", "").replace("Replicas=3", "Rate=250/s\nProfile=llama-7b"))
-    assert (service.slo_class, service.rate, service.replicas, service.profile) == ("throughput", 250.0, None, "llama-7b")
-    with pytest.raises(ServiceError, match="Rate=N/s needs the Profile"):
-        parse(GOOD.replace("Replicas=3", "Rate=250/s"))
+def test_the_class_defaults_as_for_any_vgpu_job():
+    assert parse(GOOD.replace("Class=latency\n", "")).slo_class == "throughput"
 
 
 def test_every_problem_is_named_at_once_with_its_line_and_what_to_write():
@@ -65,12 +65,30 @@ just words
 
 @pytest.mark.parametrize("change, problem", [
     (("Command=python3 serve.py --port %p --tag '#1'", "Command=python3 serve.py"), "must take its port from %p"),
-    (("Replicas=3", "Replicas=3\nRate=10/s"), "give Replicas or Rate, not both"),
-    (("Replicas=3\n", ""), "say how many replicas"),
+    (("Replicas=3\n", ""), "Replicas is missing; add Replicas=..."),
     (("Port=9100", "Port=65535"), "end above 65535"),
     (("Memory=8G", "Memory=lots"), "GPU memory cap"),
-    (("Replicas=3", "Replicas=3\nRate=fast"), "Rate=fast: requests per second above 0"),
+    (("Replicas=3", "Replicas=3\nRate=200/s"), "unknown key 'Rate'"),
 ])
 def test_a_service_that_cannot_run_as_written_says_what_to_write(change, problem):
     with pytest.raises(ServiceError, match=problem):
         parse(GOOD.replace(*change))
+
+
+def test_each_replica_is_a_vgpu_job_with_the_service_s_slice_and_its_own_output(tmp_path):
+    service = parse(GOOD.replace("Replicas=3", "Replicas=3\nModel=a100\nPartition=infer"))
+    assert sbatch_options(service, "chat-1", tmp_path) == [
+        "--gres=vgpu:a100:30", "--vgpu-class=latency", "--job-name=chat-1", f"--output={tmp_path}/chat-1.out",
+        "--open-mode=append", "--vgpu-mem=8192M", "--partition=infer"]
+    assert sbatch_options(parse(GOOD.replace("Memory=8G\n", "")), "chat-0", tmp_path)[:1] == ["--gres=vgpu:30"]
+
+
+def test_weights_follow_each_replica_s_gpu_speed_and_the_site_s_speeds_come_first():
+    def on(gres: str) -> Job:
+        return Job(job_id=1, user_id=0, user_name="u", state="RUNNING", priority=0, submit_time=0, nodes="n1",
+                   tres_per_node=gres, request=None)
+    running = {"a": on("gres:vgpu:h100_0:30"), "b": on("gres/vgpu:a100_2:30"), "c": on("gres:vgpu:t4_1:30")}
+    speeds = {m: MODELS[m].speed for m in ("h100", "a100", "t4")}
+    assert replica_weights(running, 30, {}) == {
+        "a": 256, "b": round(256 * speeds["a100"] / speeds["h100"]), "c": round(256 * speeds["t4"] / speeds["h100"])}
+    assert replica_weights(running, 30, {"t4": speeds["h100"]})["c"] == 256

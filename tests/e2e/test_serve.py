@@ -1,0 +1,155 @@
+"""``slurm-vgpu serve`` on a real Slurm: a service's replicas run as vgpu jobs, HAProxy in front
+sends to where Slurm runs them, a replica cancelled under traffic leaves the pool within 5 s with no
+request lost, and stop leaves nothing running. The replicas are Python's http.server, not models on
+GPUs."""
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import sys
+import time
+
+import pytest
+
+from ..conftest import slurm
+from .jobs import ENDED, output_dir, wait_for, wait_until
+
+pytestmark = pytest.mark.e2e
+
+REPLICA = "exec /usr/bin/python3 -m http.server %p --bind 127.0.0.1"
+
+
+def vgpu(cluster, *args: str):
+    return slurm(cluster, sys.executable, "-m", "slurm_vgpu", *args, check=False)
+
+
+def free_port(count: int = 1, start: int = 29400) -> int:
+    """The first of ``count`` consecutive free ports on loopback, from ``start``."""
+    for base in range(start, start + 500, 10):
+        ports = [socket.socket() for _ in range(count)]
+        try:
+            for offset, s in enumerate(ports):
+                s.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in ports:
+                s.close()
+    raise AssertionError("no free ports")
+
+
+def get(port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def refused(port: int) -> bool:
+    try:
+        get(port)
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def status(cluster, directory) -> dict[str, dict]:
+    result = vgpu(cluster, "serve", "status", str(directory), "--json")
+    assert result.returncode == 0, result.stderr
+    return {r["replica"]: r for r in json.loads(result.stdout)["replicas"]}
+
+
+def service_file(cluster, name: str, listen: int, port: int, replicas: int = 2, command: str = REPLICA,
+                 extra: str = "") -> str:
+    path = output_dir(cluster) / f"{name}.svc"
+    path.write_text(f"Name={name}\nCommand={command}\nPort={port}\nReplicas={replicas}\nShare=60\n"
+                    f"Class=latency\nListen=127.0.0.1:{listen}\n{extra}")
+    return str(path)
+
+
+def test_replicas_run_as_vgpu_jobs_behind_a_router_that_follows_them(cluster):
+    listen = free_port()
+    base = free_port(3, listen + 10)
+    directory = output_dir(cluster) / "serve-web"
+    started = vgpu(cluster, "serve", "start", service_file(cluster, "web", listen, base), "--dir", str(directory),
+                   "--json")
+    assert started.returncode == 0, started.stderr
+    jobs = json.loads(started.stdout)["service"]["jobs"]
+    assert sorted(jobs) == ["web-0", "web-1"]
+    try:
+        replicas = wait_until("both replicas serving", lambda: (s := status(cluster, directory)) and all(
+            r["pool"] == "serving" for r in s.values()) and s, 120, seen=lambda: status(cluster, directory))
+        # each is a 60% vgpu job on its own GPU, and the router knows it at its node and port
+        for name, record in replicas.items():
+            assert record["state"] == "RUNNING" and record["job_id"] == jobs[name]
+            assert record["port"] == base + int(name[-1]) and record["weight"] >= 1
+        assert [get(listen) for _ in range(10)] == [200] * 10
+
+        # one replica cancelled under traffic: no request lost, out of the pool within 5 s
+        slurm(cluster, "scancel", str(jobs["web-0"]))
+        cancelled = time.monotonic()
+        answers = []
+        while status(cluster, directory)["web-0"]["pool"] == "serving":
+            assert time.monotonic() - cancelled < 5, "the cancelled replica is still in the pool"
+            answers.append(get(listen))
+        answers += [get(listen) for _ in range(10)]
+        assert set(answers) == {200}
+    finally:
+        stopped = vgpu(cluster, "serve", "stop", str(directory))
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped the HAProxy" in stopped.stdout and "stopped the follower" in stopped.stdout
+    wait_for(cluster, list(jobs.values()), states=ENDED)
+    wait_until("the router gone", lambda: refused(listen), 10)
+
+
+def test_a_service_that_cannot_start_says_why_and_leaves_nothing_running(cluster):
+    directory = output_dir(cluster) / "serve-taken"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = vgpu(cluster, "serve", "start", service_file(cluster, "taken", port, free_port(3, 29600)), "--dir",
+                      str(directory))
+    assert result.returncode == 1
+    assert f"Listen=127.0.0.1:{port}: the router cannot listen there" in result.stderr
+    assert not (directory / "service.json").exists()
+    names = slurm(cluster, "squeue", "--noheader", "--format=%j").stdout.split()
+    assert not [n for n in names if n.startswith("taken-")]
+
+    # a slice no GPU can give: sbatch's refusal, and the router started for it is stopped again
+    listen = free_port(1, 29700)
+    result = vgpu(cluster, "serve", "start", service_file(cluster, "huge", listen, free_port(3, 29710), extra="Model=v100\n"),
+                  "--dir", str(output_dir(cluster) / "serve-huge"))
+    assert result.returncode == 1 and "service huge not started, nothing left running" in result.stderr
+    assert "v100" in result.stderr  # what job_submit.lua said
+    assert refused(listen)
+
+    bad = output_dir(cluster) / "bad.svc"
+    bad.write_text("Name=bad\nComand=serve %p\nShare=130\n")
+    result = vgpu(cluster, "serve", "check", str(bad))
+    assert result.returncode == 2
+    for problem in ("unknown key 'Comand'; did you mean 'Command'?", "Share=130", "Command is missing"):
+        assert problem in result.stderr
+
+
+def test_a_replica_that_never_listens_is_shown_with_its_log(cluster):
+    directory = output_dir(cluster) / "serve-mute"
+    listen = free_port(1, 29800)
+    started = vgpu(cluster, "serve", "start", service_file(cluster, "mute", listen, free_port(1, 29810), replicas=1,
+                                                           command="echo no port %p; sleep 600"), "--dir", str(directory))
+    assert started.returncode == 0, started.stderr
+    try:
+        mute = wait_until("the replica running", lambda: (r := status(cluster, directory)["mute-0"])["state"] == "RUNNING"
+                          and "not listening" in r["pool"] and r, 120, seen=lambda: status(cluster, directory))
+        assert mute["pool"].endswith(f"its log: {directory / 'mute-0.out'}")
+        log = directory / "mute-0.out"
+        wait_until("the replica's output", lambda: log.exists() and "no port" in log.read_text(), 30)
+        assert get(listen) == 503  # the router answers, with no replica to send to
+    finally:
+        assert vgpu(cluster, "serve", "stop", str(directory)).returncode == 0
