@@ -81,9 +81,10 @@ def start(rt: Runtime, service_file: Path, directory: Path | None, as_json: bool
     except serving.ServeError as exc:
         raise click.ClickException(str(exc)) from None
     config = ["--config", str(rt.config_path)] if rt.config_path else []
-    follower = subprocess.Popen([sys.executable, "-m", "slurm_vgpu", *config, "serve", "follow", str(directory)],
-                                stdin=subprocess.DEVNULL, stdout=open(directory / "follow.log", "ab"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    with open(directory / "follow.log", "ab") as follow_log:
+        follower = subprocess.Popen([sys.executable, "-m", "slurm_vgpu", *config, "serve", "follow", str(directory)],
+                                    stdin=subprocess.DEVNULL, stdout=follow_log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
     deployment.follower_pid = follower.pid
     deployment.save()
     if as_json:

@@ -115,9 +115,9 @@ def start(service: Service, directory: Path, slurm: Slurm) -> Deployment:
         check_config(cfg)
     except HAProxyError as exc:
         raise ServeError(str(exc)) from None
-    router = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdin=subprocess.DEVNULL,
-                              stdout=open(directory / "haproxy.log", "ab"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    with open(directory / "haproxy.log", "ab") as router_log:
+        router = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdin=subprocess.DEVNULL, stdout=router_log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
     deployment = Deployment(service.name, str(directory), service.listen, service.share, {}, {}, router.pid)
     try:
         _wait_for_socket(router, admin, directory)
