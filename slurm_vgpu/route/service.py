@@ -86,7 +86,8 @@ def _check(key: str, value: str) -> tuple[object, str | None]:
         host, sep, port = value.rpartition(":")
         ok = sep and host and _port(port)
         return (host, _port(port)), None if ok else "the router's address and port, e.g. Listen=0.0.0.0:8080"
-    return value, None if value else f"a {key.lower()} name, e.g. {key}=gpu"  # Model, Partition
+    examples = {"Model": "h100", "Partition": "gpu"}
+    return value, None if value else f"a {key.lower()} name, e.g. {key}={examples[key]}"
 
 
 def parse(text: str, source: str = "service file") -> Service:
