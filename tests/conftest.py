@@ -2,7 +2,10 @@
 
 Environment knobs (so several runs can share one machine):
   SLURM_VGPU_TEST_DATABASE_URL  server to create test databases on (default: local postgres)
-  SLURM_VGPU_TEST_PORT          slurmctld port of the test cluster (default 26817)
+  SLURM_VGPU_TEST_PORT          slurmctld port of the test cluster (default 26817); a run's clusters
+                                use ports from it up to about 1,200 above it (the node agents'
+                                metrics ports are slurmctld's + 1001 + node), so two runs on one
+                                machine need ports at least 1,200 apart
   SLURM_VGPU_TEST_SLURM         Slurm release of the test clusters: 22.05 (default), 24.11, 26.05
 """
 from __future__ import annotations
