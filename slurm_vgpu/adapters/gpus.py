@@ -40,6 +40,11 @@ class GpuRecord:
         """The per-GPU typed vgpu record this GPU gets in Slurm, e.g. ``h100_0``."""
         return f"{self.model}_{self.index}"
 
+    @staticmethod
+    def model_of(gres_type: str) -> str:
+        """The model of a GPU from its per-GPU GRES type: ``h100_0`` -> ``h100``."""
+        return gres_type.rsplit("_", 1)[0]
+
 
 @dataclass(frozen=True)
 class GpuProcess:

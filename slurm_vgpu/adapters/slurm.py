@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import hostlist
 from .features import ConstraintError, satisfies
 from .reservations import Reservation, names as reservation_names, not_started, parse as parse_reservations
-from ..contract import HOLD_DAYS, UNPLACED, VgpuRequest, parse_request, quote
+from ..contract import HOLD_DAYS, SHARE_MAX, UNPLACED, VgpuRequest, parse_request, quote
 
 # States of a job that will not run again (unless requeued by someone).
 ENDED_STATES = frozenset({"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
@@ -404,6 +404,19 @@ def tres_per_node(value: str | None) -> str:
     """``gres:vgpu:h100_0:30`` on every release: 23.11+ write TRES as ``gres/vgpu:h100_0:30``."""
     return ",".join(item.replace("gres/", "gres:", 1) if item.startswith("gres/") else item
                     for item in (value or "").split(",")) if value else ""
+
+
+def pinned_gres(tres_per_node: str) -> list[tuple[str, int]]:
+    """(gres type, share) of each GPU a pinned job holds: a slice's ``gres:vgpu:h100_0:30``
+    (``gres/vgpu:...`` from 23.11); each whole GPU's ``gres:gpu:h100_0:1``, all of its units."""
+    pinned = []
+    for item in tres_per_node.split(","):
+        parts = item.replace("gres/", "gres:", 1).split(":")
+        if len(parts) == 4 and parts[:2] == ["gres", "vgpu"] and parts[3].isdigit():
+            pinned.append((parts[2], int(parts[3])))
+        elif len(parts) == 4 and parts[:2] == ["gres", "gpu"] and parts[3] == "1":
+            pinned.append((parts[2], SHARE_MAX))
+    return pinned
 
 
 def _job(doc: dict) -> Job:

@@ -18,9 +18,9 @@ from typing import NamedTuple
 import sqlalchemy as sa
 
 from ..adapters.reservations import Reservation, closed_nodes, confined_to, names as reservation_names
-from ..adapters.slurm import ENDED_STATES, Job, Node, Slurm, SlurmError
+from ..adapters.slurm import ENDED_STATES, Job, Node, Slurm, SlurmError, pinned_gres
 from ..config import Config
-from ..contract import FAILED, PINNED, SHARE_MAX, UNPLACED
+from ..contract import FAILED, PINNED, UNPLACED
 from ..db import store
 from ..db.engine import session_scope
 from ..db.writer import PlacementWriter, placement_writer
@@ -578,19 +578,6 @@ def _repair_running(session, jobs: dict[int, Job], placed_jobs: set[int], report
             placed_jobs.add(job.job_id)
         else:
             report.requeue[job.job_id] = "it ran on a GPU with no placement behind it, and the GPU has no room for it"
-
-
-def pinned_gres(tres_per_node: str) -> list[tuple[str, int]]:
-    """(gres type, share) of each GPU a pinned job holds: a slice's ``gres:vgpu:h100_0:30``
-    (``gres/vgpu:...`` from 23.11); each whole GPU's ``gres:gpu:h100_0:1``, all of its units."""
-    pinned = []
-    for item in tres_per_node.split(","):
-        parts = item.replace("gres/", "gres:", 1).split(":")
-        if len(parts) == 4 and parts[:2] == ["gres", "vgpu"] and parts[3].isdigit():
-            pinned.append((parts[2], int(parts[3])))
-        elif len(parts) == 4 and parts[:2] == ["gres", "gpu"] and parts[3] == "1":
-            pinned.append((parts[2], SHARE_MAX))
-    return pinned
 
 
 def _pin(engine: sa.Engine, slurm: Slurm, job: Job, pin: Pin, report: CycleReport, notes: WaitNotes) -> None:

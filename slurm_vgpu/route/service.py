@@ -25,6 +25,7 @@ from ..config import unknown_key
 from .haproxy import NAME
 
 KEYS = ("Name", "Command", "Port", "Replicas", "Share", "Class", "Model", "Memory", "Partition", "Listen")
+SPELT = {k.lower(): k for k in KEYS}  # keys compare without case, as Slurm's
 REQUIRED = ("Name", "Command", "Port", "Replicas", "Share", "Listen")
 PORT_MARK = "%p"
 MOST_REPLICAS = 64
@@ -96,7 +97,7 @@ def parse(text: str, source: str = "service file") -> Service:
     problems: list[str] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         key, sep, value = (part.strip() for part in raw.partition("="))
-        spelt = {k.lower(): k for k in KEYS}.get(key.lower())
+        spelt = SPELT.get(key.lower())
         if spelt != "Command":  # a shell command may hold a #: its line is taken whole
             key, sep, value = (part.strip() for part in raw.split("#", 1)[0].partition("="))
         if not key and not value:

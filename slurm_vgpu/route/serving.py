@@ -19,13 +19,14 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..adapters.slurm import ENDED_STATES, Job, Slurm, SlurmError
+from ..adapters.gpus import GpuRecord
+from ..adapters.slurm import ENDED_STATES, Job, Slurm, SlurmError, pinned_gres
 from ..catalog import speed_of
-from ..placement.cycle import pinned_gres
 from .haproxy import Endpoint, HAProxyError, Runtime, Server, check_config, config, sync
 from .service import Service
 from .weights import weights
@@ -138,14 +139,14 @@ def _wait_for_socket(router: subprocess.Popen, admin: Path, directory: Path) -> 
             return
         if router.poll() is not None:
             raise ServeError(f"HAProxy exited at start; its log: {directory / 'haproxy.log'}")
-        threading.Event().wait(0.05)
+        time.sleep(0.05)
     raise ServeError(f"HAProxy made no admin socket in 5 s; its log: {directory / 'haproxy.log'}")
 
 
 def _model(job: Job) -> str | None:
     """The GPU model a running replica's slice is on, from its per-GPU GRES (``h100_0`` -> h100)."""
     pinned = pinned_gres(job.tres_per_node)
-    return pinned[0][0].rsplit("_", 1)[0] if pinned else None
+    return GpuRecord.model_of(pinned[0][0]) if pinned else None
 
 
 def running(deployment: Deployment, slurm: Slurm) -> tuple[dict[str, Job], dict[str, Endpoint]]:

@@ -7,7 +7,8 @@ import time
 from dataclasses import replace
 
 from slurm_vgpu.adapters.slurm import Node, Slurm, _job, array_task_ids, node_room, parse_request
-from slurm_vgpu.placement.cycle import (array_splits, node_states, pinned_gres, pins, unusable_nodes, waiting_on_slurm,
+from slurm_vgpu.adapters.slurm import pinned_gres
+from slurm_vgpu.placement.cycle import (array_splits, node_states, pins, unusable_nodes, waiting_on_slurm,
                                        waiting_requests)
 from slurm_vgpu.policy import GpuState, NodeState, PolicyConfig, place_slices
 
