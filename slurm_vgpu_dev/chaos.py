@@ -6,7 +6,8 @@ What is checked, from three independent sources:
   users at once (``scontrol show node -d`` and ``squeue``);
 - the slice files the prologs wrote: sampled likewise, no GPU with slices of two users;
 - Postgres: every placement interval replayed at the end, no GPU over 100 or holding two users.
-And per job: it completed with its own slice (its output names its share), or ended with a reason
+And per job: it completed with the slice it asked for (its output names that share, whatever
+Slurm's accounting says: 22.05 counts a requeued job's first pin too), or ended with a reason
 (``vgpu-state=failed`` with a ``wait=`` in its AdminComment), or is one Slurm itself lost or rolled
 back: a SIGKILLed slurmctld comes back from the state it last saved, so a job submitted just before
 is forgotten (and its id given to a later job), and one that ended just before is running again in
@@ -52,6 +53,7 @@ ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
 class Submission:
     job_id: int
     options: str
+    share: int  # the slice asked for, which the job's output must name
     out: Path  # the job's output file
 
 
@@ -140,7 +142,7 @@ class Chaos:
                                 "--wrap", script,
                                 user=self.rng.choice(self.users))
             if result.returncode == 0:
-                self.submitted.append(Submission(int(result.stdout.strip().split(";")[0]), " ".join(options), out))
+                self.submitted.append(Submission(int(result.stdout.strip().split(";")[0]), " ".join(options), share, out))
             else:  # slurmctld down this moment: a user would try again
                 time.sleep(0.5)
             time.sleep(self.rng.uniform(0, 2 * spread_s))
@@ -323,17 +325,15 @@ class Chaos:
         if not ids:
             return {}
         result = self.slurm("sacct", "-X", "-n", "-P", f"--delimiter={SACCT_SEPARATOR}", "-a",
-                            "-j", ",".join(map(str, sorted(ids))), "-o", "JobIDRaw,State,AllocTRES,NodeList,AdminComment")
+                            "-j", ",".join(map(str, sorted(ids))), "-o", "JobIDRaw,State,NodeList,AdminComment")
         found = {}
         for line in result.stdout.splitlines():  # oldest first: a reused id's last record wins
             fields = line.split(SACCT_SEPARATOR)
-            if len(fields) != 5 or not fields[0].isdigit():
+            if len(fields) != 4 or not fields[0].isdigit():
                 continue
-            job_id, state, tres, nodes, comment = fields
-            share = re.search(r"gres/vgpu(?::[\w-]+)?=(\d+)", tres)
+            job_id, state, nodes, comment = fields
             found[int(job_id)] = {"job_id": int(job_id), "job_state": state.split()[0], "state_reason": "",
-                                  "nodes": nodes, "admin_comment": comment,
-                                  "tres_per_node": f"gres:vgpu:{share.group(1)}" if share else ""}
+                                  "nodes": nodes, "admin_comment": comment}
         return {job_id: job for job_id, job in found.items() if _state(job) in ENDED}
 
     def wait_ended(self, timeout_s: float) -> None:
@@ -370,7 +370,6 @@ class Chaos:
                 (self.report.lost if job_id in placed else self.report.lost_by_slurmctld).append(job_id)
                 continue
             state, comment = _state(job), job.get("admin_comment") or ""
-            share = re.search(r"vgpu:(?:\w+:)?(\d+)", job.get("tres_per_node") or "")
             why = f"{job_id} {state} {job.get('state_reason', '')} {job.get('nodes') or ''} {comment}".strip()
             if state != "COMPLETED" and ran_whole:  # and slurmctld, rolled back, started it again or keeps it
                 self.report.rolled_back.append(job_id)
@@ -378,7 +377,7 @@ class Chaos:
                 self.report.unfinished.append(job_id)
                 self.report.unfinished_why.append(why)
             elif state == "COMPLETED":
-                if share and f"share={share.group(1)} " in printed:
+                if f"share={submission.share} " in printed:
                     self.report.completed_with_slice += 1
                 else:
                     self.report.ran_without_slice.append(job_id)
