@@ -115,11 +115,16 @@ def slo_target(text: str) -> tuple[float, float | None]:
         raise ValueError(f"a p99 of 0 cannot be met; {SLO_HINT}")
     rate = None
     if "rate" in values:
-        match = _SLO_RATE.fullmatch(values["rate"])
-        if match is None or float(match.group(1)) <= 0:
+        rate = per_second(values["rate"])
+        if rate is None:
             raise ValueError(f"rate:{values['rate']} is not a rate above 0; {SLO_HINT}")
-        rate = float(match.group(1))
     return p99_ms, rate
+
+
+def per_second(text: str) -> float | None:
+    """``200/s`` -> 200.0 (requests per second, a target's rate); None when it is no rate above 0."""
+    match = _SLO_RATE.fullmatch(text)
+    return float(match.group(1)) if match and float(match.group(1)) > 0 else None
 
 
 # --- How the SPANK plugin hands the options to job_submit.lua (spank_job_control_setenv). ---

@@ -102,3 +102,18 @@ def curves(points: Iterable[Point]) -> dict[tuple[str, str, int], list[Point]]:
     for point in points:
         grouped.setdefault((point.name, point.model, point.figures.batch), []).append(point)
     return {key: sorted(value, key=lambda p: p.share) for key, value in sorted(grouped.items())}
+
+
+def throughput_at(curve: Sequence[Point], share: int) -> float:
+    """One curve's throughput at ``share``: a measured share's own; between two measured shares,
+    on the line between them; below the smallest, that point's throughput scaled down with the
+    share; above the largest, the largest's (a curve only flattens past its knee)."""
+    points = sorted(curve, key=lambda p: p.share)
+    if not points:
+        raise ValueError("an empty curve has no throughput")
+    if share <= points[0].share:
+        return points[0].throughput * share / points[0].share
+    for low, high in zip(points, points[1:]):
+        if share <= high.share:
+            return low.throughput + (high.throughput - low.throughput) * (share - low.share) / (high.share - low.share)
+    return points[-1].throughput

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import click
 
+from ..db.profiles import stored_points
 from ..route import serving
-from ..route.service import ServiceError, parse
+from ..route.service import Service, ServiceError, parse
+from ..route.weights import batch_rates
 from .output import Column, echo_json, document, emit, json_option
 from .runtime import Runtime, pass_runtime, slurm_errors
 
@@ -25,6 +27,7 @@ COLUMNS = (
     Column("JOBID", lambda r: r["job_id"], "right"),
     Column("STATE", lambda r: r["state"]),
     Column("NODE", lambda r: r["node"]),
+    Column("GPU", lambda r: r["gpu"]),
     Column("PORT", lambda r: r["port"], "right"),
     Column("WEIGHT", lambda r: r["weight"], "right"),
     Column("POOL", lambda r: r["pool"], wrap=True),
@@ -53,8 +56,11 @@ def serve() -> None:
 def check(service_file: Path) -> None:
     """Check a service file: every problem, each with its line and what to write instead (exit 2)."""
     service = _parse(service_file)
-    click.echo(f"{service.name}: {service.replicas} replica(s) of {service.share}% ({service.slo_class}), "
-               f"ports {service.port_of(0)}-{service.port_of(service.replicas - 1)}, "
+    replicas = (f"{service.replicas} replica(s)" if service.replicas is not None else
+                f"replicas for {service.rate:g}/s (sized from profile {service.profile} at start)")
+    ports = (f"ports {service.port_of(0)}-{service.port_of(service.replicas - 1)}" if service.replicas is not None
+             else f"ports from {service.port}")
+    click.echo(f"{service.name}: {replicas} of {service.share}% ({service.slo_class}), {ports}, "
                f"router on {service.listen[0]}:{service.listen[1]}")
 
 
@@ -75,9 +81,11 @@ def start(rt: Runtime, service_file: Path, directory: Path | None, as_json: bool
     """Start HAProxy and the replicas of SERVICE_FILE; a follower keeps the pool in step with them."""
     service = _parse(service_file)
     directory = (directory or Path(f"slurm-vgpu-serve-{service.name}")).absolute()
+    profiled = _profiled(rt, service)
     slurm = rt.slurm()
     try:
-        deployment = serving.start(service, directory, slurm)
+        service = serving.sized(service, profiled)
+        deployment = serving.start(service, directory, slurm, profiled)
     except serving.ServeError as exc:
         raise click.ClickException(str(exc)) from None
     config = ["--config", str(rt.config_path)] if rt.config_path else []
@@ -96,6 +104,20 @@ def start(rt: Runtime, service_file: Path, directory: Path | None, as_json: bool
                    + f"; state and logs in {directory}")
 
 
+def _profiled(rt: Runtime, service: Service) -> dict[int, dict[str, float]]:
+    """Per batch size, each profiled GPU model's requests/s at the service's share, when it names a
+    Profile."""
+    if service.profile is None:
+        return {}
+    with rt.session() as session:
+        points = [point for point, _ in stored_points(session, [service.profile])]
+    if not points:
+        raise click.ClickException(
+            f"Profile={service.profile}: no profile of {service.profile!r} is stored; measure it first "
+            f"(slurm-vgpu profile {service.profile} --model MODEL -- COMMAND) or leave Profile out")
+    return batch_rates(points, service.share)
+
+
 @serve.command("follow", hidden=True)
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @pass_runtime
@@ -112,7 +134,7 @@ def follow(rt: Runtime, directory: Path) -> None:
 @json_option
 @pass_runtime
 def status(rt: Runtime, service: str, as_json: bool) -> None:
-    """Each replica of SERVICE (its directory or name): job, node, port, weight, whether it serves."""
+    """Each replica of SERVICE (its directory or name): job, node, GPU, port, weight, whether it serves."""
     deployment = _deployment(service)
     with slurm_errors():
         records = serving.status(deployment, rt.slurm())

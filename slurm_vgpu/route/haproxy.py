@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ HEALTH = "check inter 1s fall 2 rise 1"
 # configuration, from a DNS resolution (HAProxy's SRV_ADMF_FMAINT, IMAINT, CMAINT, RMAINT)
 MAINTENANCE = 0x01 | 0x02 | 0x04 | 0x20
 NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")  # what HAProxy takes as a proxy or server name
+BATCH_HEADER = "X-Batch-Size"  # a request's batch size, for request-aware routing
 
 
 class HAProxyError(RuntimeError):
@@ -59,9 +60,29 @@ def _named(kind: str, name: str) -> str:
     return name
 
 
-def config(service: str, listen: Endpoint, admin_socket: Path) -> str:
-    """haproxy.cfg of one service: its frontend on ``listen`` and a backend with no servers yet."""
+def batch_backend(service: str, batch: int) -> str:
+    """The backend of requests of ``batch`` (request-aware routing): the service's own for the
+    smallest batch profiled, ``<service>-b<batch>`` for each larger one."""
+    return f"{service}-b{batch}"
+
+
+def config(service: str, listen: Endpoint, admin_socket: Path, batches: Sequence[int] = ()) -> str:
+    """haproxy.cfg of one service: its frontend on ``listen`` and a backend with no servers yet.
+
+    With ``batches`` (the batch sizes the service's profile measured, ascending), a request that
+    states its batch size in :data:`BATCH_HEADER` goes to the backend of the smallest measured batch
+    at least that large (the largest for any larger), whose servers are the same replicas weighted
+    by their throughput at that batch; a request that states none, or the smallest batch, goes to
+    the service's own backend."""
     _named("service", service)
+    sizes = sorted(set(batches))
+    for b in sizes[1:]:
+        _named("backend", batch_backend(service, b))
+    rules = "".join(
+        f"    use_backend {batch_backend(service, b)} if {{ req.hdr_val({BATCH_HEADER}) gt {below} }}"
+        + (f" {{ req.hdr_val({BATCH_HEADER}) le {b} }}\n" if b != sizes[-1] else "\n")
+        for below, b in zip(sizes, sizes[1:]))
+    backends = "".join(f"\nbackend {batch_backend(service, b)}\n    balance leastconn\n" for b in sizes[1:])
     return f"""\
 # slurm-vgpu serve: {service}. Servers are added through the admin socket as replicas run.
 global
@@ -82,11 +103,11 @@ defaults
 
 frontend {service}
     bind {listen.address}:{listen.port}
-    default_backend {service}
+{rules}    default_backend {service}
 
 backend {service}
     balance leastconn
-"""
+{backends}"""
 
 
 def check_config(path: Path) -> None:
@@ -94,6 +115,14 @@ def check_config(path: Path) -> None:
     done = subprocess.run(["haproxy", "-c", "-q", "-f", str(path)], capture_output=True, text=True)
     if done.returncode != 0:
         raise HAProxyError(f"{path}: {(done.stderr or done.stdout).strip()}")
+
+
+@dataclass(frozen=True)
+class Load:
+    """A server's request counters: requests sent to it since it was added, and in hand now."""
+
+    started: int
+    in_hand: int
 
 
 class Runtime:
@@ -139,6 +168,19 @@ class Runtime:
                 enabled=not int(row["srv_admin_state"]) & MAINTENANCE)
         return found
 
+    def loads(self) -> dict[str, dict[str, Load]]:
+        """Each backend's servers' counters, from ``show stat`` (``stot``: one per request,
+        keep-alive or not; ``scur``: in hand)."""
+        # every proxy's servers (-1 4 -1): 2.6 lists a proxy named here without its added servers
+        lines = self.ask("show stat -1 4 -1").splitlines()
+        if not lines or not lines[0].startswith("# "):
+            raise HAProxyError(f"show stat: {' '.join(lines) or 'no answer'}")
+        header = lines[0][2:].split(",")
+        found: dict[str, dict[str, Load]] = {}
+        for row in (dict(zip(header, line.split(","))) for line in lines[1:] if line):
+            found.setdefault(row["pxname"], {})[row["svname"]] = Load(int(row["stot"] or 0), int(row["scur"] or 0))
+        return found
+
     def add(self, backend: str, name: str, endpoint: Endpoint, weight: int) -> None:
         """A new server, health-checked, in the pool once its first check passes: HAProxy counts a
         new server up before any check, and a replica still loading its model would get requests."""
@@ -161,10 +203,12 @@ class Runtime:
         self._do(f"del server {backend}/{name}", "Server deleted.")
 
 
-def sync(runtime: Runtime, backend: str, endpoints: Mapping[str, Endpoint], weights: Mapping[str, int]) -> list[str]:
+def sync(runtime: Runtime, backend: str, endpoints: Mapping[str, Endpoint], weights: Mapping[str, int],
+         tolerance: float = 0.0) -> list[str]:
     """Make the backend's servers the replicas of ``endpoints`` (name -> where it listens now),
     weighted by ``weights`` (a replica with no weight gets 1); what changed, one line each. A
-    replica that moved (requeued onto another node) is removed and added again."""
+    replica that moved (requeued onto another node) is removed and added again. A server keeps its
+    weight while the new one is within ``tolerance`` of it (measured weights wander a little)."""
     have = runtime.servers(backend)
     changes = []
     for name, server in have.items():
@@ -177,7 +221,7 @@ def sync(runtime: Runtime, backend: str, endpoints: Mapping[str, Endpoint], weig
         if server is None or server.endpoint != endpoint:
             runtime.add(backend, name, endpoint, weight)
             changes.append(f"added {name} at {endpoint.address}:{endpoint.port}, weight {weight}")
-        elif server.weight != weight:
+        elif abs(server.weight - weight) > tolerance * server.weight:
             runtime.set_weight(backend, name, weight)
             changes.append(f"{name}: weight {server.weight} -> {weight}")
     return changes

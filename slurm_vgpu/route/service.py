@@ -10,10 +10,13 @@ Slurm-style ``Key=Value`` lines, as slurm-vgpu.conf, ``#`` comments::
     Class=latency
     Listen=127.0.0.1:8080
 
+Instead of ``Replicas``, ``Rate=200/s`` with ``Profile`` sizes the service from the profile: as
+many replicas as carry that rate at 80% of their profiled throughput (``serve start`` reads it).
 Replica i (from 0) runs ``Command`` with ``%p`` replaced by ``Port + i``, so that two replicas on
 one node never ask for the same port; a Command line is taken whole (a shell command may hold #).
 ``Model``, ``Memory`` and ``Partition`` are those of ``sbatch --gres=vgpu:MODEL:SHARE --vgpu-mem
---partition``. Every problem of a file is reported at once, each with its line and what to write
+--partition``; ``Profile`` names the replica's profiled workload (``slurm-vgpu profile``), whose
+throughput on each GPU model at ``Share`` weights the router. Every problem of a file is reported at once, each with its line and what to write
 instead.
 """
 from __future__ import annotations
@@ -24,9 +27,10 @@ from .. import contract
 from ..config import unknown_key
 from .haproxy import NAME
 
-KEYS = ("Name", "Command", "Port", "Replicas", "Share", "Class", "Model", "Memory", "Partition", "Listen")
+KEYS = ("Name", "Command", "Port", "Replicas", "Share", "Class", "Model", "Memory", "Partition", "Listen",
+        "Profile", "Rate")
 SPELT = {k.lower(): k for k in KEYS}  # keys compare without case, as Slurm's
-REQUIRED = ("Name", "Command", "Port", "Replicas", "Share", "Listen")
+REQUIRED = ("Name", "Command", "Port", "Share", "Listen")
 PORT_MARK = "%p"
 MOST_REPLICAS = 64
 
@@ -42,11 +46,13 @@ class Service:
     port: int  # replica i listens on port + i
     share: int  # % of one GPU per replica
     listen: tuple[str, int]  # the router's address and port
-    replicas: int
+    replicas: int | None  # None: sized from rate and the profile when started
     slo_class: str = contract.DEFAULT_CLASS
     model: str | None = None
     memory_mib: int | None = None
     partition: str | None = None
+    profile: str | None = None  # a profiled workload's name: its curves weight the replicas
+    rate: float | None = None  # requests/s the replicas must carry (with profile, instead of replicas)
 
     def replica_command(self, index: int) -> str:
         return self.command.replace(PORT_MARK, str(self.port_of(index)))
@@ -87,6 +93,12 @@ def _check(key: str, value: str) -> tuple[object, str | None]:
         host, sep, port = value.rpartition(":")
         ok = sep and host and _port(port)
         return (host, _port(port)), None if ok else "the router's address and port, e.g. Listen=0.0.0.0:8080"
+    if key == "Rate":
+        rate = contract.per_second(value)
+        return rate, None if rate else "the requests per second the service must carry, e.g. Rate=200/s"
+    if key == "Profile":
+        problem = contract.profile_error(value)
+        return value, None if problem is None else problem.replace("--vgpu-profile=", "Profile=")
     examples = {"Model": "h100", "Partition": "gpu"}
     return value, None if value else f"a {key.lower()} name, e.g. {key}={examples[key]}"
 
@@ -114,11 +126,19 @@ def parse(text: str, source: str = "service file") -> Service:
             if problem:
                 problems.append(f"{source}:{number}: {spelt}={value}: {problem}")
     problems += [f"{source}: {key} is missing; add {key}=..." for key in REQUIRED if key not in values]
+    if "Replicas" in values and "Rate" in values:
+        problems.append(f"{source}: Replicas and Rate are both given; keep one (Rate sizes the replicas from Profile)")
+    elif "Replicas" not in values and "Rate" not in values:
+        problems.append(f"{source}: Replicas is missing; add Replicas=N, or Rate=N/s with Profile=NAME to size them")
+    elif "Rate" in values and "Profile" not in values:
+        problems.append(f"{source}: Rate sizes the replicas from the workload's profile; add Profile=NAME, "
+                        "or give Replicas=N instead")
     if "Port" in values and (values.get("Replicas") or 1) - 1 + (values["Port"] or 0) > 65535:
         problems.append(f"{source}: replica ports Port to Port+Replicas-1 end above 65535; give a lower Port")
     if problems:
         raise ServiceError("\n".join(problems))
     return Service(
         name=values["Name"], command=values["Command"], port=values["Port"], share=values["Share"],
-        listen=values["Listen"], replicas=values["Replicas"], slo_class=values.get("Class", contract.DEFAULT_CLASS),
-        model=values.get("Model"), memory_mib=values.get("Memory"), partition=values.get("Partition"))
+        listen=values["Listen"], replicas=values.get("Replicas"), slo_class=values.get("Class", contract.DEFAULT_CLASS),
+        model=values.get("Model"), memory_mib=values.get("Memory"), partition=values.get("Partition"),
+        profile=values.get("Profile"), rate=values.get("Rate"))

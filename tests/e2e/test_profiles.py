@@ -68,14 +68,15 @@ def test_bad_profile_input_is_refused_before_any_job(cluster, args, says):
     assert "profile-bad" not in slurm(cluster, "squeue", "--noheader", "--format=%j").stdout
 
 
-def store_curve(engine, name: str, model: str, curve: dict[int, tuple[float, float]]) -> None:
+def store_curve(engine, name: str, model: str, curve: dict[int, tuple[float, float]], batch: int = 1) -> None:
     """A measured curve, written as `slurm-vgpu profile` would: share -> (throughput, p99)."""
     with engine.begin() as conn:
-        conn.execute(sa.text("DELETE FROM profiles WHERE name = :name"), {"name": name})
+        conn.execute(sa.text("DELETE FROM profiles WHERE name = :name AND model = :model AND batch = :batch"),
+                     {"name": name, "model": model, "batch": batch})
         for share, (throughput, p99) in curve.items():
-            conn.execute(sa.text("INSERT INTO profiles (name, model, share, throughput, p50_ms, p99_ms) "
-                                 "VALUES (:name, :model, :share, :throughput, :p99 / 2, :p99)"),
-                         dict(name=name, model=model, share=share, throughput=throughput, p99=p99))
+            conn.execute(sa.text("INSERT INTO profiles (name, model, share, batch, throughput, p50_ms, p99_ms) "
+                                 "VALUES (:name, :model, :share, :batch, :throughput, :p99 / 2, :p99)"),
+                         dict(name=name, model=model, share=share, batch=batch, throughput=throughput, p99=p99))
 
 
 def test_a_job_of_a_latency_target_runs_on_the_smallest_share_that_meets_it(cluster, cluster_engine):

@@ -1,6 +1,6 @@
 """``slurm-vgpu serve`` on a real Slurm: a service's replicas run as vgpu jobs, HAProxy in front
 sends to where Slurm runs them, a replica cancelled under traffic leaves the pool within 5 s with no
-request lost, and stop leaves nothing running. The replicas are Python's http.server, not models on
+request lost and is submitted again, and stop leaves nothing running. The replicas are Python's http.server, not models on
 GPUs."""
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ import time
 
 import pytest
 
+from slurm_vgpu.adapters.gpus import GpuRecord
+from slurm_vgpu.route.weights import weights
+
 from ..conftest import slurm
 from .jobs import ENDED, output_dir, wait_for, wait_until
+from .test_profiles import store_curve
 
 pytestmark = pytest.mark.e2e
 
@@ -40,10 +44,10 @@ def free_port(count: int = 1, start: int = 29400) -> int:
     raise AssertionError("no free ports")
 
 
-def get(port: int) -> int:
+def get(port: int, batch: int | None = None) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request("GET", "/")
+        conn.request("GET", "/", headers={"X-Batch-Size": str(batch)} if batch else {})
         response = conn.getresponse()
         response.read()
         return response.status
@@ -65,10 +69,11 @@ def status(cluster, directory) -> dict[str, dict]:
     return {r["replica"]: r for r in json.loads(result.stdout)["replicas"]}
 
 
-def service_file(cluster, name: str, listen: int, port: int, replicas: int = 2, command: str = REPLICA,
+def service_file(cluster, name: str, listen: int, port: int, replicas: int | None = 2, command: str = REPLICA,
                  extra: str = "") -> str:
     path = output_dir(cluster) / f"{name}.svc"
-    path.write_text(f"Name={name}\nCommand={command}\nPort={port}\nReplicas={replicas}\nShare=60\n"
+    count = f"Replicas={replicas}\n" if replicas is not None else ""
+    path.write_text(f"Name={name}\nCommand={command}\nPort={port}\n{count}Share=60\n"
                     f"Class=latency\nListen=127.0.0.1:{listen}\n{extra}")
     return str(path)
 
@@ -100,12 +105,58 @@ def test_replicas_run_as_vgpu_jobs_behind_a_router_that_follows_them(cluster):
             answers.append(get(listen))
         answers += [get(listen) for _ in range(10)]
         assert set(answers) == {200}
+
+        # its job ended: the follower submits it again, and it serves again as a new job
+        back = wait_until("web-0 serving again", lambda: (r := status(cluster, directory)["web-0"])["pool"] == "serving"
+                          and r["job_id"] != jobs["web-0"] and r, 120, seen=lambda: status(cluster, directory))
+        assert back["restarts"] == 1
+        jobs["web-0"] = back["job_id"]
     finally:
         stopped = vgpu(cluster, "serve", "stop", str(directory))
     assert stopped.returncode == 0, stopped.stderr
     assert "stopped the HAProxy" in stopped.stdout and "stopped the follower" in stopped.stdout
+    assert str(jobs["web-0"]) in stopped.stdout  # the job it was submitted again as is cancelled too
     wait_for(cluster, list(jobs.values()), states=ENDED)
     wait_until("the router gone", lambda: refused(listen), 10)
+
+
+def test_a_profiled_service_is_sized_for_its_rate_and_weighted_by_each_batch_s_throughput_on_each_gpu(
+        cluster, cluster_engine):
+    # measured on purpose against the GPUs' datasheet speeds: the T4 serves single requests fastest,
+    # the H100 batches of 8
+    rates = {1: {"t4": 90.0, "a100": 60.0, "h100": 30.0}, 8: {"t4": 100.0, "a100": 200.0, "h100": 400.0}}
+    for batch, by_model in rates.items():
+        for model, rate in by_model.items():
+            store_curve(cluster_engine, "webprof", model, {50: (rate * 5 / 6, 20.0), 70: (rate * 7 / 6, 10.0)}, batch)
+    listen = free_port(1, 29900)
+    directory = output_dir(cluster) / "serve-profiled"
+    # 50/s at 80% of the slowest model's 30/s (the H100's here): three replicas
+    started = vgpu(cluster, "serve", "start", service_file(cluster, "prof", listen, free_port(3, 29910), replicas=None,
+                                                           extra="Profile=webprof\nRate=50/s\n"),
+                   "--dir", str(directory), "--json")
+    assert started.returncode == 0, started.stderr
+    assert sorted(json.loads(started.stdout)["service"]["jobs"]) == ["prof-0", "prof-1", "prof-2"]
+    try:
+        replicas = wait_until("the replicas serving", lambda: (s := status(cluster, directory)) and all(
+            r["pool"] == "serving" for r in s.values()) and s, 120, seen=lambda: status(cluster, directory))
+        assert len({r["gpu"] for r in replicas.values()}) == 3  # 60% each: three GPUs
+        # at Share=60, each model's profile gives the rate halfway between its 50% and 70% points;
+        # requests of a batch of 8 have their own backend, weighted by the batch of 8's curves
+        models = {name: GpuRecord.model_of(r["gpu"]) for name, r in replicas.items()}
+        for backend, batch in (("prof", 1), ("prof-b8", 8)):
+            expected = weights({name: rates[batch][model] for name, model in models.items()})
+            assert {name: r["weight_by_backend"][backend] for name, r in replicas.items()} == expected
+        assert replicas["prof-0"]["weight"] == replicas["prof-0"]["weight_by_backend"]["prof"]
+        assert get(listen) == 200 and get(listen, batch=8) == 200
+    finally:
+        assert vgpu(cluster, "serve", "stop", str(directory)).returncode == 0
+
+    unmeasured = vgpu(cluster, "serve", "start", service_file(cluster, "noprof", listen, free_port(3, 29910),
+                                                              extra="Profile=never-measured\n"),
+                      "--dir", str(output_dir(cluster) / "serve-noprof"))
+    assert unmeasured.returncode == 1
+    assert "no profile of 'never-measured' is stored; measure it first" in unmeasured.stderr
+    assert refused(listen)
 
 
 def test_a_service_that_cannot_start_says_why_and_leaves_nothing_running(cluster):

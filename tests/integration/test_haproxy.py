@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from slurm_vgpu.route.haproxy import Endpoint, HAProxyError, Runtime, check_config, config, sync
+from slurm_vgpu.route.haproxy import (BATCH_HEADER, Endpoint, HAProxyError, Load, Runtime, batch_backend,
+                                      check_config, config, sync)
+from slurm_vgpu.route.serving import Meter
+from slurm_vgpu.route.weights import MeasuredRates
 
 SERVICE = "chat"
 
@@ -28,11 +31,13 @@ def free_port() -> int:
 
 class Replica:
     """An HTTP server that answers its name; with ``hold`` set, it keeps each request in hand until
-    ``release()``, so that a test sees how many requests the proxy gave it at once."""
+    ``release()``, so that a test sees how many requests the proxy gave it at once; with
+    ``service_s``, it serves one request at a time, each in that long (a model of a replica's
+    speed, not a GPU)."""
 
-    def __init__(self, name: str, hold: bool = False):
+    def __init__(self, name: str, hold: bool = False, service_s: float = 0.0):
         self.name, self.in_hand, self.served = name, 0, 0
-        self.lock, self.gate = threading.Lock(), threading.Event()
+        self.lock, self.gate, self.serving = threading.Lock(), threading.Event(), threading.Lock()
         if not hold:
             self.gate.set()
         replica = self
@@ -42,6 +47,9 @@ class Replica:
                 with replica.lock:
                     replica.in_hand += 1
                 replica.gate.wait(30)
+                if service_s:
+                    with replica.serving:
+                        time.sleep(service_s)
                 body = replica.name.encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
@@ -68,10 +76,20 @@ class Replica:
 
 @pytest.fixture
 def proxy(tmp_path: Path):
+    yield from running_proxy(tmp_path)
+
+
+@pytest.fixture
+def batched_proxy(tmp_path: Path):
+    """A service whose profile measured batches of 1, 8 and 32: a backend for each."""
+    yield from running_proxy(tmp_path, batches=(1, 8, 32))
+
+
+def running_proxy(tmp_path: Path, batches=()):
     listen = Endpoint("127.0.0.1", free_port())
     admin = tmp_path / "admin.sock"
     cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(config(SERVICE, listen, admin))
+    cfg.write_text(config(SERVICE, listen, admin, batches))
     check_config(cfg)
     process = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     for _ in range(100):
@@ -84,10 +102,10 @@ def proxy(tmp_path: Path):
     process.wait(10)
 
 
-def get(listen: Endpoint) -> tuple[int, str]:
+def get(listen: Endpoint, batch: int | None = None) -> tuple[int, str]:
     conn = http.client.HTTPConnection(listen.address, listen.port, timeout=30)
     try:
-        conn.request("GET", "/")
+        conn.request("GET", "/", headers={BATCH_HEADER: str(batch)} if batch is not None else {})
         response = conn.getresponse()
         return response.status, response.read().decode()
     finally:
@@ -107,12 +125,12 @@ def all_up(runtime: Runtime) -> None:
     until(lambda: all(s.up for s in runtime.servers(SERVICE).values()), timeout=5)
 
 
-def split_of_eight(listen: Endpoint, fast: Replica, slow: Replica) -> tuple[int, int]:
+def split_of_eight(listen: Endpoint, fast: Replica, slow: Replica, batch: int | None = None) -> tuple[int, int]:
     """How 8 requests sent at once are in hand at the two held replicas; then all are answered."""
     fast.gate.clear()
     slow.gate.clear()
     with ThreadPoolExecutor(8) as pool:
-        answers = [pool.submit(get, listen) for _ in range(8)]
+        answers = [pool.submit(get, listen, batch) for _ in range(8)]
         until(lambda: fast.in_hand + slow.in_hand == 8)
         split = (fast.in_hand, slow.in_hand)
         fast.release()
@@ -136,6 +154,77 @@ def test_weights_split_the_requests_in_hand_and_change_live(proxy):
     assert {s.name: s.weight for s in runtime.servers(SERVICE).values()} == {"fast": 1, "slow": 3}
     assert split_of_eight(listen, fast, slow) == (2, 6)
     assert (fast.served, slow.served) == (8, 8)
+
+
+def test_the_meter_counts_each_replica_s_completions_and_the_time_it_had_requests_in_hand(proxy):
+    listen, runtime = proxy
+    fast, slow = Replica("fast", hold=True), Replica("slow", hold=True)
+    sync(runtime, SERVICE, {"fast": fast.endpoint, "slow": slow.endpoint}, {"fast": 1, "slow": 1})
+    all_up(runtime)
+    meter = Meter(runtime)
+    meter.sample()
+    assert meter.take() == {}  # counters seen once: nothing to measure yet
+    with ThreadPoolExecutor(4) as pool:
+        answers = [pool.submit(get, listen) for _ in range(4)]
+        until(lambda: fast.in_hand + slow.in_hand == 4)
+        until(lambda: sum(load.in_hand for load in runtime.loads()[SERVICE].values()) == 4)
+        for _ in range(3):
+            meter.sample()
+        fast.release()
+        slow.release()
+        assert [a.result()[0] for a in answers] == [200] * 4
+    until(lambda: runtime.loads()[SERVICE] == {"fast": Load(2, 0), "slow": Load(2, 0)})
+    meter.sample()  # 3 of the 4 samples found each replica busy
+    taken = meter.take()
+    assert {name: completed for (_, name), (completed, _, _) in taken.items()} == {"fast": 2, "slow": 2}
+    for _, busy_s, elapsed_s in taken.values():
+        assert busy_s == pytest.approx(elapsed_s * 3 / 4)
+    meter.sample()
+    assert {key: (c, b) for key, (c, b, _) in meter.take().items()} == {
+        (SERVICE, "fast"): (0, 0.0), (SERVICE, "slow"): (0, 0.0)}
+
+
+def test_measured_weights_follow_the_replicas_real_speeds(proxy):
+    listen, runtime = proxy
+    fast, slow = Replica("fast", service_s=0.01), Replica("slow", service_s=0.05)
+    sync(runtime, SERVICE, {"fast": fast.endpoint, "slow": slow.endpoint}, {"fast": 1, "slow": 1})
+    all_up(runtime)
+    meter, measured = Meter(runtime), MeasuredRates({"fast": 1.0, "slow": 1.0})
+    stop = threading.Event()
+
+    def client():
+        while not stop.is_set():
+            get(listen)
+
+    with ThreadPoolExecutor(6) as pool:
+        for _ in range(6):
+            pool.submit(client)
+        for _ in range(6):  # 3 s, in rounds of 0.5 s of 25 samples
+            for _ in range(25):
+                meter.sample()
+                time.sleep(0.02)
+            for (_, name), (completed, busy_s, elapsed_s) in meter.take().items():
+                measured.observe(name, completed, busy_s, elapsed_s)
+        stop.set()
+    # 5x apart while each serves one request at a time; a loaded machine adds to both, so at least 2x
+    w = measured.weights()
+    assert w["fast"] == 256 and w["slow"] < 128, (measured.rates, w)
+
+
+def test_a_request_stating_its_batch_size_goes_by_that_batch_s_weights(batched_proxy):
+    listen, runtime = batched_proxy
+    small, large = Replica("small", hold=True), Replica("large", hold=True)
+    endpoints = {"small": small.endpoint, "large": large.endpoint}
+    # a GPU that serves single requests fast but large batches slowly, and one the other way round
+    for backend, weights in ((SERVICE, {"small": 3, "large": 1}), (batch_backend(SERVICE, 8), {"small": 1, "large": 1}),
+                             (batch_backend(SERVICE, 32), {"small": 1, "large": 3})):
+        sync(runtime, backend, endpoints, weights)
+        until(lambda: all(s.up for s in runtime.servers(backend).values()), timeout=5)
+    assert split_of_eight(listen, small, large) == (6, 2)  # no batch stated: the smallest's backend
+    assert split_of_eight(listen, small, large, batch=1) == (6, 2)
+    assert split_of_eight(listen, small, large, batch=5) == (4, 4)  # up to 8: the batch of 8's
+    assert split_of_eight(listen, small, large, batch=32) == (2, 6)
+    assert split_of_eight(listen, small, large, batch=500) == (2, 6)  # above every batch: the largest's
 
 
 def test_a_replica_that_dies_leaves_the_pool_without_losing_a_request(proxy):

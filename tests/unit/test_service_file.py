@@ -7,7 +7,8 @@ import pytest
 from slurm_vgpu.adapters.slurm import Job
 from slurm_vgpu.catalog import MODELS
 from slurm_vgpu.route.service import ServiceError, parse
-from slurm_vgpu.route.serving import replica_weights, sbatch_options
+from slurm_vgpu.route.serving import Deployment, ServeError, prior_rates, sbatch_options, sized, to_submit_again
+from slurm_vgpu.route.weights import weights
 
 GOOD = """\
 # the chat model, three replicas behind one router
@@ -33,6 +34,10 @@ def test_a_service_file_gives_each_replica_its_own_port():
 
 def test_the_class_defaults_as_for_any_vgpu_job():
     assert parse(GOOD.replace("Class=latency\n", "")).slo_class == "throughput"
+
+
+def test_a_profile_is_named_as_for_sbatch_vgpu_profile():
+    assert parse(GOOD).profile is None and parse(GOOD + "Profile=chat-7b\n").profile == "chat-7b"
 
 
 def test_every_problem_is_named_at_once_with_its_line_and_what_to_write():
@@ -68,7 +73,12 @@ just words
     (("Replicas=3\n", ""), "Replicas is missing; add Replicas=..."),
     (("Port=9100", "Port=65535"), "end above 65535"),
     (("Memory=8G", "Memory=lots"), "GPU memory cap"),
-    (("Replicas=3", "Replicas=3\nRate=200/s"), "unknown key 'Rate'"),
+    (("Replicas=3", "Replicas=3\nRates=200/s"), "unknown key 'Rates'; did you mean 'Rate'?"),
+    (("Class=latency", "Class=latency\nProfile=-chat"), "write Profile=NAME, a profiled workload"),
+    (("Replicas=3", "Rate=200/s"), "Rate sizes the replicas from the workload's profile; add Profile=NAME"),
+    (("Replicas=3", "Replicas=3\nRate=200/s\nProfile=chat"), "Replicas and Rate are both given; keep one"),
+    (("Replicas=3", "Rate=fast\nProfile=chat"), "Rate=fast: the requests per second the service must carry, "
+                                                 "e.g. Rate=200/s"),
 ])
 def test_a_service_that_cannot_run_as_written_says_what_to_write(change, problem):
     with pytest.raises(ServiceError, match=problem):
@@ -83,12 +93,44 @@ def test_each_replica_is_a_vgpu_job_with_the_service_s_slice_and_its_own_output(
     assert sbatch_options(parse(GOOD.replace("Memory=8G\n", "")), "chat-0", tmp_path)[:1] == ["--gres=vgpu:30"]
 
 
-def test_weights_follow_each_replica_s_gpu_speed_and_the_site_s_speeds_come_first():
+def test_without_a_profile_weights_follow_each_replica_s_gpu_speed_and_the_site_s_speeds_come_first():
     def on(gres: str) -> Job:
         return Job(job_id=1, user_id=0, user_name="u", state="RUNNING", priority=0, submit_time=0, nodes="n1",
                    tres_per_node=gres, request=None)
     running = {"a": on("gres:vgpu:h100_0:30"), "b": on("gres/vgpu:a100_2:30"), "c": on("gres:vgpu:t4_1:30")}
     speeds = {m: MODELS[m].speed for m in ("h100", "a100", "t4")}
-    assert replica_weights(running, 30, {}) == {
+    assert weights(prior_rates(running, 30, {}, {})) == {
         "a": 256, "b": round(256 * speeds["a100"] / speeds["h100"]), "c": round(256 * speeds["t4"] / speeds["h100"])}
-    assert replica_weights(running, 30, {"t4": speeds["h100"]})["c"] == 256
+    assert weights(prior_rates(running, 30, {}, {"t4": speeds["h100"]}))["c"] == 256
+    # a profile's measured throughputs come before any speed: here the T4 serves this workload best
+    assert weights(prior_rates(running, 30, {"h100": 50.0, "a100": 50.0, "t4": 100.0}, {})) == {"a": 128, "b": 128, "c": 256}
+
+
+def test_a_rate_sizes_the_replicas_from_the_profile_on_the_slowest_model_or_the_one_named():
+    service = parse(GOOD.replace("Replicas=3", "Rate=200/s\nProfile=chat"))
+    assert (service.replicas, service.rate, service.profile) == (None, 200.0, "chat")
+    profiled = {1: {"a100": 100.0, "t4": 25.0}, 8: {"a100": 400.0, "t4": 50.0}}  # requests/s of a replica at 30%
+    assert sized(service, profiled).replicas == 10  # 200/s at 80% of the T4's 25/s (the smallest batch's)
+    on_a100 = parse(GOOD.replace("Replicas=3", "Rate=200/s\nProfile=chat\nModel=a100"))
+    assert sized(on_a100, profiled).replicas == 3
+    assert sized(parse(GOOD), profiled).replicas == 3  # Replicas= as written
+    with pytest.raises(ServeError, match="Profile=chat has no curve on h100; measure it there"):
+        sized(parse(GOOD.replace("Replicas=3", "Rate=200/s\nProfile=chat\nModel=h100")), profiled)
+    with pytest.raises(ServeError, match="needs 500 replicas of 30% .* at most 64: give a larger Share or a lower Rate"):
+        sized(parse(GOOD.replace("Replicas=3", "Rate=10000/s\nProfile=chat")), profiled)
+
+
+def test_a_replica_whose_job_ended_is_submitted_again_but_not_for_ever():
+    def job(state: str) -> Job:
+        return Job(job_id=1, user_id=0, user_name="u", state=state, priority=0, submit_time=0, nodes="n1",
+                   tres_per_node="", request=None)
+    now = 10_000.0
+    deployment = Deployment("chat", "/tmp/chat", ("127.0.0.1", 8080), 30, jobs={"a": 1, "b": 2, "c": 3, "d": 4, "e": 5},
+                            ports={}, router_pid=0,
+                            submissions={n: (["--gres=vgpu:30"], "serve") for n in "abcd"},
+                            restarts={"b": [now - 900, now - 800, now - 700], "c": [now - 300, now - 200, now - 100]})
+    jobs = {"a": job("RUNNING"), "b": job("FAILED"), "c": job("NODE_FAIL"), "e": job("FAILED")}
+    # a runs; b failed, its restarts long ago; c failed a 4th time in 10 minutes: it stays ended;
+    # d is gone from Slurm; e was started without its submission kept (an older state file)
+    assert to_submit_again(deployment, jobs, now) == ["b", "d"]
+    assert to_submit_again(deployment, {**jobs, "b": job("PENDING"), "d": job("RUNNING")}, now) == []
