@@ -10,9 +10,11 @@ And per job: it completed with the slice it asked for (its output names that sha
 Slurm's accounting says: 22.05 counts a requeued job's first pin too), or ended with a reason
 (``vgpu-state=failed`` with a ``wait=`` in its AdminComment), or is one Slurm itself lost or rolled
 back: a SIGKILLed slurmctld comes back from the state it last saved, so a job submitted just before
-is forgotten (and its id given to a later job), and one that ended just before is running again in
-its eyes. Those are reported apart, by what the job's own output says: no slurm-vgpu component can
-bring back what slurmctld forgot.
+is forgotten (and its id given to a later job; a placement of it is released, Slurm's record of the
+id being gone), and one that ended just before is running again in its eyes. Those are reported
+apart, by what the job's own output says: no slurm-vgpu component can bring back what slurmctld
+forgot. What slurm-vgpu must do is let go of it: a forgotten job whose placement is still held when
+the run ends is lost.
 
 "Postgres down" closes the cluster's own database to every client and ends its connections (the
 machine's server is shared with other clusters and cannot be stopped for one of them).
@@ -63,8 +65,10 @@ class Report:
     completed_with_slice: int = 0
     ended_with_reason: int = 0
     ran_without_slice: list[int] = field(default_factory=list)
-    lost: list[int] = field(default_factory=list)  # slurm-vgpu had it, then nobody did
-    lost_by_slurmctld: list[int] = field(default_factory=list)  # Slurm forgot it before anything saw it
+    # Slurm knows it no more, and slurm-vgpu still holds a slice for it: a placement left behind
+    lost: list[int] = field(default_factory=list)
+    # Slurm forgot it (a slurmctld back from older state) and slurm-vgpu let go of it too
+    lost_by_slurmctld: list[int] = field(default_factory=list)
     unfinished: list[int] = field(default_factory=list)
     # ran to their end with their slice, then a slurmctld killed before it saved so came back from
     # older state, where they had not ended (Slurm requeues them later, or holds them never runnable)
@@ -94,7 +98,7 @@ class Report:
             f"samples {self.samples}: {len(self.over_100)} over 100, {len(self.user_mixes)} user mixes "
             "(Slurm, slice files, and the Postgres replay)",
             f"ran without their slice: {len(self.ran_without_slice)} {self.ran_without_slice[:10]}",
-            f"lost: {len(self.lost)} {self.lost[:10]}; lost by slurmctld before any placement: "
+            f"lost with a slice still held: {len(self.lost)} {self.lost[:10]}; forgotten by slurmctld: "
             f"{len(self.lost_by_slurmctld)} {self.lost_by_slurmctld[:10]}; ran to their end with their slice, "
             f"then rolled back by a restarted slurmctld: {len(self.rolled_back)} {self.rolled_back[:10]}",
             *(f"unfinished: {why}" for why in self.unfinished_why[:10]),
@@ -336,6 +340,12 @@ class Chaos:
                                   "nodes": nodes, "admin_comment": comment}
         return {job_id: job for job_id, job in found.items() if _state(job) in ENDED}
 
+    def placements(self) -> list:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(
+                "SELECT id, job_id, gpu_uuid, uid, share, placed_at, coalesce(ended_at, now()) AS ended_at, "
+                "ended_at IS NULL AS live FROM placements")).all()
+
     def wait_ended(self, timeout_s: float) -> None:
         """Until every job Slurm knows has ended (faults go on meanwhile), or the timeout."""
         deadline = time.monotonic() + timeout_s
@@ -351,11 +361,12 @@ class Chaos:
         devcluster._wait_ctld(self.cluster, 60)
         known = self.slurm_jobs()
         known.update(self.accounted({s.job_id for s in self.submitted} - set(known)))
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.text(
-                "SELECT id, job_id, gpu_uuid, uid, share, placed_at, coalesce(ended_at, now()) AS ended_at "
-                "FROM placements")).all()
-        placed = {r.job_id for r in rows}
+        rows = self.placements()
+        deadline = time.monotonic() + FORGOTTEN_RELEASE_S
+        while {r.job_id for r in rows if r.live} - set(known) and time.monotonic() < deadline:
+            time.sleep(2)  # a placement of a job Slurm forgot is released by a cycle or the agent
+            rows = self.placements()
+        held = {r.job_id for r in rows if r.live}
         self.report.jobs = len(self.submitted)
         latest = {s.job_id: s for s in self.submitted}  # Slurm's record of an id is its last submission's
         for submission in self.submitted:
@@ -367,7 +378,7 @@ class Chaos:
                 continue
             job = known.get(job_id)
             if job is None:
-                (self.report.lost if job_id in placed else self.report.lost_by_slurmctld).append(job_id)
+                (self.report.lost if job_id in held else self.report.lost_by_slurmctld).append(job_id)
                 continue
             state, comment = _state(job), job.get("admin_comment") or ""
             why = f"{job_id} {state} {job.get('state_reason', '')} {job.get('nodes') or ''} {comment}".strip()
@@ -390,6 +401,7 @@ class Chaos:
         self.report.user_mixes += [f"Postgres: {v}" for v in replay(rows, "users")]
 
 
+FORGOTTEN_RELEASE_S = 60.0  # how long the judge gives slurm-vgpu to release the placement of a job Slurm forgot
 LAUNCH_FAILED_HELD = "launch failed requeued held"  # Slurm's reason for a job it held after a failed launch
 ADMIN_DELAY_S = 120.0  # how long a held job waits for the node agent before the run releases it as an admin
 SACCT_SEPARATOR = "^^"  # between sacct's fields: an AdminComment may hold "|"

@@ -60,7 +60,8 @@ def check(service_file: Path) -> None:
                 f"replicas for {service.rate:g}/s (sized from profile {service.profile} at start)")
     ports = (f"ports {service.port_of(0)}-{service.port_of(service.replicas - 1)}" if service.replicas is not None
              else f"ports from {service.port}")
-    click.echo(f"{service.name}: {replicas} of {service.share}% ({service.slo_class}), {ports}, "
+    models = f" on {'/'.join(service.models)}" if service.models else ""
+    click.echo(f"{service.name}: {replicas} of {service.share}%{models} ({service.slo_class}), {ports}, "
                f"router on {service.listen[0]}:{service.listen[1]}")
 
 

@@ -15,7 +15,8 @@ many replicas as carry that rate at 80% of their profiled throughput (``serve st
 Replica i (from 0) runs ``Command`` with ``%p`` replaced by ``Port + i``, so that two replicas on
 one node never ask for the same port; a Command line is taken whole (a shell command may hold #).
 ``Model``, ``Memory`` and ``Partition`` are those of ``sbatch --gres=vgpu:MODEL:SHARE --vgpu-mem
---partition``; ``Profile`` names the replica's profiled workload (``slurm-vgpu profile``), whose
+--partition``; ``Model=h100,a100`` spreads the replicas over the models in turn (replica i on the
+(i mod n)-th); ``Profile`` names the replica's profiled workload (``slurm-vgpu profile``), whose
 throughput on each GPU model at ``Share`` weights the router. Every problem of a file is reported at once, each with its line and what to write
 instead.
 """
@@ -48,7 +49,7 @@ class Service:
     listen: tuple[str, int]  # the router's address and port
     replicas: int | None  # None: sized from rate and the profile when started
     slo_class: str = contract.DEFAULT_CLASS
-    model: str | None = None
+    models: tuple[str, ...] = ()  # GPU models the replicas ask for in turn; none: any
     memory_mib: int | None = None
     partition: str | None = None
     profile: str | None = None  # a profiled workload's name: its curves weight the replicas
@@ -56,6 +57,10 @@ class Service:
 
     def replica_command(self, index: int) -> str:
         return self.command.replace(PORT_MARK, str(self.port_of(index)))
+
+    def model_of(self, index: int) -> str | None:
+        """The GPU model replica ``index`` asks for (None: any)."""
+        return self.models[index % len(self.models)] if self.models else None
 
     def port_of(self, index: int) -> int:
         return self.port + index
@@ -99,7 +104,11 @@ def _check(key: str, value: str) -> tuple[object, str | None]:
     if key == "Profile":
         problem = contract.profile_error(value)
         return value, None if problem is None else problem.replace("--vgpu-profile=", "Profile=")
-    examples = {"Model": "h100", "Partition": "gpu"}
+    if key == "Model":
+        models = tuple(m.strip() for m in value.split(","))
+        ok = all(m and m.replace("_", "").isalnum() for m in models)
+        return models, None if ok else "a GPU model, or several in turn, e.g. Model=h100 or Model=h100,a100"
+    examples = {"Partition": "gpu"}
     return value, None if value else f"a {key.lower()} name, e.g. {key}={examples[key]}"
 
 
@@ -140,5 +149,5 @@ def parse(text: str, source: str = "service file") -> Service:
     return Service(
         name=values["Name"], command=values["Command"], port=values["Port"], share=values["Share"],
         listen=values["Listen"], replicas=values.get("Replicas"), slo_class=values.get("Class", contract.DEFAULT_CLASS),
-        model=values.get("Model"), memory_mib=values.get("Memory"), partition=values.get("Partition"),
+        models=values.get("Model", ()), memory_mib=values.get("Memory"), partition=values.get("Partition"),
         profile=values.get("Profile"), rate=values.get("Rate"))

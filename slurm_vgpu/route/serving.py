@@ -111,21 +111,27 @@ def backend_of(service: str, batch: int, smallest: int) -> str:
 
 
 def sized(service: Service, profiled: Profiled) -> Service:
-    """The service with its number of replicas: as written, or (``Rate=``) enough to carry the rate
-    at :data:`UTILISATION_CEILING` of one replica's profiled throughput at its share (at the
-    smallest batch profiled), on the ``Model`` it names, else on the slowest profiled model, so the
-    rate is carried wherever the replicas land. ServeError when the profile cannot size it."""
+    """The service with its number of replicas: as written, or (``Rate=``) the fewest that carry
+    the rate at :data:`UTILISATION_CEILING` of their profiled throughput at its share (at the
+    smallest batch profiled), each on the ``Model`` it asks for, else on the slowest profiled model,
+    so the rate is carried wherever the replicas land. ServeError when the profile cannot size it."""
     if service.rate is None:
         return service
     rates = profiled[min(profiled)]
-    model = service.model or min(rates, key=lambda m: (rates[m], m))
-    each = rates.get(model)
-    if each is None:
-        raise ServeError(f"Profile={service.profile} has no curve on {model}; measure it there "
-                         f"(slurm-vgpu profile {service.profile} --model {model} -- COMMAND) or give Replicas=N")
-    count = math.ceil(service.rate / (UTILISATION_CEILING * each))
-    why = (f"Rate={service.rate:g}/s needs {count} replicas of {service.share}% ({each:.1f}/s each on {model}, "
-           f"{UTILISATION_CEILING:.0%} of it used)")
+    models = service.models or (min(rates, key=lambda m: (rates[m], m)),)
+    for model in models:
+        if model not in rates:
+            raise ServeError(f"Profile={service.profile} has no curve on {model}; measure it there "
+                             f"(slurm-vgpu profile {service.profile} --model {model} -- COMMAND) or give Replicas=N")
+    carry = [UTILISATION_CEILING * rates[m] for m in models]  # what each replica of a turn carries
+    turns = int(service.rate // sum(carry))
+    count, carried = turns * len(models), turns * sum(carry)
+    while carried < service.rate:
+        carried += carry[count % len(models)]
+        count += 1
+    why = (f"Rate={service.rate:g}/s needs {count} replicas of "
+           f"{service.share}% (" + ", ".join(f"{rates[m]:.1f}/s each on {m}" for m in models)
+           + f", {UTILISATION_CEILING:.0%} of it used)")
     if count > MOST_REPLICAS:
         raise ServeError(f"{why}; at most {MOST_REPLICAS}: give a larger Share or a lower Rate")
     if service.port + count - 1 > 65535:
@@ -133,8 +139,10 @@ def sized(service: Service, profiled: Profiled) -> Service:
     return replace(service, replicas=count)
 
 
-def sbatch_options(service: Service, replica: str, directory: Path) -> list[str]:
-    gres = ":".join(["vgpu", *([service.model] if service.model else []), str(service.share)])
+def sbatch_options(service: Service, index: int, directory: Path) -> list[str]:
+    """What replica ``index``'s job is submitted with."""
+    replica, model = replica_names(service)[index], service.model_of(index)
+    gres = ":".join(["vgpu", *([model] if model else []), str(service.share)])
     return [f"--gres={gres}", f"--vgpu-class={service.slo_class}", f"--job-name={replica}",
             f"--output={directory / f'{replica}.out'}", "--open-mode=append",
             *([f"--vgpu-mem={service.memory_mib}M"] if service.memory_mib else []),
@@ -178,7 +186,7 @@ def start(service: Service, directory: Path, slurm: Slurm, profiled: Profiled = 
         _wait_for_socket(router, admin, directory)
         for index, replica in enumerate(replica_names(service)):
             deployment.ports[replica] = service.port_of(index)
-            options, command = sbatch_options(service, replica, directory), service.replica_command(index)
+            options, command = sbatch_options(service, index, directory), service.replica_command(index)
             deployment.submissions[replica] = (options, command)
             deployment.jobs[replica] = slurm.submit(*options, command=command)
     except (SlurmError, ServeError) as exc:

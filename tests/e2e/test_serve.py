@@ -130,19 +130,19 @@ def test_a_profiled_service_is_sized_for_its_rate_and_weighted_by_each_batch_s_t
             store_curve(cluster_engine, "webprof", model, {50: (rate * 5 / 6, 20.0), 70: (rate * 7 / 6, 10.0)}, batch)
     listen = free_port(1, 29900)
     directory = output_dir(cluster) / "serve-profiled"
-    # 50/s at 80% of the slowest model's 30/s (the H100's here): three replicas
+    # one replica on each model in turn; 130/s at 80% of each one's rate: 72 + 48 + 24, three replicas
     started = vgpu(cluster, "serve", "start", service_file(cluster, "prof", listen, free_port(3, 29910), replicas=None,
-                                                           extra="Profile=webprof\nRate=50/s\n"),
+                                                           extra="Profile=webprof\nRate=130/s\nModel=t4,a100,h100\n"),
                    "--dir", str(directory), "--json")
     assert started.returncode == 0, started.stderr
     assert sorted(json.loads(started.stdout)["service"]["jobs"]) == ["prof-0", "prof-1", "prof-2"]
     try:
         replicas = wait_until("the replicas serving", lambda: (s := status(cluster, directory)) and all(
             r["pool"] == "serving" for r in s.values()) and s, 120, seen=lambda: status(cluster, directory))
-        assert len({r["gpu"] for r in replicas.values()}) == 3  # 60% each: three GPUs
+        models = {name: GpuRecord.model_of(r["gpu"]) for name, r in replicas.items()}
+        assert models == {"prof-0": "t4", "prof-1": "a100", "prof-2": "h100"}
         # at Share=60, each model's profile gives the rate halfway between its 50% and 70% points;
         # requests of a batch of 8 have their own backend, weighted by the batch of 8's curves
-        models = {name: GpuRecord.model_of(r["gpu"]) for name, r in replicas.items()}
         for backend, batch in (("prof", 1), ("prof-b8", 8)):
             expected = weights({name: rates[batch][model] for name, model in models.items()})
             assert {name: r["weight_by_backend"][backend] for name, r in replicas.items()} == expected

@@ -3,9 +3,11 @@ jobs, and every mistake in it reported at once, each with its line and what to w
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 
 from slurm_vgpu.adapters.slurm import Job
 from slurm_vgpu.catalog import MODELS
+from slurm_vgpu.cli import main
 from slurm_vgpu.route.service import ServiceError, parse
 from slurm_vgpu.route.serving import Deployment, ServeError, prior_rates, sbatch_options, sized, to_submit_again
 from slurm_vgpu.route.weights import weights
@@ -73,6 +75,8 @@ just words
     (("Replicas=3\n", ""), "Replicas is missing; add Replicas=..."),
     (("Port=9100", "Port=65535"), "end above 65535"),
     (("Memory=8G", "Memory=lots"), "GPU memory cap"),
+    (("Replicas=3", "Replicas=3\nModel=h100,,t4"), "a GPU model, or several in turn, e.g. Model=h100 or "
+                                                  "Model=h100,a100"),
     (("Replicas=3", "Replicas=3\nRates=200/s"), "unknown key 'Rates'; did you mean 'Rate'?"),
     (("Class=latency", "Class=latency\nProfile=-chat"), "write Profile=NAME, a profiled workload"),
     (("Replicas=3", "Rate=200/s"), "Rate sizes the replicas from the workload's profile; add Profile=NAME"),
@@ -87,10 +91,15 @@ def test_a_service_that_cannot_run_as_written_says_what_to_write(change, problem
 
 def test_each_replica_is_a_vgpu_job_with_the_service_s_slice_and_its_own_output(tmp_path):
     service = parse(GOOD.replace("Replicas=3", "Replicas=3\nModel=a100\nPartition=infer"))
-    assert sbatch_options(service, "chat-1", tmp_path) == [
+    assert sbatch_options(service, 1, tmp_path) == [
         "--gres=vgpu:a100:30", "--vgpu-class=latency", "--job-name=chat-1", f"--output={tmp_path}/chat-1.out",
         "--open-mode=append", "--vgpu-mem=8192M", "--partition=infer"]
-    assert sbatch_options(parse(GOOD.replace("Memory=8G\n", "")), "chat-0", tmp_path)[:1] == ["--gres=vgpu:30"]
+    assert sbatch_options(parse(GOOD.replace("Memory=8G\n", "")), 0, tmp_path)[:1] == ["--gres=vgpu:30"]
+    # replicas over several models, in turn
+    spread = parse(GOOD.replace("Replicas=3", "Replicas=3\nModel=h100, t4"))
+    assert [sbatch_options(spread, i, tmp_path)[:3:2] for i in range(3)] == [
+        ["--gres=vgpu:h100:30", "--job-name=chat-0"], ["--gres=vgpu:t4:30", "--job-name=chat-1"],
+        ["--gres=vgpu:h100:30", "--job-name=chat-2"]]
 
 
 def test_without_a_profile_weights_follow_each_replica_s_gpu_speed_and_the_site_s_speeds_come_first():
@@ -113,6 +122,8 @@ def test_a_rate_sizes_the_replicas_from_the_profile_on_the_slowest_model_or_the_
     assert sized(service, profiled).replicas == 10  # 200/s at 80% of the T4's 25/s (the smallest batch's)
     on_a100 = parse(GOOD.replace("Replicas=3", "Rate=200/s\nProfile=chat\nModel=a100"))
     assert sized(on_a100, profiled).replicas == 3
+    # in turn on an A100 (80/s carried) and a T4 (20/s): two turns
+    assert sized(parse(GOOD.replace("Replicas=3", "Rate=200/s\nProfile=chat\nModel=a100,t4")), profiled).replicas == 4
     assert sized(parse(GOOD), profiled).replicas == 3  # Replicas= as written
     with pytest.raises(ServeError, match="Profile=chat has no curve on h100; measure it there"):
         sized(parse(GOOD.replace("Replicas=3", "Rate=200/s\nProfile=chat\nModel=h100")), profiled)
@@ -134,3 +145,14 @@ def test_a_replica_whose_job_ended_is_submitted_again_but_not_for_ever():
     # d is gone from Slurm; e was started without its submission kept (an older state file)
     assert to_submit_again(deployment, jobs, now) == ["b", "d"]
     assert to_submit_again(deployment, {**jobs, "b": job("PENDING"), "d": job("RUNNING")}, now) == []
+
+
+def test_serve_check_says_what_a_good_file_will_run(tmp_path):
+    fixed, sized_later = tmp_path / "fixed.svc", tmp_path / "rate.svc"
+    fixed.write_text(GOOD.replace("Replicas=3", "Replicas=3\nModel=h100,t4"))
+    sized_later.write_text(GOOD.replace("Replicas=3", "Rate=200/s\nProfile=chat"))
+    assert CliRunner().invoke(main, ["serve", "check", str(fixed)]).output == (
+        "chat: 3 replica(s) of 30% on h100/t4 (latency), ports 9100-9102, router on 0.0.0.0:8080\n")
+    assert CliRunner().invoke(main, ["serve", "check", str(sized_later)]).output == (
+        "chat: replicas for 200/s (sized from profile chat at start) of 30% (latency), ports from 9100, "
+        "router on 0.0.0.0:8080\n")
