@@ -144,10 +144,15 @@ def status(rt: Runtime, service: str, as_json: bool) -> None:
 
 @serve.command("stop")
 @click.argument("service")
+@json_option
 @pass_runtime
-def stop(rt: Runtime, service: str) -> None:
-    """Cancel SERVICE's replicas and stop its router and follower; its logs stay."""
+def stop(rt: Runtime, service: str, as_json: bool) -> None:
+    """Stop SERVICE's follower, cancel its replicas and stop its router; its logs stay."""
     deployment = _deployment(service)
     with slurm_errors():
-        for line in serving.stop(deployment, rt.slurm()):
+        done = serving.stop(deployment, rt.slurm())
+    if as_json:
+        echo_json(document(stopped=done))
+    else:
+        for line in done:
             click.echo(line)

@@ -149,7 +149,9 @@ def test_a_profiled_service_is_sized_for_its_rate_and_weighted_by_each_batch_s_t
         assert replicas["prof-0"]["weight"] == replicas["prof-0"]["weight_by_backend"]["prof"]
         assert get(listen) == 200 and get(listen, batch=8) == 200
     finally:
-        assert vgpu(cluster, "serve", "stop", str(directory)).returncode == 0
+        stopped = vgpu(cluster, "serve", "stop", str(directory), "--json")
+    assert stopped.returncode == 0, stopped.stderr
+    assert any(line.startswith("cancelled jobs") for line in json.loads(stopped.stdout)["stopped"])
 
     unmeasured = vgpu(cluster, "serve", "start", service_file(cluster, "noprof", listen, free_port(3, 29910),
                                                               extra="Profile=never-measured\n"),
