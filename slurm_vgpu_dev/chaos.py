@@ -93,7 +93,7 @@ class Report:
             f"{self.ended_with_reason} ended with a reason, {len(self.unfinished)} unfinished",
             f"faults: {', '.join(f'{k} x{v}' for k, v in sorted(self.faults.items())) or 'none'}; then, as an "
             f"admin would, {self.admin_resumes} node(s) resumed that Slurm drained for a duplicate job id, "
-            f"{self.admin_releases} job(s) released that it held after launching them twice, "
+            f"{self.admin_releases} job(s) released that it held after launching them twice or duplicate ids, "
             f"{self.admin_restarts} slurmctld start(s) with -i",
             f"samples {self.samples}: {len(self.over_100)} over 100, {len(self.user_mixes)} user mixes "
             "(Slurm, slice files, and the Postgres replay)",
@@ -300,13 +300,16 @@ class Chaos:
     def release_duplicate_launches(self) -> None:
         """A slurmctld that came back from older state launches a job that already runs a second
         time; slurmd refuses ("Job N already running, do not launch second copy"), and slurmctld
-        requeues the job held (``launch failed requeued held``) beside draining the node. Only an
-        admin releases it: the node agent releases only the jobs whose prolog it saw fail for want
-        of the database, within seconds of its return. The run does the admin's part for a job held
-        so for ADMIN_DELAY_S, so that the agent's own releases are not done for it, and counts it."""
+        requeues the job held (``launch failed requeued held``) beside draining the node; in that
+        fallout it has also left jobs held as if by their user (``JobHeldUser``), which no user of
+        the run does and no slurm-vgpu component does either (its requeues read "job requeued in
+        held state" until released). Only an admin releases them: the node agent releases only the
+        jobs whose prolog it saw fail for want of the database, within seconds of its return. The
+        run does the admin's part for a job held so for ADMIN_DELAY_S, so that the agent's own
+        releases are not done for it, and counts it."""
         out = self.slurm("squeue", "--noheader", "--states=PENDING", "--format=%i|%r").stdout
         held = {int(i) for i, _, r in (line.partition("|") for line in out.splitlines())
-                if r.strip() == LAUNCH_FAILED_HELD and i.strip().isdigit()}
+                if r.strip() in SLURM_HOLDS and i.strip().isdigit()}
         now = time.monotonic()
         for job_id in held:
             since = self.held_since.setdefault(job_id, now)
@@ -402,7 +405,8 @@ class Chaos:
 
 
 FORGOTTEN_RELEASE_S = 60.0  # how long the judge gives slurm-vgpu to release the placement of a job Slurm forgot
-LAUNCH_FAILED_HELD = "launch failed requeued held"  # Slurm's reason for a job it held after a failed launch
+# Slurm's reasons for a job it held after a failed launch, or after duplicate job ids
+SLURM_HOLDS = ("launch failed requeued held", "JobHeldUser")
 ADMIN_DELAY_S = 120.0  # how long a held job waits for the node agent before the run releases it as an admin
 SACCT_SEPARATOR = "^^"  # between sacct's fields: an AdminComment may hold "|"
 
