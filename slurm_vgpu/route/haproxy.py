@@ -60,10 +60,11 @@ def _named(kind: str, name: str) -> str:
     return name
 
 
-def batch_backend(service: str, batch: int) -> str:
-    """The backend of requests of ``batch`` (request-aware routing): the service's own for the
-    smallest batch profiled, ``<service>-b<batch>`` for each larger one."""
-    return f"{service}-b{batch}"
+def batch_backends(service: str, batches: Sequence[int]) -> dict[int, str]:
+    """The backend of each profiled batch size (request-aware routing), ascending: the service's
+    own for the smallest, ``<service>-b<batch>`` for each larger one."""
+    sizes = sorted(set(batches))
+    return {b: service if b == sizes[0] else _named("backend", f"{service}-b{b}") for b in sizes}
 
 
 def config(service: str, listen: Endpoint, admin_socket: Path, batches: Sequence[int] = ()) -> str:
@@ -75,14 +76,13 @@ def config(service: str, listen: Endpoint, admin_socket: Path, batches: Sequence
     by their throughput at that batch; a request that states none, or the smallest batch, goes to
     the service's own backend."""
     _named("service", service)
-    sizes = sorted(set(batches))
-    for b in sizes[1:]:
-        _named("backend", batch_backend(service, b))
+    named = batch_backends(service, batches)
+    sizes = list(named)
     rules = "".join(
-        f"    use_backend {batch_backend(service, b)} if {{ req.hdr_val({BATCH_HEADER}) gt {below} }}"
+        f"    use_backend {named[b]} if {{ req.hdr_val({BATCH_HEADER}) gt {below} }}"
         + (f" {{ req.hdr_val({BATCH_HEADER}) le {b} }}\n" if b != sizes[-1] else "\n")
         for below, b in zip(sizes, sizes[1:]))
-    backends = "".join(f"\nbackend {batch_backend(service, b)}\n    balance leastconn\n" for b in sizes[1:])
+    backends = "".join(f"\nbackend {named[b]}\n    balance leastconn\n" for b in sizes[1:])
     return f"""\
 # slurm-vgpu serve: {service}. Servers are added through the admin socket as replicas run.
 global

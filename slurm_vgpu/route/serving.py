@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..adapters.gpus import GpuRecord
 from ..adapters.slurm import ENDED_STATES, Job, Slurm, SlurmError, pinned_gres
-from .haproxy import Endpoint, HAProxyError, Load, Runtime, Server, batch_backend, check_config, config, sync
+from .haproxy import Endpoint, HAProxyError, Load, Runtime, Server, batch_backends, check_config, config, sync
 from ..slo import UTILISATION_CEILING
 from .service import MOST_REPLICAS, Service
 from .weights import MeasuredRates, replica_rates
@@ -105,11 +105,6 @@ def replica_names(service: Service) -> list[str]:
     return [f"{service.name}-{i}" for i in range(service.replicas)]
 
 
-def backend_of(service: str, batch: int, smallest: int) -> str:
-    """The HAProxy backend of requests of ``batch``: the service's own for the smallest profiled."""
-    return service if batch == smallest else batch_backend(service, batch)
-
-
 def sized(service: Service, profiled: Profiled) -> Service:
     """The service with its number of replicas: as written, or (``Rate=``) the fewest that carry
     the rate at :data:`UTILISATION_CEILING` of their profiled throughput at its share (at the
@@ -180,8 +175,8 @@ def start(service: Service, directory: Path, slurm: Slurm, profiled: Profiled = 
         router = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdin=subprocess.DEVNULL, stdout=router_log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     deployment = Deployment(service.name, str(directory), service.listen, service.share, {}, {}, router.pid,
-                            profiled={backend_of(service.name, b, min(profiled)): dict(rates)
-                                      for b, rates in profiled.items()})
+                            profiled={backend: dict(profiled[b])
+                                      for b, backend in batch_backends(service.name, list(profiled)).items()})
     try:
         _wait_for_socket(router, admin, directory)
         for index, replica in enumerate(replica_names(service)):
@@ -389,7 +384,7 @@ def status(deployment: Deployment, slurm: Slurm) -> list[dict]:
                         "node": job.nodes if job else "", "gpu": pinned[0][0] if pinned else "",
                         "port": deployment.ports[name],
                         "weight": server.weight if server else 0, "pool": pool,
-                        "weight_by_backend": {b: pool_[name].weight for b, pool_ in pools.items() if name in pool_},
+                        "weight_by_backend": {b: in_b[name].weight for b, in_b in pools.items() if name in in_b},
                         "restarts": len(deployment.restarts.get(name, [])),
                         "command_log": str(deployment.log_of(name))})
     return records

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_vgpu.route.haproxy import (BATCH_HEADER, Endpoint, HAProxyError, Load, Runtime, batch_backend,
+from slurm_vgpu.route.haproxy import (BATCH_HEADER, Endpoint, HAProxyError, Load, Runtime, batch_backends,
                                       check_config, config, sync)
 from slurm_vgpu.route.serving import Meter
 from slurm_vgpu.route.weights import MeasuredRates
@@ -216,8 +216,9 @@ def test_a_request_stating_its_batch_size_goes_by_that_batch_s_weights(batched_p
     small, large = Replica("small", hold=True), Replica("large", hold=True)
     endpoints = {"small": small.endpoint, "large": large.endpoint}
     # a GPU that serves single requests fast but large batches slowly, and one the other way round
-    for backend, weights in ((SERVICE, {"small": 3, "large": 1}), (batch_backend(SERVICE, 8), {"small": 1, "large": 1}),
-                             (batch_backend(SERVICE, 32), {"small": 1, "large": 3})):
+    backend_of = batch_backends(SERVICE, (1, 8, 32))
+    for backend, weights in ((backend_of[1], {"small": 3, "large": 1}), (backend_of[8], {"small": 1, "large": 1}),
+                             (backend_of[32], {"small": 1, "large": 3})):
         sync(runtime, backend, endpoints, weights)
         until(lambda: all(s.up for s in runtime.servers(backend).values()), timeout=5)
     assert split_of_eight(listen, small, large) == (6, 2)  # no batch stated: the smallest's backend
