@@ -53,10 +53,11 @@ ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
 
 @dataclass(frozen=True)
 class Submission:
-    job_id: int
+    job_id: int  # 0 where sbatch said it failed (slurmctld may still have made the job)
+    name: str  # the job's name, unique to this submission: a job id may be given out twice
     options: str
     share: int  # the slice asked for, which the job's output must name
-    out: Path  # the job's output file
+    out: Path  # the job's output file, its own too
 
 
 @dataclass
@@ -65,6 +66,9 @@ class Report:
     completed_with_slice: int = 0
     ended_with_reason: int = 0
     ran_without_slice: list[int] = field(default_factory=list)
+    ran_without_slice_why: list[str] = field(default_factory=list)  # its name, share asked, what it printed
+    # sbatch said it failed (slurmctld killed before it answered), yet the job was made: judged as any
+    made_though_refused: int = 0
     # Slurm knows it no more, and slurm-vgpu still holds a slice for it: a placement left behind
     lost: list[int] = field(default_factory=list)
     # Slurm forgot it (a slurmctld back from older state) and slurm-vgpu let go of it too
@@ -89,7 +93,8 @@ class Report:
 
     def lines(self) -> list[str]:
         return [
-            f"jobs {self.jobs}: {self.completed_with_slice} completed with their slice, "
+            f"jobs {self.jobs} ({self.made_though_refused} made though sbatch said it failed): "
+            f"{self.completed_with_slice} completed with their slice, "
             f"{self.ended_with_reason} ended with a reason, {len(self.unfinished)} unfinished",
             f"faults: {', '.join(f'{k} x{v}' for k, v in sorted(self.faults.items())) or 'none'}; then, as an "
             f"admin would, {self.admin_resumes} node(s) resumed that Slurm drained for a duplicate job id, "
@@ -98,6 +103,7 @@ class Report:
             f"samples {self.samples}: {len(self.over_100)} over 100, {len(self.user_mixes)} user mixes "
             "(Slurm, slice files, and the Postgres replay)",
             f"ran without their slice: {len(self.ran_without_slice)} {self.ran_without_slice[:10]}",
+            *(f"ran without its slice: {why}" for why in self.ran_without_slice_why[:10]),
             f"lost with a slice still held: {len(self.lost)} {self.lost[:10]}; forgotten by slurmctld: "
             f"{len(self.lost_by_slurmctld)} {self.lost_by_slurmctld[:10]}; ran to their end with their slice, "
             f"then rolled back by a restarted slurmctld: {len(self.rolled_back)} {self.rolled_back[:10]}",
@@ -122,7 +128,7 @@ class Chaos:
         self.out.mkdir(exist_ok=True)
         self.out.chmod(0o1777)
         self.held_since: dict[int, float] = {}  # job id -> when the run first saw Slurm hold it after a launch
-        self.submitted: list[Submission] = []  # in submit order; a forgetful slurmctld gives ids out again
+        self.submitted: list[Submission] = []  # every sbatch, in order; a forgetful slurmctld gives ids out again
 
     # --- Slurm, as root or as a user ---------------------------------------------------------------
 
@@ -133,20 +139,25 @@ class Chaos:
         return subprocess.run(argv, env=env, capture_output=True, text=True, check=check, cwd="/tmp", timeout=60)
 
     def submit(self, count: int, spread_s: float) -> None:
-        for _ in range(count):
+        """``count`` jobs that sbatch accepted; each try has its own name and output file, a refused
+        one too: slurmctld may have made the job and been killed before it answered."""
+        accepted = 0
+        while accepted < count:
             if self.stop.is_set():
                 return
             share, klass = self.rng.choice(SHARES), self.rng.choice(SLO_CLASSES)
             model = self.rng.choice(["", "", "h100:", "a100:", "t4:"])
             options = [f"--gres=vgpu:{model}{share}", f"--vgpu-class={klass}"]
             script = SCRIPT.replace("{sleep}", str(self.rng.choice([0, 1, 2, 3])))
+            name = f"chaos-{len(self.submitted)}"
             out = self.out / f"{len(self.submitted)}.out"  # not %j: a reused id is another user's file
             # appended to: a relaunch by a slurmctld that rolled back does not wipe what the first run said
-            result = self.slurm("sbatch", "--parsable", f"--output={out}", "--open-mode=append", *options,
-                                "--wrap", script,
-                                user=self.rng.choice(self.users))
-            if result.returncode == 0:
-                self.submitted.append(Submission(int(result.stdout.strip().split(";")[0]), " ".join(options), share, out))
+            result = self.slurm("sbatch", "--parsable", f"--job-name={name}", f"--output={out}",
+                                "--open-mode=append", *options, "--wrap", script, user=self.rng.choice(self.users))
+            job_id = int(result.stdout.strip().split(";")[0]) if result.returncode == 0 else 0
+            self.submitted.append(Submission(job_id, name, " ".join(options), share, out))
+            if job_id:
+                accepted += 1
             else:  # slurmctld down this moment: a user would try again
                 time.sleep(0.5)
             time.sleep(self.rng.uniform(0, 2 * spread_s))
@@ -317,31 +328,33 @@ class Chaos:
                 self.report.admin_releases += 1
                 del self.held_since[job_id]
 
-    def slurm_jobs(self) -> dict[int, dict]:
+    def slurm_jobs(self) -> dict[str, dict]:
+        """What slurmctld knows of the run's jobs, by name: a job id it gave out twice names two jobs."""
         result = self.slurm("squeue", "--json", "--states=all")  # 23.02+ drop ended jobs without it
         if result.returncode != 0:
             return {}
-        ids = {s.job_id for s in self.submitted}
-        return {j["job_id"]: j for j in json.loads(result.stdout)["jobs"] if j["job_id"] in ids}
+        names = {s.name for s in self.submitted}
+        return {j["name"]: j for j in json.loads(result.stdout)["jobs"] if j["name"] in names}
 
-    def accounted(self, ids) -> dict[int, dict]:
-        """Slurm's accounting record of the jobs of ``ids`` that ended, in ``squeue --json``'s keys:
+    def accounted(self, names) -> dict[str, dict]:
+        """Slurm's accounting record of the jobs of ``names`` that ended, in ``squeue --json``'s keys:
         slurmctld forgets an ended job MinJobAge after its end (15 minutes in the dev cluster), which a
         long run outlives, and its accounting keeps it. A job accounted as not ended is left out: only
         slurmctld can say it still waits or runs."""
-        if not ids:
+        if not names:
             return {}
         result = self.slurm("sacct", "-X", "-n", "-P", f"--delimiter={SACCT_SEPARATOR}", "-a",
-                            "-j", ",".join(map(str, sorted(ids))), "-o", "JobIDRaw,State,NodeList,AdminComment")
+                            f"--name={','.join(sorted(names))}", "-S", "now-1days",
+                            "-o", "JobIDRaw,JobName,State,NodeList,AdminComment")
         found = {}
-        for line in result.stdout.splitlines():  # oldest first: a reused id's last record wins
+        for line in result.stdout.splitlines():  # oldest first: a requeued job's last record wins
             fields = line.split(SACCT_SEPARATOR)
-            if len(fields) != 4 or not fields[0].isdigit():
+            if len(fields) != 5 or not fields[0].isdigit() or fields[1] not in names:
                 continue
-            job_id, state, nodes, comment = fields
-            found[int(job_id)] = {"job_id": int(job_id), "job_state": state.split()[0], "state_reason": "",
-                                  "nodes": nodes, "admin_comment": comment}
-        return {job_id: job for job_id, job in found.items() if _state(job) in ENDED}
+            job_id, name, state, nodes, comment = fields
+            found[name] = {"job_id": int(job_id), "name": name, "job_state": state.split()[0], "state_reason": "",
+                           "nodes": nodes, "admin_comment": comment}
+        return {name: job for name, job in found.items() if _state(job) in ENDED}
 
     def placements(self) -> list:
         with self.engine.connect() as conn:
@@ -361,27 +374,38 @@ class Chaos:
             time.sleep(2)
 
     def judge(self) -> None:
+        """Each job by its name, never by its id alone: a slurmctld back from older state gives a
+        forgotten job's id to the next submission."""
         devcluster._wait_ctld(self.cluster, 60)
         known = self.slurm_jobs()
-        known.update(self.accounted({s.job_id for s in self.submitted} - set(known)))
+        known.update(self.accounted({s.name for s in self.submitted} - set(known)))
+        live_ids = {job["job_id"] for job in known.values() if _state(job) not in ENDED}
         rows = self.placements()
         deadline = time.monotonic() + FORGOTTEN_RELEASE_S
-        while {r.job_id for r in rows if r.live} - set(known) and time.monotonic() < deadline:
+        while {r.job_id for r in rows if r.live} - live_ids and time.monotonic() < deadline:
             time.sleep(2)  # a placement of a job Slurm forgot is released by a cycle or the agent
             rows = self.placements()
-        held = {r.job_id for r in rows if r.live}
-        self.report.jobs = len(self.submitted)
-        latest = {s.job_id: s for s in self.submitted}  # Slurm's record of an id is its last submission's
+        self.count(known, {r.job_id for r in rows if r.live} - live_ids)
+        self.report.over_100 += [f"Postgres: {v}" for v in replay(rows, "over")]
+        self.report.user_mixes += [f"Postgres: {v}" for v in replay(rows, "users")]
+
+    def count(self, known: dict[str, dict], held: set[int]) -> None:
+        """Each submission into the report, from Slurm's record of it by name (``known``), what its
+        output printed, and the job ids of the placements still held though Slurm runs no such job."""
         for submission in self.submitted:
-            job_id, out = submission.job_id, submission.out
+            job, out = known.get(submission.name), submission.out
+            if not submission.job_id and job is None:
+                continue  # refused, and slurmctld has no such job: never made
+            self.report.jobs += 1
+            self.report.made_though_refused += not submission.job_id
+            job_id = job["job_id"] if job else submission.job_id
             printed = out.read_text() if out.exists() else ""
             ran_whole = DONE in printed and re.search(r"share=\d+ ", printed) is not None
-            if latest[job_id] is not submission:  # forgotten, its id given out again
-                (self.report.rolled_back if ran_whole else self.report.lost_by_slurmctld).append(job_id)
-                continue
-            job = known.get(job_id)
-            if job is None:
-                (self.report.lost if job_id in held else self.report.lost_by_slurmctld).append(job_id)
+            if job is None:  # forgotten (its id maybe given out again)
+                if job_id in held:
+                    self.report.lost.append(job_id)
+                else:
+                    (self.report.rolled_back if ran_whole else self.report.lost_by_slurmctld).append(job_id)
                 continue
             state, comment = _state(job), job.get("admin_comment") or ""
             why = f"{job_id} {state} {job.get('state_reason', '')} {job.get('nodes') or ''} {comment}".strip()
@@ -395,13 +419,13 @@ class Chaos:
                     self.report.completed_with_slice += 1
                 else:
                     self.report.ran_without_slice.append(job_id)
+                    self.report.ran_without_slice_why.append(
+                        f"{job_id} {submission.name} asked {submission.options}, printed {printed.strip()[-200:]!r}")
             elif "wait=" in comment or "agent=" in comment or state in ("NODE_FAIL", "CANCELLED"):
                 self.report.ended_with_reason += 1
             else:  # ended with no reason a user can read
                 self.report.unfinished.append(job_id)
                 self.report.unfinished_why.append(why)
-        self.report.over_100 += [f"Postgres: {v}" for v in replay(rows, "over")]
-        self.report.user_mixes += [f"Postgres: {v}" for v in replay(rows, "users")]
 
 
 FORGOTTEN_RELEASE_S = 60.0  # how long the judge gives slurm-vgpu to release the placement of a job Slurm forgot

@@ -186,7 +186,24 @@ class Slurm:
     def vgpu_jobs(self) -> list[Job]:
         return [j for j in self.jobs() if j.request is not None]
 
-    def pin(self, job_id: int | str, gres_types: Sequence[str], share: int, node: str, request: VgpuRequest) -> None:
+    def same_job(self, job: Job) -> None:
+        """Raise SlurmError unless ``job``'s id still names that job (same submit time) in
+        slurmctld. Every update below writes the job's whole AdminComment, where its request lives:
+        a slurmctld back from older state gives a forgotten job's id to the next submission, and an
+        update meant for the first, read a moment before, would give the second the first's
+        request (seen in a chaos run: a 30% job pinned and run at the 40% of the job it replaced)."""
+        out = self._run("squeue", "--noheader", f"--jobs={job.ref}", "--states=all", "--format=%V",
+                        env={"SLURM_TIME_FORMAT": "%s"}).split()
+        if out[:1] != [str(job.submit_time)]:
+            raise SlurmError(f"job {job.ref} is not the job read a moment ago (submitted at {job.submit_time}, "
+                             f"now {out[0] if out else 'unknown'}): slurmctld gave its id to another job, or requeued it")
+
+    def _update(self, job: Job, *fields: str) -> None:
+        """One ``scontrol update`` of this job, once :meth:`same_job` holds."""
+        self.same_job(job)
+        self._run("scontrol", "update", f"JobId={job.ref}", *fields)
+
+    def pin(self, job: Job, gres_types: Sequence[str], share: int, node: str, request: VgpuRequest) -> None:
         """Give a waiting job its typed per-GPU GRES (its slice's vgpu units on its one GPU, or each
         whole GPU as gres/gpu, whose device file Slurm then opens to it), its node and
         StartTime=now, in one update."""
@@ -195,16 +212,12 @@ class Slurm:
         else:
             (gres_type,) = gres_types
             gres = f"vgpu:{gres_type}:{share}"
-        self._run(
-            "scontrol", "update", f"JobId={job_id}", f"Gres={gres}",
-            f"NodeList={node}", "StartTime=now", f"AdminComment={request.comment()}",
-        )
+        self._update(job, f"Gres={gres}", f"NodeList={node}", "StartTime=now", f"AdminComment={request.comment()}")
 
-    def hold(self, job_id: int | str, request: VgpuRequest) -> None:
+    def hold(self, job: Job, request: VgpuRequest) -> None:
         """Put a pinned-but-not-started job back to unplaced: no vgpu GRES, no node, its begin
         time pushed ahead again (one update)."""
-        self._run("scontrol", "update", f"JobId={job_id}", "Gres=", "NodeList=", f"StartTime=now+{HOLD_DAYS}days",
-                  f"AdminComment={request.comment()}")
+        self._update(job, *_unplaced(request))
 
     def split_task(self, array_job_id: int, task_id: int, request: VgpuRequest) -> None:
         """Split one pending task of an array off into its own job record (a new job id, the array's
@@ -212,20 +225,22 @@ class Slurm:
         of ``JobId=<array>_<task>`` touches only that task."""
         self._run("scontrol", "update", f"JobId={array_job_id}_{task_id}", f"AdminComment={request.comment()}")
 
-    def set_comment(self, job_id: int | str, request: VgpuRequest) -> None:
-        self._run("scontrol", "update", f"JobId={job_id}", f"AdminComment={request.comment()}")
+    def set_comment(self, job: Job, request: VgpuRequest) -> None:
+        self._update(job, f"AdminComment={request.comment()}")
 
-    def cancel(self, job_id: int | str, request: VgpuRequest) -> None:
+    def cancel(self, job: Job, request: VgpuRequest) -> None:
         """End a job that can never run; its admin_comment says why (``scontrol show job``)."""
-        self.set_comment(job_id, request)
-        self._run("scancel", str(job_id))
+        self.set_comment(job, request)
+        self._run("scancel", str(job.ref))
 
-    def requeue(self, job_id: int | str, request: VgpuRequest) -> None:
+    def requeue(self, job: Job, request: VgpuRequest) -> None:
         """Requeue a running job unplaced; the placement will find it a new GPU. Held across the
         update so it cannot start again on the old pin, then released to its begin-time hold."""
-        self._run("scontrol", "requeuehold", str(job_id))
-        self.hold(job_id, request)
-        self._run("scontrol", "release", str(job_id))
+        self.same_job(job)
+        self._run("scontrol", "requeuehold", str(job.ref))
+        # the requeue gave it a new submit time: the hold and release are of the job just requeued
+        self._run("scontrol", "update", f"JobId={job.ref}", *_unplaced(request))
+        self._run("scontrol", "release", str(job.ref))
 
     def send_back(self, job: Job, fallback: VgpuRequest, why: str) -> bool:
         """Hand a vgpu job back to the placement, held and unplaced, its AdminComment saying
@@ -235,12 +250,13 @@ class Slurm:
         if job.state not in ("PENDING", "RUNNING", "CONFIGURING", "SUSPENDED"):
             return False
         request = replace(job.request or fallback, state=UNPLACED, gpu=None, wait=f"requeued: {why}")
-        (self.hold if job.state == "PENDING" else self.requeue)(job.ref, request)
+        (self.hold if job.state == "PENDING" else self.requeue)(job, request)
         return True
 
-    def signal(self, job_id: int | str, name: str) -> None:
+    def signal(self, job: Job, name: str) -> None:
         """Send signal ``name`` (``TERM``) to every process of the job: its batch script and each step."""
-        self._run("scancel", "--full", f"--signal={name}", str(job_id))
+        self.same_job(job)
+        self._run("scancel", "--full", f"--signal={name}", str(job.ref))
 
     def preempt_mode(self) -> str:
         """slurm.conf's PreemptMode as slurmctld runs it (``OFF``, ``REQUEUE``, ``SUSPEND,GANG``, ...)."""
@@ -404,6 +420,11 @@ def tres_per_node(value: str | None) -> str:
     """``gres:vgpu:h100_0:30`` on every release: 23.11+ write TRES as ``gres/vgpu:h100_0:30``."""
     return ",".join(item.replace("gres/", "gres:", 1) if item.startswith("gres/") else item
                     for item in (value or "").split(",")) if value else ""
+
+
+def _unplaced(request: VgpuRequest) -> tuple[str, ...]:
+    """An update's fields that make a job unplaced: no vgpu GRES, no node, its begin time ahead."""
+    return ("Gres=", "NodeList=", f"StartTime=now+{HOLD_DAYS}days", f"AdminComment={request.comment()}")
 
 
 def pinned_gres(tres_per_node: str) -> list[tuple[str, int]]:

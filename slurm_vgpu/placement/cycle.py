@@ -585,7 +585,7 @@ def _pin(engine: sa.Engine, slurm: Slurm, job: Job, pin: Pin, report: CycleRepor
     words (the node is then left out for that job a while: :data:`REFUSAL_MEMORY`), and the job is told."""
     request = replace(job.request, state=PINNED, gpu=",".join(pin.gpu_uuids), wait=None)
     try:
-        slurm.pin(job.ref, pin.gres_types, pin.share, pin.node, request)
+        slurm.pin(job, pin.gres_types, pin.share, pin.node, request)
     except SlurmError as exc:
         why = f"{store.PIN_REFUSED} on {pin.node}: {str(exc).splitlines()[0]}"
         log.warning("job %d: %s", pin.job_id, why)
@@ -608,7 +608,7 @@ def _pin(engine: sa.Engine, slurm: Slurm, job: Job, pin: Pin, report: CycleRepor
 
 def _unpin(slurm: Slurm, job: Job, report: CycleReport) -> None:
     try:
-        slurm.hold(job.ref, replace(job.request, state=UNPLACED, gpu=None, wait="placing again"))
+        slurm.hold(job, replace(job.request, state=UNPLACED, gpu=None, wait="placing again"))
         report.unpinned.append(job.job_id)
     except SlurmError as exc:
         log.warning("job %d: could not take its pin back: %s", job.job_id, exc)
@@ -620,12 +620,12 @@ def _tell_waiting(engine, slurm: Slurm, job: Job, reason: str, never: bool, repo
     never run."""
     try:
         if never:
-            slurm.cancel(job.ref, replace(job.request, state=FAILED, wait=reason))
+            slurm.cancel(job, replace(job.request, state=FAILED, wait=reason))
             report.cancelled[job.job_id] = reason
             with session_scope(engine) as session:
                 store.log_event(session, "cancelled", reason, job_id=job.job_id)
         elif notes.due(job.job_id, job.request.wait, reason.replace('"', "'"), time.monotonic()):
-            slurm.set_comment(job.ref, replace(job.request, wait=reason))  # reads back with ' for "
+            slurm.set_comment(job, replace(job.request, wait=reason))  # reads back with ' for "
             notes.written(job.job_id, time.monotonic())
             report.waiting[job.job_id] = reason
     except SlurmError as exc:

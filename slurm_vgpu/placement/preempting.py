@@ -131,8 +131,8 @@ def _signal(engine, slurm: Slurm, jobs: Mapping[int, Job], chosen: Preemption, c
     for victim in chosen.victims:
         job = jobs[int(victim)]
         try:
-            slurm.set_comment(job.ref, replace(job.request, wait=why))
-            slurm.signal(job.ref, "TERM")
+            slurm.set_comment(job, replace(job.request, wait=why))
+            slurm.signal(job, "TERM")
         except SlurmError as exc:
             log.warning("job %s: could not signal it for its preemption: %s", victim, exc)
     with session_scope(engine) as session:

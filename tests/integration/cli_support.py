@@ -79,7 +79,8 @@ def cli(clean_db, database_url, tmp_path) -> Cli:
 
 @dataclass
 class FakeSlurm:
-    """``squeue --json`` answers from ``jobs``, ``sinfo`` from ``nodes`` (the inventory's nodes,
+    """``squeue --json`` answers from ``jobs`` (and ``squeue --format=%V`` with their submit time),
+    ``sinfo`` from ``nodes`` (the inventory's nodes,
     idle in partition debug, their CPUs and memory unknown, unless set); every
     ``scontrol``/``scancel`` call is logged (and answered with nothing: no reservations)."""
 
@@ -105,7 +106,11 @@ def fake_slurm(tmp_path, monkeypatch) -> FakeSlurm:
     bin_dir.mkdir()
     log = tmp_path / "slurm-calls.jsonl"
     scripts = {
-        "squeue": f'#!/bin/sh\ncat "{bin_dir}/squeue.json"\n',
+        # --format=%V: the submit time of the job --jobs names (the adapter's same_job), else the JSON
+        "squeue": (f'#!/usr/bin/env python3\nimport json, sys\ntext = open("{bin_dir}/squeue.json").read()\n'
+                   'ids = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--jobs=")]\n'
+                   'if "--format=%V" not in sys.argv: print(text)\n'
+                   'else: print(*(j["submit_time"] for j in json.loads(text)["jobs"] if str(j["job_id"]) in ids))\n'),
         "sinfo": f'#!/bin/sh\ncat "{bin_dir}/sinfo.txt"\n',
         "scontrol": f'#!/usr/bin/env python3\nimport json, sys\nopen("{log}", "a").write(json.dumps(sys.argv) + "\\n")\n',
     }

@@ -35,8 +35,8 @@ class RecordingSlurm:
     def reservations(self):
         return []
 
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: self.calls.append((name, args))
+    def __getattr__(self, name):  # a job is recorded by its ref, as Slurm's commands name it
+        return lambda *args, **kwargs: self.calls.append((name, tuple(a.ref if isinstance(a, Job) else a for a in args)))
 
 
 def job_pinned_by_slurm(pin_reached: bool) -> Job:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from slurm_vgpu.adapters.slurm import Node, Slurm, _job, array_task_ids, node_room, parse_request
+import pytest
+
+from slurm_vgpu.adapters.slurm import Node, Slurm, SlurmError, _job, array_task_ids, node_room, parse_request
 from slurm_vgpu.adapters.slurm import pinned_gres
 from slurm_vgpu.placement.cycle import (array_splits, node_states, pins, unusable_nodes, waiting_on_slurm,
                                        waiting_requests)
@@ -122,11 +124,17 @@ def test_the_pinned_gres_reads_in_each_releases_spelling():
 
 
 class Recording(Slurm):
-    def __init__(self):
+    """Records the updates; slurmctld's submit time of every job is ``submitted`` (the jobs' own
+    unless a test says slurmctld gave the id to another job)."""
+
+    def __init__(self, submitted: int = NOW - 60):
         super().__init__()
         self.said = []
+        self.submitted = submitted
 
     def _run(self, *argv, env=None):
+        if argv[0] == "squeue":  # same_job's question
+            return f"{self.submitted}\n"
         self.said.append(argv)
         return ""
 
@@ -136,8 +144,8 @@ def test_a_whole_gpu_job_is_placed_as_a_whole_gpu_and_pinned_as_gres_gpu():
     (request,) = waiting_requests([job], set(), NOW).requests
     assert request.whole and request.gpus == 1 and request.share == 100 and request.models == frozenset({"a100"})
     slurm = Recording()
-    slurm.pin(5, ["a100_1"], 100, "a1", job.request)
-    slurm.pin(6, ["a100_0"], 30, "a1", squeue_job(6).request)
+    slurm.pin(job, ["a100_1"], 100, "a1", job.request)
+    slurm.pin(squeue_job(6), ["a100_0"], 30, "a1", squeue_job(6).request)
     assert [a[3] for a in slurm.said] == ["Gres=gpu:a100_1:1", "Gres=vgpu:a100_0:30"]
 
 
@@ -146,9 +154,22 @@ def test_a_job_of_several_whole_gpus_is_placed_as_one_request_and_pinned_in_one_
     (request,) = waiting_requests([job], set(), NOW).requests
     assert request.whole and request.gpus == 2
     slurm = Recording()
-    slurm.pin(5, ["a100_0", "a100_3"], 100, "a1", job.request)
+    slurm.pin(job, ["a100_0", "a100_3"], 100, "a1", job.request)
     (update,) = slurm.said
     assert update[3] == "Gres=gpu:a100_0:1,gpu:a100_3:1" and update[4] == "NodeList=a1"
+
+
+def test_no_update_reaches_a_job_that_took_the_id_of_the_job_read():
+    """A slurmctld back from older state gives a forgotten job's id to the next submission: an
+    update meant for the job read a moment before would give the new one its request."""
+    read = squeue_job(5, "vgpu-state=unplaced share=40 class=latency")
+    slurm = Recording(submitted=NOW - 5)  # id 5 now names a job submitted later
+    for update in (lambda: slurm.pin(read, ["a100_1"], 40, "a1", read.request),
+                   lambda: slurm.set_comment(read, read.request), lambda: slurm.hold(read, read.request),
+                   lambda: slurm.cancel(read, read.request), lambda: slurm.signal(read, "TERM")):
+        with pytest.raises(SlurmError, match="not the job read a moment ago"):
+            update()
+    assert slurm.said == []
 
 
 def test_a_jobs_placements_make_one_pin_with_every_gpu():
