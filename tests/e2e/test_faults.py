@@ -5,12 +5,16 @@ without an admin."""
 from __future__ import annotations
 
 import shutil
+import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from slurm_vgpu.adapters.slurm import Slurm, SlurmError
+from slurm_vgpu.contract import PINNED, UNPLACED
 from slurm_vgpu.db import engine as db
 from slurm_vgpu.mps import GpuMps
 from slurm_vgpu_dev import cluster as devcluster
@@ -104,14 +108,19 @@ def restart_ctld(cluster, state_from: Path | None = None) -> None:
     devcluster._wait_ctld(cluster, 60)
 
 
-def test_a_job_id_given_out_again_never_shares_a_slice(faulty, engine):
-    backup = faulty.dir / "ctld-state-copy"
-    pid = devcluster._read_state(faulty)["services"]["slurmctld"]["pid"]
-    devcluster._terminate(pid)
-    shutil.copytree(faulty.dir / "spool" / "ctld", backup)
-    devcluster.restart(faulty, "slurmctld")
-    devcluster._wait_ctld(faulty, 60)
+def saved_ctld_state(cluster, name: str) -> Path:
+    """A copy of slurmctld's state as it is now (stopped, so that it saves it, and started again),
+    for :func:`restart_ctld` to bring it back later."""
+    backup = cluster.dir / name
+    devcluster._terminate(devcluster._read_state(cluster)["services"]["slurmctld"]["pid"])
+    shutil.copytree(cluster.dir / "spool" / "ctld", backup)
+    devcluster.restart(cluster, "slurmctld")
+    devcluster._wait_ctld(cluster, 60)
+    return backup
 
+
+def test_a_job_id_given_out_again_never_shares_a_slice(faulty, engine):
+    backup = saved_ctld_state(faulty, "ctld-state-copy")
     first = submit(faulty, "--gres=vgpu:t4:60", script="sleep 15", user=USER)
     wait_for(faulty, [first], states={"RUNNING"})
     restart_ctld(faulty, state_from=backup)  # slurmctld forgets the job; its node still runs it
@@ -141,6 +150,33 @@ def test_a_job_id_given_out_again_never_shares_a_slice(faulty, engine):
             else:
                 live.pop(r.id, None)
     wait_until("the first job's slice released", lambda: _all_ended(engine, first), timeout=120)
+
+
+def test_an_update_meant_for_a_forgotten_job_never_reaches_the_job_given_its_id(faulty):
+    """A placement cycle reads a job; slurmctld comes back from older state and gives that job's id
+    to the next submission; the cycle's update, meant for the first, must not give the second the
+    first's request (the AdminComment it rewrites)."""
+    backup = saved_ctld_state(faulty, "ctld-state-before-forgotten")
+    adapter = Slurm(faulty.slurm_conf)
+    adapter.env.update(faulty.env())
+    first = submit(faulty, "--hold", "--gres=vgpu:t4:40", "--vgpu-class=latency", user=USER)
+    (read,) = [j for j in adapter.vgpu_jobs() if j.job_id == first]
+    restart_ctld(faulty, state_from=backup)  # slurmctld forgets the first job
+    # submit times count whole seconds, and 26.05 restarts within the first job's second
+    time.sleep(max(0.0, read.submit_time + 1 - time.time()))
+    second = submit(faulty, "--hold", "--gres=vgpu:t4:30", "--vgpu-class=throughput", user=OTHER)
+    assert second == first, "slurmctld gave the id out again"
+    try:
+        with pytest.raises(SlurmError, match="not the job read a moment ago"):
+            adapter.set_comment(read, replace(read.request, wait="placing"))
+        with pytest.raises(SlurmError, match="not the job read a moment ago"):
+            adapter.pin(read, ["t4_0"], 40, "solo", replace(read.request, state=PINNED))
+        (now,) = [j for j in adapter.vgpu_jobs() if j.job_id == second]
+        assert (now.request.share, now.request.slo_class, now.request.state) == (30, "throughput", UNPLACED), \
+            "the second job keeps its own request"
+        assert job(faulty, second)["NodeList"] == ""
+    finally:
+        slurm(faulty, "scancel", str(second))
 
 
 def _all_ended(engine, job_id: int) -> bool:
