@@ -32,6 +32,16 @@ def _policies(ctx: click.Context, param: click.Parameter, value: str) -> list[st
     return names
 
 
+def _variant(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, float] | None:
+    from ..sim.variants import VariantError, parse_variant  # no numpy
+    if value is None:
+        return None
+    try:
+        return parse_variant(value)
+    except VariantError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _class_priority(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, int] | None:
     """The ClassPriority grammar of slurm-vgpu.conf, read by the same parser."""
     if value is None:
@@ -59,6 +69,12 @@ def _class_priority(ctx: click.Context, param: click.Parameter, value: str | Non
               help="Zipf exponent of the tasks per user")
 @click.option("--arrival-max", type=click.FloatRange(min=0, min_open=True), default=1.3,
               show_default=True, help="inflate arrivals to this multiple of GPU capacity")
+@click.option("--variant", "variant_spec", callback=_variant, metavar="KIND:PERCENT",
+              help="replay a variant of the pod list, as the dataset's own: multigpu:50 (multi-GPU "
+              "tasks carry 50% of the GPU request), gpushare:N (% of GPU tasks sharing a GPU), cpu:N "
+              "(CPU-only tasks' CPU as % of the GPU tasks'), gpuspec:N (% of GPU tasks tied to one model)")
+@click.option("--variant-draw", type=click.IntRange(min=0), default=0, show_default=True,
+              help="with --variant: which random draw of the variant")
 @click.option("--time", "in_time", is_flag=True,
               help="replay creation and deletion times: tasks queue, run and leave; Slurm's own "
               "first-fit with backfill is the baseline")
@@ -77,7 +93,8 @@ def _class_priority(ctx: click.Context, param: click.Parameter, value: str | Non
               "to this PNG")
 @click.option("--json", "as_json", is_flag=True, help="print every figure per policy per seed as JSON")
 def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str], seeds: int,
-             users: int, user_skew: float, arrival_max: float, in_time: bool, time_scale: float,
+             users: int, user_skew: float, arrival_max: float,
+             variant_spec: tuple[str, float] | None, variant_draw: int, in_time: bool, time_scale: float,
              class_priority: dict[str, int] | None, preempt_grace: int | None, cluster_fraction: float,
              plot_path: Path | None, as_json: bool) -> None:
     """Replay a GPU trace through the placement policies and compare how full they pack the GPUs.
@@ -92,6 +109,8 @@ def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str
     """
     if not in_time and (time_scale != 1.0 or cluster_fraction != 1.0 or class_priority or preempt_grace is not None):
         raise click.UsageError("--time-scale, --cluster-fraction, --class-priority and --preempt-grace need --time")
+    if in_time and variant_spec is not None:
+        raise click.UsageError("--variant redraws tasks without their times: use it without --time")
     # Imported here: the simulator needs numpy (the `sim` extra), which a node or controller
     # install (pip install slurm-vgpu, the Ansible roles) does not have; every other command works.
     from ..sim.experiment import seeds_for, simulate as run_simulation
@@ -110,6 +129,12 @@ def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str
     if not cluster.gpus or not pods:
         raise click.UsageError(f"nothing to replay: {len(cluster.gpus)} GPUs in {nodes_path}, "
                                f"{len(pods)} tasks in {pods_path}")
+    if variant_spec is not None:
+        from ..sim.variants import VariantError, variant
+        try:
+            pods = variant(pods, *variant_spec, [g.model for g in cluster.gpus], variant_draw)
+        except VariantError as err:
+            raise click.UsageError(str(err)) from None
     if in_time:
         _simulate_in_time(cluster, pods, policies, seeds, users, user_skew, time_scale, cluster_fraction,
                           class_priority, preempt_grace, plot_path, as_json,
@@ -124,6 +149,8 @@ def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str
     if as_json:
         click.echo(json.dumps({
             "nodes": Path(nodes_path).name, "pods": Path(pods_path).name, "gpus": len(cluster.gpus),
+            "variant": None if variant_spec is None else {"kind": variant_spec[0], "percent": variant_spec[1],
+                                                          "draw": variant_draw},
             "tasks": len(pods), "users": users, "user_skew": user_skew,
             "arrival_max": arrival_max, "runs": [asdict(r) for r in runs],
             "summary": summary(runs),

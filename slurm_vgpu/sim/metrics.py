@@ -28,6 +28,7 @@ class Figures:
     unallocated_gpus: float  # idle GPU capacity at the end, in GPUs
     arrived: dict[str, int] = field(default_factory=dict)  # per SLO class
     failed: dict[str, int] = field(default_factory=dict)  # per SLO class
+    failed_gpus: float = 0.0  # GPU request of the tasks that failed, in GPUs
     seconds: float = 0.0
 
 
@@ -60,6 +61,7 @@ def figures(policy: str, seed: int, traj: Trajectory, pods: Sequence[Request],
         unallocated_gpus=round(idle_gpus, 2),
         arrived=dict(Counter(p.slo_class.value for p in pods)),
         failed=dict(Counter(p.slo_class.value for p in traj.failed)),
+        failed_gpus=round(sum(p.gpus * p.share for p in traj.failed) * gpu_count / traj.capacity, 2),
         seconds=round(seconds, 2),
     )
 
@@ -77,6 +79,7 @@ def summary(runs: Sequence[Figures]) -> dict[str, dict[str, float]]:
             "unallocated_gpus_mean": round(float(np.mean([r.unallocated_gpus for r in mine])), 2),
             "fragmentation_rate_mean": round(float(np.mean([r.fragmentation_rate for r in mine])), 4),
             "failed_mean": round(float(np.mean([sum(r.failed.values()) for r in mine])), 1),
+            "failed_gpus_mean": round(float(np.mean([r.failed_gpus for r in mine])), 2),
             "seconds": round(float(sum(r.seconds for r in mine)), 2),
         }
     return out

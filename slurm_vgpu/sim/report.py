@@ -23,6 +23,7 @@ def print_table(runs: Sequence[Figures], arrival_max: float, console: Console | 
     table.add_column("fragmentation %", justify="right")
     for cls in SloClass:
         table.add_column(f"failed {cls.value}", justify="right")
+    table.add_column("failed GPU request", justify="right")
     table.add_column("seconds", justify="right")
     sums = summary(runs)
     for policy, s in sums.items():
@@ -35,6 +36,7 @@ def print_table(runs: Sequence[Figures], arrival_max: float, console: Console | 
             f"{s['unallocated_gpus_mean']:.0f}",
             f"{s['fragmentation_rate_mean']:.1f}",
             *(f"{failed[c.value]:.0f}" for c in SloClass),
+            f"{s['failed_gpus_mean']:.1f}",
             f"{s['seconds']:.1f}",
         )
     (console or Console()).print(table)

@@ -161,6 +161,7 @@ def test_figures_of_a_hand_made_run(tmp_path):
     assert fig.unallocated_gpus == 0.4
     assert fig.fragmentation_rate == 100.0  # the 400 left fits neither typical request
     assert fig.failed == {"throughput": 1} and fig.arrived == {"throughput": 3}
+    assert fig.failed_gpus == 0.6  # c's 600 of a GPU's 1000
 
 
 def synthetic_trace(tmp_path: Path, seed: int, nodes: int = 24, pods: int = 260,
