@@ -130,9 +130,9 @@ def simulate(nodes_path: Path | None, pods_path: Path | None, policies: list[str
         raise click.UsageError(f"nothing to replay: {len(cluster.gpus)} GPUs in {nodes_path}, "
                                f"{len(pods)} tasks in {pods_path}")
     if variant_spec is not None:
-        from ..sim.variants import VariantError, variant
+        from ..sim.variants import VariantError, node_models, variant
         try:
-            pods = variant(pods, *variant_spec, [g.model for g in cluster.gpus], variant_draw)
+            pods = variant(pods, *variant_spec, node_models(cluster), variant_draw)
         except VariantError as err:
             raise click.UsageError(str(err)) from None
     if in_time:

@@ -29,6 +29,7 @@ class Figures:
     arrived: dict[str, int] = field(default_factory=dict)  # per SLO class
     failed: dict[str, int] = field(default_factory=dict)  # per SLO class
     failed_gpus: float = 0.0  # GPU request of the tasks that failed, in GPUs
+    failed_cpu_only: int = 0  # tasks without a GPU that failed (counted in ``failed`` too)
     seconds: float = 0.0
 
 
@@ -62,6 +63,7 @@ def figures(policy: str, seed: int, traj: Trajectory, pods: Sequence[Request],
         arrived=dict(Counter(p.slo_class.value for p in pods)),
         failed=dict(Counter(p.slo_class.value for p in traj.failed)),
         failed_gpus=round(sum(p.gpus * p.share for p in traj.failed) * gpu_count / traj.capacity, 2),
+        failed_cpu_only=sum(1 for p in traj.failed if not p.share),
         seconds=round(seconds, 2),
     )
 

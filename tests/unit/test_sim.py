@@ -161,7 +161,16 @@ def test_figures_of_a_hand_made_run(tmp_path):
     assert fig.unallocated_gpus == 0.4
     assert fig.fragmentation_rate == 100.0  # the 400 left fits neither typical request
     assert fig.failed == {"throughput": 1} and fig.arrived == {"throughput": 3}
-    assert fig.failed_gpus == 0.6  # c's 600 of a GPU's 1000
+    assert fig.failed_gpus == 0.6 and fig.failed_cpu_only == 0  # c: 600 of a GPU's 1000
+
+
+def test_failed_cpu_only_tasks_are_counted_apart_and_ask_no_gpu(tmp_path):
+    cluster = load_nodes(write(tmp_path / "n.csv", NODE_HEADER, ["x,8000,65536,2,T4"]))
+    pods = (request("gpu", 500, cpu=6000), request("cpu", 0, cpu=4000), request("big", 1000, cpu=4000))
+    traj = run(cluster, Arrivals(pods, 3, (0,)), PolicyConfig(policy="fgd"), [(p, 1.0) for p in pods])
+    fig = figures("fgd", 42, traj, pods, arrival_max=1.0, gpu_count=2)
+    assert sum(fig.failed.values()) == 2 and fig.failed_cpu_only == 1  # CPU ran out for both
+    assert fig.failed_gpus == 1.0  # only "big" asked for a GPU
 
 
 def synthetic_trace(tmp_path: Path, seed: int, nodes: int = 24, pods: int = 260,

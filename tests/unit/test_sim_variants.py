@@ -9,9 +9,10 @@ from click.testing import CliRunner
 
 from slurm_vgpu.cli.simulate import simulate as simulate_cmd
 from slurm_vgpu.policy.model import Request
-from slurm_vgpu.sim.variants import VariantError, parse_variant, variant
+from slurm_vgpu.sim.trace import load_nodes
+from slurm_vgpu.sim.variants import VariantError, node_models, parse_variant, variant
 
-MODELS = ["T4"] * 6 + ["A10"] * 2
+MODELS = ["T4"] * 6 + ["A10"] * 2  # one per node
 
 
 def pods() -> list[Request]:
@@ -58,7 +59,11 @@ def test_cpu_sets_cpu_only_tasks_cpu_against_the_gpu_tasks():
     assert 200 <= 100 * cpu_only / gpu < 230
 
 
-def test_gpuspec_ties_that_part_of_gpu_tasks_to_a_model_of_the_cluster():
+def test_gpuspec_ties_that_part_of_gpu_tasks_to_a_model_of_the_cluster(tmp_path):
+    nodes = tmp_path / "n.csv"
+    nodes.write_text("sn,cpu_milli,memory_mib,gpu,model\na,64000,262144,4,T4\nb,64000,262144,2,A10\n"
+                     "c,8000,65536,1,T4\n")
+    assert node_models(load_nodes(nodes)) == ["T4", "A10", "T4"]  # drawn per node, not per GPU
     v = variant(pods(), "gpuspec", 33, MODELS)
     tied = [p for p in v if p.models]
     assert len(tied) == round(90 * 0.33) and all(p.share for p in tied)
