@@ -404,7 +404,7 @@ class _Shapes:
         self.groups: dict[int, list[int]] = {}
         for rank, shape in enumerate(self.shapes):
             self.groups.setdefault(shape, []).append(rank)
-        self.memo: dict[int, dict[tuple, NodeChoice | None]] = {}
+        self.memo: dict[tuple, dict[int, NodeChoice | None]] = {}  # request shape -> shape -> choice
         self.room = sorted((self._room[shape][0], shape) for shape in self.groups)
         self.wholes = sorted((self._room[shape][1], shape) for shape in self.groups)
 
@@ -429,15 +429,13 @@ class _Shapes:
         state = self.state
         rshape = request_shape(ask.request)
         groups, choices = [], []
+        memo = self.memo.setdefault(rshape, {})
         for shape, ranks in self._candidates(ask):
-            per_shape = self.memo.get(shape)
-            if per_shape is None:
-                per_shape = self.memo[shape] = {}
             free = [r for r in ranks if r not in state.held] if state.held else ranks
             if free:
-                choice = per_shape.get(rshape, per_shape)
-                if choice is per_shape:
-                    choice = per_shape[rshape] = evaluate(state.views[free[0]], ask, state.ctx)
+                choice = memo.get(shape, memo)
+                if choice is memo:
+                    choice = memo[shape] = evaluate(state.views[free[0]], ask, state.ctx)
                 if choice is not None:
                     groups.append((choice.score, free))
                     choices.append(choice)
@@ -450,7 +448,8 @@ class _Shapes:
         ranks.pop(bisect.bisect_left(ranks, rank))
         if not ranks:
             del self.groups[old]
-            self.memo.pop(old, None)
+            for memo in self.memo.values():
+                memo.pop(old, None)
             del self.room[bisect.bisect_left(self.room, (self._room[old][0], old))]
             del self.wholes[bisect.bisect_left(self.wholes, (self._room[old][1], old))]
         view = self.state.views[rank]
