@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..policy.model import Request
+from .protocol import gpu_request
 from .replay import Trajectory
 
 
@@ -62,7 +63,7 @@ def figures(policy: str, seed: int, traj: Trajectory, pods: Sequence[Request],
         unallocated_gpus=round(idle_gpus, 2),
         arrived=dict(Counter(p.slo_class.value for p in pods)),
         failed=dict(Counter(p.slo_class.value for p in traj.failed)),
-        failed_gpus=round(sum(p.gpus * p.share for p in traj.failed) * gpu_count / traj.capacity, 2),
+        failed_gpus=round(sum(map(gpu_request, traj.failed)) * gpu_count / traj.capacity, 2),
         failed_cpu_only=sum(1 for p in traj.failed if not p.share),
         seconds=round(seconds, 2),
     )

@@ -25,11 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ..policy.model import Request
+from .protocol import gpu_request
 from .trace import Cluster
-
-
-def _gpu_request(p: Request) -> float:
-    return p.gpus * p.share
 
 
 def _is_gpu_task(p: Request) -> bool:
@@ -53,7 +50,7 @@ class Emphasis:
 
 
 EMPHASES: dict[str, Emphasis] = {
-    "multigpu": Emphasis(lambda p: p.gpus > 1, _is_gpu_task, _gpu_request),
+    "multigpu": Emphasis(lambda p: p.gpus > 1, _is_gpu_task, gpu_request),
     "gpushare": Emphasis(_is_shared, _is_gpu_task, lambda p: 1.0),
     "cpu": Emphasis(lambda p: not _is_gpu_task(p), lambda p: True, lambda p: p.cpu_milli,
                     per=lambda p: p.cpu_milli),
