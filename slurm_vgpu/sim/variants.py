@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from ..policy.model import Request
 from .protocol import gpu_request
-from .trace import Cluster
+from .trace import MILLI, Cluster
 
 
 def _is_gpu_task(p: Request) -> bool:
@@ -34,7 +34,7 @@ def _is_gpu_task(p: Request) -> bool:
 
 
 def _is_shared(p: Request) -> bool:
-    return p.gpus == 1 and 0 < p.share < 1000 and not p.whole
+    return p.gpus == 1 and 0 < p.share < MILLI and not p.whole
 
 
 @dataclass(frozen=True)
