@@ -14,7 +14,6 @@ it: the client then fails with CUDA's words, cudaErrorDevicesUnavailable.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -46,14 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         except ContextRefused as exc:
             print(f"fake_cuda: CUDA error: {exc}", file=sys.stderr)
             return 1
-    directory = args.usage_dir / gpu
-    directory.mkdir(parents=True, exist_ok=True)
-    report = directory / str(os.getpid())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    report = device.report_usage(gpu, os.getpid(), args.mib, args.util)
     try:
-        tmp = report.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"used_mib": args.mib, "sm_util": args.util}) + "\n")
-        tmp.replace(report)
         if args.ready:
             args.ready.write_text(f"{os.getpid()}\n")
         how = "MPS client" if mps else "own context"

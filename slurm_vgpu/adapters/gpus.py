@@ -98,16 +98,17 @@ class SimulatedInventory:
     """Reads a JSON inventory file: ``{"node": "...", "gpus": [GpuRecord fields..., "lost": true?]}``.
 
     Processes are what fake CUDA clients (``python -m slurm_vgpu_dev.fake_cuda``) report: one JSON
-    file per process, ``<usage dir>/<gpu uuid>/<pid>`` = ``{"used_mib": N, "sm_util": 0..1}``, where
-    the usage directory sits beside the inventory file (``node1.json`` -> ``node1.usage``).
+    file per process, ``<usage dir>/<gpu uuid>/<pid>`` = ``{"used_mib": N, "sm_util": 0..1,
+    "started": its start time}``, where the usage directory sits beside the inventory file
+    (``node1.json`` -> ``node1.usage``).
 
     This models a GPU's compute mode and contexts too. The mode is one small file per GPU,
     ``<modes dir>/<gpu uuid>`` (``node1.modes``, root's, 0755; the file 0644, replaced whole): a
     file per GPU, so prologs on different GPUs never write the same file, and two on one GPU are
     serialised by that GPU's lock. No file: DEFAULT, as a GPU after boot. A context is held by a
-    process recorded in ``<contexts dir>/<gpu uuid>/<pid>`` while it lives (``node1.contexts``: a
-    fake CUDA client outside MPS records its own, the fake MPS daemon its servers'); under
-    EXCLUSIVE_PROCESS the GPU gives no second process one.
+    process recorded in ``<contexts dir>/<gpu uuid>/<pid>`` (its start time) while it lives
+    (``node1.contexts``: a fake CUDA client outside MPS records its own, the fake MPS daemon its
+    servers'); under EXCLUSIVE_PROCESS the GPU gives no second process one.
     """
 
     def __init__(self, path: Path | str):
@@ -148,16 +149,28 @@ class SimulatedInventory:
         path.write_text(json.dumps({"node": node, "gpus": [asdict(g) for g in gpus]}, indent=2) + "\n")
 
     def processes(self, uuid: str) -> list[GpuProcess]:
-        """Live reporting clients; a file left by a client that died without cleaning up is ignored."""
+        """Live reporting clients; a file left by a client that died without cleaning up is ignored,
+        also once its PID is given to another process."""
         found = []
         for path in sorted((self.usage_dir / uuid).glob("[0-9]*")):
             try:
                 doc = json.loads(path.read_text())
-                os.kill(int(path.name), 0)
             except (OSError, ValueError):
                 continue
-            found.append(GpuProcess(int(path.name), int(doc["used_mib"]), float(doc.get("sm_util", 0.0))))
+            if _alive(int(path.name), doc.get("started")):
+                found.append(GpuProcess(int(path.name), int(doc["used_mib"]), float(doc.get("sm_util", 0.0))))
         return found
+
+    def report_usage(self, uuid: str, pid: int, used_mib: int, sm_util: float) -> Path:
+        """Record process ``pid``'s use of the GPU, as NVML would list it (a fake CUDA client's own
+        report); returns the record, which the process removes when it ends."""
+        directory = self.usage_dir / uuid
+        directory.mkdir(parents=True, exist_ok=True)
+        report = directory / str(pid)
+        tmp = report.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"used_mib": used_mib, "sm_util": sm_util, "started": _start_time(pid)}) + "\n")
+        tmp.replace(report)
+        return report
 
     def utilization(self, uuid: str) -> float | None:
         return min(1.0, sum(p.sm_util or 0.0 for p in self.processes(uuid)))
@@ -196,7 +209,7 @@ class SimulatedInventory:
             if self.compute_mode(uuid) is ComputeMode.EXCLUSIVE_PROCESS and holders:
                 raise ContextRefused("all CUDA-capable devices are busy or unavailable (cudaErrorDevicesUnavailable): "
                                      f"{uuid} is EXCLUSIVE_PROCESS and process {holders[0]} holds its context")
-            (directory / str(pid)).touch()
+            (directory / str(pid)).write_text(f"{_start_time(pid)}\n")
         finally:
             os.close(handle)
 
@@ -205,7 +218,15 @@ class SimulatedInventory:
 
     def context_holders(self, uuid: str) -> list[int]:
         """Live processes holding a context on the GPU (a record left by a dead one is ignored)."""
-        return [int(path.name) for path in sorted((self.contexts_dir / uuid).glob("[0-9]*")) if _alive(int(path.name))]
+        holders = []
+        for path in sorted((self.contexts_dir / uuid).glob("[0-9]*")):
+            try:
+                started = path.read_text().strip()
+            except FileNotFoundError:
+                continue
+            if _alive(int(path.name), started):
+                holders.append(int(path.name))
+        return holders
 
 
 class NvmlInventory:
@@ -296,13 +317,22 @@ def _nvml() -> Iterator:
         pynvml.nvmlShutdown()
 
 
-def _alive(pid: int) -> bool:
-    """A process that runs, whoever's; an exited one not yet reaped (a zombie) holds nothing."""
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, /proc's field 22), None when it has
+    ended; an exited one not yet reaped (a zombie) counts as ended."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    """The process a simulated record names still runs, whoever's: its PID runs and started when
+    the record says. PIDs come round again (32768 of them by default), and a record left by a
+    client that was killed must not be read as the next process to get its PID."""
+    return started is not None and _start_time(pid) == started
 
 
 def _text(value: str | bytes) -> str:

@@ -190,8 +190,7 @@ def test_a_gpu_whose_mode_cannot_be_set_fails_the_start_unless_the_admin_opted_o
 
 def test_a_gpu_in_use_outside_mps_is_not_made_exclusive(gpu, device, clean_db, conn):
     place(clean_db, 1, "gpu01", 0, uid=UID, share=30)
-    (device.usage_dir / GPU).mkdir(parents=True)
-    (device.usage_dir / GPU / str(os.getpid())).write_text('{"used_mib": 100}')  # a process holding the GPU
+    device.report_usage(GPU, os.getpid(), used_mib=100, sm_util=0.0)  # a process holding the GPU
     with pytest.raises(MpsError, match=f"in use outside MPS \\(pid {os.getpid()}\\)"):
         with gpu.serving(conn, UID, placement_id(conn, 1)):
             pass

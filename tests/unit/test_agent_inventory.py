@@ -53,5 +53,18 @@ def test_a_report_left_by_a_dead_client_is_ignored(tmp_path):
     gpus = inventory(tmp_path)
     uuid = gpus.gpus()[0].uuid
     (gpus.usage_dir / uuid).mkdir(parents=True)
-    (gpus.usage_dir / uuid / str(2**22 + 4321)).write_text('{"used_mib": 100, "sm_util": 0.1}')
+    (gpus.usage_dir / uuid / str(2**22 + 4321)).write_text('{"used_mib": 100, "sm_util": 0.1, "started": "1"}')
+    assert gpus.processes(uuid) == []
+
+
+def test_a_report_left_by_a_killed_client_is_not_read_as_the_next_process_with_its_pid(tmp_path):
+    """PIDs come round again: the record of a client killed unclean names a PID that a later,
+    unrelated process may hold. Modelled here by rewriting a live process's record with another
+    start time, as its PID's earlier owner would have left it."""
+    gpus = inventory(tmp_path)
+    uuid = gpus.gpus()[0].uuid
+    report = gpus.report_usage(uuid, os.getpid(), used_mib=100, sm_util=0.1)
+    assert [p.pid for p in gpus.processes(uuid)] == [os.getpid()]
+    doc = json.loads(report.read_text())
+    report.write_text(json.dumps({**doc, "started": str(int(doc["started"]) - 1)}))
     assert gpus.processes(uuid) == []

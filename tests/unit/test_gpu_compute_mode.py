@@ -94,6 +94,20 @@ def test_of_processes_racing_for_an_exclusive_gpu_one_gets_its_context(node):
             r.wait()
 
 
+def test_a_context_left_by_a_killed_process_does_not_pass_to_the_next_owner_of_its_pid(node):
+    """A process killed unclean leaves its context record; once its PID runs another process, the
+    GPU must not count that one as holding a context. Modelled by ageing a live record's start time."""
+    uuid = uuids(node)[0]
+    node.set_compute_mode(uuid, EXCLUSIVE)
+    node.hold_context(uuid, os.getpid())
+    assert node.context_holders(uuid) == [os.getpid()]
+    record = node.contexts_dir / uuid / str(os.getpid())
+    record.write_text(f"{int(record.read_text()) - 1}\n")
+    assert node.context_holders(uuid) == []
+    node.hold_context(uuid, 1)  # another process gets the GPU
+    assert node.context_holders(uuid) == [1]
+
+
 class FakeNvml(types.ModuleType):
     """A stand-in for pynvml that models one GPU's compute mode, refusing a set as a GPU or a user
     without the right does (NVML_ERROR_NOT_SUPPORTED / NO_PERMISSION)."""
