@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..catalog import short_name
+from .processes import start_ticks
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ class SimulatedInventory:
         directory.mkdir(parents=True, exist_ok=True)
         report = directory / str(pid)
         tmp = report.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"used_mib": used_mib, "sm_util": sm_util, "started": _start_time(pid)}) + "\n")
+        tmp.write_text(json.dumps({"used_mib": used_mib, "sm_util": sm_util, "started": start_ticks(pid)}) + "\n")
         tmp.replace(report)
         return report
 
@@ -209,7 +210,7 @@ class SimulatedInventory:
             if self.compute_mode(uuid) is ComputeMode.EXCLUSIVE_PROCESS and holders:
                 raise ContextRefused("all CUDA-capable devices are busy or unavailable (cudaErrorDevicesUnavailable): "
                                      f"{uuid} is EXCLUSIVE_PROCESS and process {holders[0]} holds its context")
-            (directory / str(pid)).write_text(f"{_start_time(pid)}\n")
+            (directory / str(pid)).write_text(f"{start_ticks(pid)}\n")
         finally:
             os.close(handle)
 
@@ -221,8 +222,8 @@ class SimulatedInventory:
         holders = []
         for path in sorted((self.contexts_dir / uuid).glob("[0-9]*")):
             try:
-                started = path.read_text().strip()
-            except FileNotFoundError:
+                started = int(path.read_text())
+            except (FileNotFoundError, ValueError):
                 continue
             if _alive(int(path.name), started):
                 holders.append(int(path.name))
@@ -317,22 +318,10 @@ def _nvml() -> Iterator:
         pynvml.nvmlShutdown()
 
 
-def _start_time(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot, /proc's field 22), None when it has
-    ended; an exited one not yet reaped (a zombie) counts as ended."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = stat.rpartition(")")[2].split()
-    return None if fields[0] == "Z" else fields[19]
-
-
-def _alive(pid: int, started: str | None) -> bool:
+def _alive(pid: int, started: int | None) -> bool:
     """The process a simulated record names still runs, whoever's: its PID runs and started when
-    the record says. PIDs come round again (32768 of them by default), and a record left by a
-    client that was killed must not be read as the next process to get its PID."""
-    return started is not None and _start_time(pid) == started
+    the record says, not a later process given the PID of a client killed without cleaning up."""
+    return started is not None and start_ticks(pid) == started
 
 
 def _text(value: str | bytes) -> str:

@@ -22,11 +22,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..adapters.processes import started_at
 from ..contract import mps_size
 
 PID_FILE = "nvidia-cuda-mps-control.pid"
 CONTROL_SOCKET = "control"  # the daemon's socket in its pipe directory, as the real one names it
 SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes, its NUL included
+_BOOT_TIME_GRAIN = 1.0  # a process's start time is known to the second (the kernel's boot time is)
 
 
 class MpsError(RuntimeError):
@@ -95,11 +97,17 @@ class MpsControl:
         return self.pipe_dir / PID_FILE
 
     def daemon_pid(self) -> int | None:
-        """The control daemon's PID when it runs (from its PID file, checked against /proc)."""
+        """The control daemon's PID when it runs: from its PID file, and only while that PID runs a
+        process that started before the file was written. A daemon that was killed leaves its file,
+        and its PID may run another process since: the daemon must then be started again, not
+        taken for running."""
         try:
             pid = int(self.pid_file.read_text().strip())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError):
+            written = self.pid_file.stat().st_mtime
+        except (FileNotFoundError, ValueError):
+            return None
+        started = started_at(pid)
+        if started is None or started > written + _BOOT_TIME_GRAIN:
             return None
         return pid
 

@@ -53,7 +53,7 @@ def test_a_report_left_by_a_dead_client_is_ignored(tmp_path):
     gpus = inventory(tmp_path)
     uuid = gpus.gpus()[0].uuid
     (gpus.usage_dir / uuid).mkdir(parents=True)
-    (gpus.usage_dir / uuid / str(2**22 + 4321)).write_text('{"used_mib": 100, "sm_util": 0.1, "started": "1"}')
+    (gpus.usage_dir / uuid / str(2**22 + 4321)).write_text('{"used_mib": 100, "sm_util": 0.1, "started": 1}')
     assert gpus.processes(uuid) == []
 
 
@@ -66,5 +66,5 @@ def test_a_report_left_by_a_killed_client_is_not_read_as_the_next_process_with_i
     report = gpus.report_usage(uuid, os.getpid(), used_mib=100, sm_util=0.1)
     assert [p.pid for p in gpus.processes(uuid)] == [os.getpid()]
     doc = json.loads(report.read_text())
-    report.write_text(json.dumps({**doc, "started": str(int(doc["started"]) - 1)}))
+    report.write_text(json.dumps({**doc, "started": doc["started"] - 1}))
     assert gpus.processes(uuid) == []

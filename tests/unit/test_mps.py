@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from slurm_vgpu_dev import fake_mps
+from slurm_vgpu.adapters.processes import start_ticks
 from slurm_vgpu.mps import GpuMps, MpsControl, MpsError, MpsUnavailable
 from slurm_vgpu.mps.control import children, process_uid
 from slurm_vgpu.config import Config
@@ -96,6 +99,32 @@ def test_shutdown_stops_the_server_process(control):
     control.shutdown_server(pid)
     assert control.servers() == {}
     assert process_uid(pid) is None
+
+
+def test_a_killed_daemons_pid_file_is_not_read_as_the_next_process_with_its_pid(control, tmp_path):
+    """A daemon killed with SIGKILL leaves its PID file, and PIDs come round again: the process that
+    gets the PID next started after the file was written, and must not pass for the daemon, or the
+    daemon would never be started again. Modelled with a process started after the file's time."""
+    killed = control.daemon_pid()
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while start_ticks(killed) is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert control.daemon_pid() is None and control.pid_file.exists()
+    later = subprocess.Popen(["sleep", "60"])
+    try:
+        control.pid_file.write_text(f"{later.pid}\n")
+        written = control.pid_file.stat().st_mtime
+        os.utime(control.pid_file, (written - 60, written - 60))
+        assert control.daemon_pid() is None
+        os.utime(control.pid_file, (written, written))  # as the daemon that was started as it wrote it
+        assert control.daemon_pid() == later.pid
+    finally:
+        later.kill()
+        later.wait()
+    control.pid_file.unlink()
+    control.ensure_running()
+    assert control.daemon_pid() not in (None, killed)
 
 
 def test_quit_stops_servers_and_daemon(control):
