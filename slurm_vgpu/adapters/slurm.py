@@ -291,6 +291,11 @@ class Slurm:
             return None
         return fields.get("JobState") == "PENDING" and fields.get("Priority") == "0"
 
+    def restarts(self, job_id: int) -> int | None:
+        """How often Slurm has requeued the job; None when Slurm no longer knows it."""
+        fields = self._show(job_id)
+        return None if fields is None else int(fields["Restarts"])
+
     def release(self, job_id: int) -> None:
         """Release this job only: an array task by ``<array>_<task>``, since the array's id names
         every task of it."""

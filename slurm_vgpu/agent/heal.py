@@ -34,19 +34,23 @@ def failed_prologs(config: Config, slurm: Slurm, node: str) -> list[int]:
     returns the jobs released this round. Called once the database answers again.
 
     Slurm requeues a job held a moment after its prolog failed: a job not held yet keeps its record
-    for the next round (released too early, it would be held after the release and stay so). A
-    released job's record says so, and is dropped once a later round sees the job not held (so a
-    hold that came after the release is released too) and the node resumed: a slurmctld that does
-    not answer (restarting) leaves the work for the next round, never undone."""
+    for the next round (released too early, it would be held after the release and stay so),
+    unless Slurm has requeued it since without a hold (a launch it could not confirm under load is
+    requeued so, seen on 22.05) or someone released it: its restart count is then higher than the
+    prolog saw. A released job's record says so, and is dropped once a later round sees the job not
+    held (so a hold that came after the release is released too) and the node resumed: a slurmctld
+    that does not answer (restarting) leaves the work for the next round, never undone."""
     released, done = [], []
     try:
-        for job_id, reason in sorted(failed.pending(config, node).items()):
+        for job_id, failure in sorted(failed.pending(config, node).items()):
             held = slurm.held(job_id)
             if held:
                 slurm.release(job_id)
-                failed.mark_released(config, node, job_id)
+                failed.mark_released(config, node, job_id, failure.restarts)
                 released.append(job_id)
-            elif held is None or reason == failed.RELEASED:  # gone or ended, or released and still so
+            elif held is None or failure.reason == failed.RELEASED:  # gone or ended, or released and still so
+                done.append(job_id)
+            elif (slurm.restarts(job_id) or 0) > failure.restarts:  # requeued since, and not held
                 done.append(job_id)
         if released or done:
             state, why = slurm.node_reason(node)

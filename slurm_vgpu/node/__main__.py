@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             log.error("epilog of job %s: %s; the placement daemon releases its slice", os.environ["SLURM_JOB_ID"],
                       reason)
             return 0
-        failed.record(config, node, int(os.environ["SLURM_JOB_ID"]), reason)
+        failed.record(config, node, int(os.environ["SLURM_JOB_ID"]), reason,
+                      int(os.environ.get("SLURM_JOB_RESTART_COUNT") or 0))
         log.error("prolog of job %s: %s; Slurm requeues the job held, the agent releases it once the "
                   "database answers", os.environ["SLURM_JOB_ID"], reason)
         return 1

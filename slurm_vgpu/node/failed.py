@@ -9,6 +9,7 @@ the prolog (a drain for any other reason is left alone), then removes the record
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config
@@ -19,30 +20,44 @@ def _directory(config: Config, node: str) -> Path:
     return config.run_dir / "failed-prologs" / node
 
 
-RELEASED = "released"  # a record's text once the agent released its job; the node may still be drained
+RELEASED = "released"  # a record's reason once the agent released its job; the node may still be drained
 
 
-def record(config: Config, node: str, job_id: int, reason: str) -> None:
+@dataclass(frozen=True)
+class Failure:
+    """Why a job's prolog failed (or RELEASED), and how often Slurm had requeued the job then
+    (``SLURM_JOB_RESTART_COUNT``): a higher count later says Slurm has requeued it since."""
+
+    reason: str
+    restarts: int = 0
+
+
+def record(config: Config, node: str, job_id: int, reason: str, restarts: int = 0) -> None:
     directory = _directory(config, node)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     directory.parent.chmod(0o700)
     fd = os.open(directory / str(job_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as out:
-        out.write(reason + "\n")
+        out.write(f"{restarts} {reason}\n")
 
 
-def pending(config: Config, node: str) -> dict[int, str]:
-    """Job id -> why its prolog failed on ``node``, for every failure not yet healed."""
+def pending(config: Config, node: str) -> dict[int, Failure]:
+    """Job id -> its failure on ``node``, for every failure not yet healed."""
     directory = _directory(config, node)
     if not directory.is_dir():
         return {}
-    return {int(p.name): p.read_text().strip() for p in directory.iterdir() if p.name.isdigit()}
+    return {int(p.name): _failure(p.read_text()) for p in directory.iterdir() if p.name.isdigit()}
+
+
+def _failure(text: str) -> Failure:
+    restarts, _, reason = text.strip().partition(" ")
+    return Failure(reason, int(restarts))
 
 
 def clear(config: Config, node: str, job_id: int) -> None:
     (_directory(config, node) / str(job_id)).unlink(missing_ok=True)
 
 
-def mark_released(config: Config, node: str, job_id: int) -> None:
+def mark_released(config: Config, node: str, job_id: int, restarts: int) -> None:
     """The job is released (or gone); its record stays until the node is resumed as well."""
-    record(config, node, job_id, RELEASED)
+    record(config, node, job_id, RELEASED, restarts)

@@ -26,11 +26,16 @@ class RecordingSlurm:
     calls: list[tuple[str, object]] = field(default_factory=list)
     allocated: dict[int, int] = field(default_factory=dict)
     holds: dict[int, bool | None] = field(default_factory=dict)  # job -> held? (absent: held)
+    requeues: dict[int, int] = field(default_factory=dict)  # job -> Slurm's restart count (absent: 0)
     down: set[str] = field(default_factory=set)  # calls that fail as with slurmctld restarting
 
     def held(self, job_id: int) -> bool | None:
         self._answer("held")
         return self.holds.get(job_id, True)
+
+    def restarts(self, job_id: int) -> int | None:
+        self._answer("restarts")
+        return self.requeues.get(job_id, 0)
 
     def _answer(self, call: str) -> None:
         if call in self.down:
@@ -94,6 +99,21 @@ def test_a_job_not_yet_requeued_held_keeps_its_record_and_an_ended_one_is_droppe
     slurm.holds[44] = True
     assert heal.failed_prologs(conf, slurm, "gpu01") == [44]
     assert ("release", 44) in slurm.calls
+
+
+def test_a_job_slurm_requeued_without_a_hold_since_its_prolog_failed_lets_the_node_resume(tmp_path):
+    """Seen under a burst on 22.05: slurmctld could not confirm the launch and requeued the job
+    unheld ("missing from batch node ... Requeuing job") while its prolog failed on a database out
+    of connections. Nothing is left to release; the node is resumed all the same, where before the
+    record waited for a hold that never came and the node stayed drained."""
+    conf = config(tmp_path)
+    failed.record(conf, "gpu01", 49, "placement database unusable: too many clients", restarts=0)
+    failed.record(conf, "gpu01", 50, "placement database unusable: too many clients", restarts=1)
+    slurm = RecordingSlurm(state=("drain", heal.PROLOG_DRAIN), holds={49: False, 50: False}, requeues={49: 1, 50: 1})
+    assert heal.failed_prologs(conf, slurm, "gpu01") == []
+    assert slurm.calls == [("resume", "gpu01")]
+    assert list(failed.pending(conf, "gpu01")) == [50]  # its prolog saw this requeue: a hold may follow
+    assert failed.pending(conf, "gpu01")[50] == failed.Failure("placement database unusable: too many clients", 1)
 
 
 def test_a_slurmctld_that_does_not_answer_leaves_the_work_for_the_next_round(tmp_path):

@@ -89,6 +89,7 @@ def test_held_reads_scontrol_show_job(release):
     assert slurm.held(slurm.ids["held"]) is True
     assert slurm.held(slurm.ids["running"]) is False
     assert slurm.held(slurm.ids["done"]) is None  # ended
+    assert slurm.restarts(slurm.ids["held"]) == 0  # never requeued (the field, Restarts=, on every release)
 
 
 @pytest.mark.parametrize("release", sorted(RELEASES))
