@@ -50,8 +50,9 @@ def pending(config: Config, node: str) -> dict[int, Failure]:
 
 
 def _failure(text: str) -> Failure:
+    """``<restarts> <reason>``; a record written before the count was kept is its reason alone."""
     restarts, _, reason = text.strip().partition(" ")
-    return Failure(reason, int(restarts))
+    return Failure(reason, int(restarts)) if restarts.isdigit() else Failure(text.strip())
 
 
 def clear(config: Config, node: str, job_id: int) -> None:

@@ -114,6 +114,8 @@ def test_a_job_slurm_requeued_without_a_hold_since_its_prolog_failed_lets_the_no
     assert slurm.calls == [("resume", "gpu01")]
     assert list(failed.pending(conf, "gpu01")) == [50]  # its prolog saw this requeue: a hold may follow
     assert failed.pending(conf, "gpu01")[50] == failed.Failure("placement database unusable: too many clients", 1)
+    (conf.run_dir / "failed-prologs" / "gpu01" / "51").write_text("placement database unusable: timeout\n")
+    assert failed.pending(conf, "gpu01")[51] == failed.Failure("placement database unusable: timeout", 0)  # an older record
 
 
 def test_a_slurmctld_that_does_not_answer_leaves_the_work_for_the_next_round(tmp_path):
