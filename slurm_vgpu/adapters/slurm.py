@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from .. import hostlist
 from .features import ConstraintError, satisfies
@@ -159,6 +160,11 @@ class Job:
 REQUEUE_DELAY_S = 121
 
 
+class JobHold(NamedTuple):
+    held: bool  # pending with priority 0: a user's, an admin's or Slurm's own hold
+    restarts: int  # times Slurm requeued it
+
+
 class Slurm:
     """Talks to one cluster; ``slurm_conf`` selects it (dev clusters), else Slurm's default."""
 
@@ -283,18 +289,14 @@ class Slurm:
                 return fields
         return None
 
-    def held(self, job_id: int) -> bool | None:
-        """Whether the job waits held (priority 0); None when Slurm no longer knows it or it has
-        ended; SlurmError when slurmctld does not answer (a restart), which is neither."""
+    def job_hold(self, job_id: int) -> JobHold | None:
+        """Whether the job waits held (priority 0), and how often Slurm has requeued it, from one
+        ``scontrol show job``; None when Slurm no longer knows it or it has ended; SlurmError when
+        slurmctld does not answer (a restart), which is neither."""
         fields = self._show(job_id)
         if fields is None or fields.get("JobState") in ENDED_STATES:
             return None
-        return fields.get("JobState") == "PENDING" and fields.get("Priority") == "0"
-
-    def restarts(self, job_id: int) -> int | None:
-        """How often Slurm has requeued the job; None when Slurm no longer knows it."""
-        fields = self._show(job_id)
-        return None if fields is None else int(fields["Restarts"])
+        return JobHold(fields.get("JobState") == "PENDING" and fields.get("Priority") == "0", int(fields["Restarts"]))
 
     def release(self, job_id: int) -> None:
         """Release this job only: an array task by ``<array>_<task>``, since the array's id names

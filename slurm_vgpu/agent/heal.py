@@ -43,14 +43,14 @@ def failed_prologs(config: Config, slurm: Slurm, node: str) -> list[int]:
     released, done = [], []
     try:
         for job_id, failure in sorted(failed.pending(config, node).items()):
-            held = slurm.held(job_id)
-            if held:
+            hold = slurm.job_hold(job_id)
+            if hold is not None and hold.held:
                 slurm.release(job_id)
                 failed.mark_released(config, node, job_id, failure.restarts)
                 released.append(job_id)
-            elif held is None or failure.reason == failed.RELEASED:  # gone or ended, or released and still so
+            elif hold is None or failure.reason == failed.RELEASED:  # gone or ended, or released and still so
                 done.append(job_id)
-            elif (slurm.restarts(job_id) or 0) > failure.restarts:  # requeued since, and not held
+            elif hold.restarts > failure.restarts:  # requeued since, and not held
                 done.append(job_id)
         if released or done:
             state, why = slurm.node_reason(node)

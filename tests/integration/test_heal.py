@@ -8,7 +8,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from slurm_vgpu.adapters.slurm import SlurmError
+from slurm_vgpu.adapters.slurm import JobHold, SlurmError
 from slurm_vgpu.agent import heal
 from slurm_vgpu.config import Config
 from slurm_vgpu.db.models import Placement
@@ -29,13 +29,10 @@ class RecordingSlurm:
     requeues: dict[int, int] = field(default_factory=dict)  # job -> Slurm's restart count (absent: 0)
     down: set[str] = field(default_factory=set)  # calls that fail as with slurmctld restarting
 
-    def held(self, job_id: int) -> bool | None:
+    def job_hold(self, job_id: int) -> JobHold | None:
         self._answer("held")
-        return self.holds.get(job_id, True)
-
-    def restarts(self, job_id: int) -> int | None:
-        self._answer("restarts")
-        return self.requeues.get(job_id, 0)
+        held = self.holds.get(job_id, True)
+        return None if held is None else JobHold(held, self.requeues.get(job_id, 0))
 
     def _answer(self, call: str) -> None:
         if call in self.down:

@@ -86,10 +86,10 @@ def test_newer_releases_read_as_22_05_does(release):
 @pytest.mark.parametrize("release", sorted(RELEASES))
 def test_held_reads_scontrol_show_job(release):
     slurm = Captured(release)
-    assert slurm.held(slurm.ids["held"]) is True
-    assert slurm.held(slurm.ids["running"]) is False
-    assert slurm.held(slurm.ids["done"]) is None  # ended
-    assert slurm.restarts(slurm.ids["held"]) == 0  # never requeued (the field, Restarts=, on every release)
+    assert slurm.job_hold(slurm.ids["held"]).held is True
+    assert slurm.job_hold(slurm.ids["running"]).held is False
+    assert slurm.job_hold(slurm.ids["done"]) is None  # ended
+    assert slurm.job_hold(slurm.ids["held"]).restarts == 0  # never requeued (the field, Restarts=, on every release)
 
 
 @pytest.mark.parametrize("release", sorted(RELEASES))
