@@ -370,7 +370,7 @@ class Slurm:
 
     def annotate(self, job: Job, note: str) -> None:
         """Tell a running vgpu job's user what the node agent did to it: ``agent="<note>"`` after
-        its vgpu fields in AdminComment (``scontrol show job``, ``squeue -O AdminComment``)."""
+        its vgpu fields in AdminComment (``scontrol show job``)."""
         comment = (job.request.comment() + " " if job.request else "") + f"agent={quote(note)}"
         self._run("scontrol", "update", f"JobId={job.ref}", f"AdminComment={comment}")
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from functools import partial
 from pathlib import Path
 
@@ -29,7 +30,12 @@ log = logging.getLogger("slurm_vgpu.agent")
 PROLOG_DRAIN = "Prolog error"  # the reason slurmctld gives a node whose prolog failed
 
 
-def failed_prologs(config: Config, slurm: Slurm, node: str) -> list[int]:
+# Seconds a healed record is kept: the drain of the prolog that wrote it reaches slurmctld only
+# after the prolog exits (seconds later under a burst), and must still be undone.
+SETTLE = 60
+
+
+def failed_prologs(config: Config, slurm: Slurm, node: str, now: float | None = None) -> list[int]:
     """Release the jobs of this node's failed prologs and resume the node Slurm drained for them;
     returns the jobs released this round. Called once the database answers again.
 
@@ -38,11 +44,15 @@ def failed_prologs(config: Config, slurm: Slurm, node: str) -> list[int]:
     unless Slurm has requeued it since without a hold (a launch it could not confirm under load is
     requeued so, seen on 22.05) or someone released it: its restart count is then higher than the
     prolog saw. A released job's record says so, and is dropped once a later round sees the job not
-    held (so a hold that came after the release is released too) and the node resumed: a slurmctld
-    that does not answer (restarting) leaves the work for the next round, never undone."""
+    held (so a hold that came after the release is released too) and the node resumed, and not
+    before it is SETTLE seconds old: the prolog's drain may reach slurmctld after its record was
+    healed (seen under a burst: the node stayed drained with no record left). A slurmctld that
+    does not answer (restarting) leaves the work for the next round, never undone."""
+    now = time.time() if now is None else now
     released, done = [], []
     try:
-        for job_id, failure in sorted(failed.pending(config, node).items()):
+        failures = failed.pending(config, node)
+        for job_id, failure in sorted(failures.items()):
             hold = slurm.job_hold(job_id)
             if hold is not None and hold.held:
                 slurm.release(job_id)
@@ -61,7 +71,8 @@ def failed_prologs(config: Config, slurm: Slurm, node: str) -> list[int]:
         log.info("failed prologs on %s: Slurm did not answer, next round: %s", node, exc)
         return released
     for job_id in done:
-        failed.clear(config, node, job_id)
+        if now - failures[job_id].written >= SETTLE:
+            failed.clear(config, node, job_id)
     return released
 
 

@@ -30,6 +30,7 @@ class Failure:
 
     reason: str
     restarts: int = 0
+    written: float = 0.0  # when the record was last written (its mtime)
 
 
 def record(config: Config, node: str, job_id: int, reason: str, restarts: int = 0) -> None:
@@ -46,13 +47,15 @@ def pending(config: Config, node: str) -> dict[int, Failure]:
     directory = _directory(config, node)
     if not directory.is_dir():
         return {}
-    return {int(p.name): _failure(p.read_text()) for p in directory.iterdir() if p.name.isdigit()}
+    return {int(p.name): _failure(p.read_text(), p.stat().st_mtime) for p in directory.iterdir() if p.name.isdigit()}
 
 
-def _failure(text: str) -> Failure:
+def _failure(text: str, written: float) -> Failure:
     """``<restarts> <reason>``; a record written before the count was kept is its reason alone."""
     restarts, _, reason = text.strip().partition(" ")
-    return Failure(reason, int(restarts)) if restarts.isdigit() else Failure(text.strip())
+    if restarts.isdigit():
+        return Failure(reason, int(restarts), written)
+    return Failure(text.strip(), 0, written)
 
 
 def clear(config: Config, node: str, job_id: int) -> None:

@@ -21,16 +21,18 @@ from . import store
 
 log = logging.getLogger("slurm-vgpu.prolog")
 
-# How long the prolog waits for Postgres before it fails the job's start (Slurm's PrologEpilogTimeout
-# and MessageTimeout must leave room for it).
+# How long the prolog waits for Postgres before it fails the job's start: one that does not answer,
+# and one that answers it has no connection slot left (a burst of prologs holds them; each frees
+# its own within seconds). Slurm's PrologEpilogTimeout and BatchStartTimeout must leave room for it.
 DATABASE_WAIT = 10.0
+DATABASE_FULL_WAIT = 60.0
 
 
 def run(config: Config, env: Mapping[str, str], node: str) -> int:
     job_id, uid = int(env["SLURM_JOB_ID"]), int(env["SLURM_JOB_UID"])
     restarted = int(env.get("SLURM_JOB_RESTART_COUNT") or 0) > 0
     slices.remove(config.slice_dir, job_id)  # never a file left by an earlier job of this id
-    with store.connect_retrying(config.database_url, DATABASE_WAIT) as conn:
+    with store.connect_retrying(config.database_url, DATABASE_WAIT, DATABASE_FULL_WAIT) as conn:
         placements = store.active_placements(conn, job_id)
         if not placements:
             log.info("job %d has no vgpu placement: nothing to set up", job_id)

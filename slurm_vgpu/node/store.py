@@ -2,6 +2,7 @@
 cost more than the whole prolog should take."""
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 
@@ -37,17 +38,35 @@ def connect(database_url: str, timeout: float = 3.0) -> psycopg.Connection:
                            connect_timeout=max(1, int(timeout)), autocommit=True, options=CONNECT_OPTIONS)
 
 
-def connect_retrying(database_url: str, within: float) -> psycopg.Connection:
+# How Postgres words a refusal for want of a connection slot (SQLSTATE 53300, which libpq does not
+# pass on for a refused connection): max_connections, a role's or a database's CONNECTION LIMIT,
+# the slots reserved for superusers.
+_FULL = ("too many clients", "too many connections", "connection slots are reserved")
+
+
+def server_full(exc: psycopg.OperationalError) -> bool:
+    """Whether Postgres answered but had no connection slot left: the connections of other hooks
+    free it within seconds, unlike a server that does not answer."""
+    return any(words in str(exc) for words in _FULL)
+
+
+def connect_retrying(database_url: str, within: float, within_full: float | None = None) -> psycopg.Connection:
     """:func:`connect`, tried again for up to ``within`` seconds (a Postgres restart or failover
-    takes a few); the last error is raised when it never answers."""
-    deadline = time.monotonic() + within
+    takes a few), or up to ``within_full`` while the server answers that it is full (a burst of
+    prologs can hold every slot); the last error is raised when neither comes right. Retries are
+    spread at random so that the hooks that were refused together do not all come back together."""
+    started = time.monotonic()
     while True:
+        limit = started + within
         try:
-            return connect(database_url, timeout=min(3.0, max(1.0, deadline - time.monotonic())))
-        except psycopg.OperationalError:
-            if time.monotonic() + 0.5 >= deadline:
+            return connect(database_url, timeout=min(3.0, max(1.0, limit - time.monotonic())))
+        except psycopg.OperationalError as exc:
+            if within_full is not None and server_full(exc):
+                limit = started + within_full
+            pause = random.uniform(0.2, 1.0)
+            if time.monotonic() + pause >= limit:
                 raise
-            time.sleep(0.5)
+            time.sleep(pause)
 
 
 def active_placements(conn: psycopg.Connection, job_id: int) -> list[JobPlacement]:

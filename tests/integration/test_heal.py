@@ -4,6 +4,7 @@ recording stand-in, /proc a directory of the test's own)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -59,6 +60,11 @@ def config(tmp_path: Path, database_url: str = "postgresql://unused") -> Config:
     return Config(run_dir=tmp_path / "run", database_url=database_url)
 
 
+def settled() -> float:
+    """A round's time once every record written so far has settled (heal.SETTLE)."""
+    return time.time() + heal.SETTLE
+
+
 def test_failed_prologs_are_released_and_the_prologs_drain_undone(tmp_path):
     conf = config(tmp_path)
     failed.record(conf, "gpu01", 41, "placement database unusable: connection refused")
@@ -67,7 +73,7 @@ def test_failed_prologs_are_released_and_the_prologs_drain_undone(tmp_path):
     slurm = RecordingSlurm(state=("drain", heal.PROLOG_DRAIN))
     assert heal.failed_prologs(conf, slurm, "gpu01") == [41, 42]
     assert slurm.calls == [("release", 41), ("release", 42), ("resume", "gpu01")]
-    assert heal.failed_prologs(conf, slurm, "gpu01") == []  # seen released: the records go
+    assert heal.failed_prologs(conf, slurm, "gpu01", now=settled()) == []  # seen released: the records go
     assert failed.pending(conf, "gpu01") == {}
     assert list(failed.pending(conf, "gpu02")) == [43]
     assert slurm.calls == [("release", 41), ("release", 42), ("resume", "gpu01")]  # healed once
@@ -80,7 +86,7 @@ def test_a_hold_that_came_after_the_release_is_released_too(tmp_path):
     assert heal.failed_prologs(conf, slurm, "gpu01") == [48]
     slurm.holds[48] = True  # Slurm held it again after our release
     assert heal.failed_prologs(conf, slurm, "gpu01") == [48]
-    assert heal.failed_prologs(conf, slurm, "gpu01") == []
+    assert heal.failed_prologs(conf, slurm, "gpu01", now=settled()) == []
     assert slurm.calls == [("release", 48), ("resume", "gpu01"), ("release", 48)]
     assert failed.pending(conf, "gpu01") == {}
 
@@ -90,7 +96,7 @@ def test_a_job_not_yet_requeued_held_keeps_its_record_and_an_ended_one_is_droppe
     for job_id in (44, 45):
         failed.record(conf, "gpu01", job_id, "placement database unusable: timeout")
     slurm = RecordingSlurm(state=("drain", heal.PROLOG_DRAIN), holds={44: False, 45: None})
-    assert heal.failed_prologs(conf, slurm, "gpu01") == []
+    assert heal.failed_prologs(conf, slurm, "gpu01", now=settled()) == []
     assert slurm.calls == [("resume", "gpu01")]  # 45 ended meanwhile: nothing to release
     assert list(failed.pending(conf, "gpu01")) == [44]  # released once Slurm holds it, not before
     slurm.holds[44] = True
@@ -107,12 +113,30 @@ def test_a_job_slurm_requeued_without_a_hold_since_its_prolog_failed_lets_the_no
     failed.record(conf, "gpu01", 49, "placement database unusable: too many clients", restarts=0)
     failed.record(conf, "gpu01", 50, "placement database unusable: too many clients", restarts=1)
     slurm = RecordingSlurm(state=("drain", heal.PROLOG_DRAIN), holds={49: False, 50: False}, requeues={49: 1, 50: 1})
-    assert heal.failed_prologs(conf, slurm, "gpu01") == []
+    assert heal.failed_prologs(conf, slurm, "gpu01", now=settled()) == []
     assert slurm.calls == [("resume", "gpu01")]
     assert list(failed.pending(conf, "gpu01")) == [50]  # its prolog saw this requeue: a hold may follow
-    assert failed.pending(conf, "gpu01")[50] == failed.Failure("placement database unusable: too many clients", 1)
+    kept = failed.pending(conf, "gpu01")[50]
+    assert (kept.reason, kept.restarts) == ("placement database unusable: too many clients", 1)
     (conf.run_dir / "failed-prologs" / "gpu01" / "51").write_text("placement database unusable: timeout\n")
-    assert failed.pending(conf, "gpu01")[51] == failed.Failure("placement database unusable: timeout", 0)  # an older record
+    older = failed.pending(conf, "gpu01")[51]  # a record written before the count was kept
+    assert (older.reason, older.restarts) == ("placement database unusable: timeout", 0)
+
+
+def test_a_drain_that_comes_after_the_record_was_healed_is_undone_too(tmp_path):
+    """Seen under a burst of 1,000 jobs on 22.05: slurmctld requeued the job unheld while its prolog
+    still waited for a database connection; the agent took the record as done before slurmctld
+    drained the node for that prolog, dropped it, and the node stayed drained with no record."""
+    conf = config(tmp_path)
+    failed.record(conf, "gpu01", 52, "placement database unusable: too many clients", restarts=0)
+    slurm = RecordingSlurm(state=("idle", ""), holds={52: False}, requeues={52: 1})
+    assert heal.failed_prologs(conf, slurm, "gpu01") == []
+    assert list(failed.pending(conf, "gpu01")) == [52] and slurm.calls == []  # nothing to undo yet
+    slurm.state = ("drain", heal.PROLOG_DRAIN)  # the prolog's drain arrives
+    heal.failed_prologs(conf, slurm, "gpu01")
+    assert slurm.calls == [("resume", "gpu01")]
+    heal.failed_prologs(conf, slurm, "gpu01", now=settled())
+    assert failed.pending(conf, "gpu01") == {}
 
 
 def test_a_slurmctld_that_does_not_answer_leaves_the_work_for_the_next_round(tmp_path):
@@ -127,7 +151,7 @@ def test_a_slurmctld_that_does_not_answer_leaves_the_work_for_the_next_round(tmp
     assert heal.failed_prologs(conf, slurm, "gpu01") == [47]
     assert slurm.calls == [("release", 47)] and list(failed.pending(conf, "gpu01")) == [47]
     slurm.down = set()
-    assert heal.failed_prologs(conf, slurm, "gpu01") == []
+    assert heal.failed_prologs(conf, slurm, "gpu01", now=settled()) == []
     assert slurm.calls == [("release", 47), ("resume", "gpu01")]  # released once, resumed at last
     assert failed.pending(conf, "gpu01") == {}
 
