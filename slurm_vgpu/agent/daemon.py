@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 
+import psycopg
 import sqlalchemy as sa
 
 from ..adapters.gpus import GpuInventory, InventoryError
@@ -75,7 +76,8 @@ class Agent:
         while not self.stop.is_set():
             try:
                 self.tick()
-            except (sa.exc.OperationalError, SlurmError, MpsError, InventoryError) as exc:
+            except (sa.exc.OperationalError, psycopg.OperationalError, SlurmError, MpsError, InventoryError) as exc:
+                # psycopg's: the heal's plain connections (a Postgres out of slots under a burst)
                 log.warning("agent round failed, will retry: %s", str(exc).splitlines()[0])
             except Exception:  # a dead agent silences the whole node: log the bug and keep going
                 log.exception("agent round failed unexpectedly, will retry")
