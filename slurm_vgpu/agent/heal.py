@@ -46,13 +46,17 @@ def failed_prologs(config: Config, slurm: Slurm, node: str, now: float | None = 
     prolog saw. A released job's record says so, and is dropped once a later round sees the job not
     held (so a hold that came after the release is released too) and the node resumed, and not
     before it is SETTLE seconds old: the prolog's drain may reach slurmctld after its record was
-    healed (seen under a burst: the node stayed drained with no record left). A slurmctld that
-    does not answer (restarting) leaves the work for the next round, never undone."""
+    healed (seen under a burst: the node stayed drained with no record left). Meanwhile the record
+    says it is settling, and Slurm is not asked about its job again, only about the node. A
+    slurmctld that does not answer (restarting) leaves the work for the next round, never undone."""
     now = time.time() if now is None else now
     released, done = [], []
     try:
         failures = failed.pending(config, node)
         for job_id, failure in sorted(failures.items()):
+            if failure.reason == failed.SETTLING:
+                done.append(job_id)
+                continue
             hold = slurm.job_hold(job_id)
             if hold is not None and hold.held:
                 slurm.release(job_id)
@@ -71,8 +75,11 @@ def failed_prologs(config: Config, slurm: Slurm, node: str, now: float | None = 
         log.info("failed prologs on %s: Slurm did not answer, next round: %s", node, exc)
         return released
     for job_id in done:
-        if now - failures[job_id].written >= SETTLE:
+        failure = failures[job_id]
+        if now - failure.written >= SETTLE:
             failed.clear(config, node, job_id)
+        elif failure.reason != failed.SETTLING:
+            failed.mark_settling(config, node, job_id, failure.restarts)
     return released
 
 

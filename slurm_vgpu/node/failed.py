@@ -21,6 +21,7 @@ def _directory(config: Config, node: str) -> Path:
 
 
 RELEASED = "released"  # a record's reason once the agent released its job; the node may still be drained
+SETTLING = "settling"  # nothing left to do for its job; kept until a late drain for it can be undone
 
 
 @dataclass(frozen=True)
@@ -65,3 +66,8 @@ def clear(config: Config, node: str, job_id: int) -> None:
 def mark_released(config: Config, node: str, job_id: int, restarts: int) -> None:
     """The job is released (or gone); its record stays until the node is resumed as well."""
     record(config, node, job_id, RELEASED, restarts)
+
+
+def mark_settling(config: Config, node: str, job_id: int, restarts: int) -> None:
+    """Nothing is left to do for the job: Slurm need not be asked about it again."""
+    record(config, node, job_id, SETTLING, restarts)

@@ -139,6 +139,20 @@ def test_a_drain_that_comes_after_the_record_was_healed_is_undone_too(tmp_path):
     assert failed.pending(conf, "gpu01") == {}
 
 
+def test_a_settling_record_costs_no_question_about_its_job(tmp_path):
+    """An agent round comes every second, and a burst can leave many records settling for a minute:
+    only the node is asked about, once a round, not each record's job."""
+    conf = config(tmp_path)
+    failed.record(conf, "gpu01", 53, "placement database unusable: too many clients", restarts=0)
+    slurm = RecordingSlurm(state=("idle", ""), holds={53: False}, requeues={53: 1})
+    heal.failed_prologs(conf, slurm, "gpu01")
+    assert failed.pending(conf, "gpu01")[53].reason == failed.SETTLING
+    slurm.down = {"held"}  # a question about the job would now fail the round
+    slurm.state = ("drain", heal.PROLOG_DRAIN)
+    heal.failed_prologs(conf, slurm, "gpu01")
+    assert slurm.calls == [("resume", "gpu01")]
+
+
 def test_a_slurmctld_that_does_not_answer_leaves_the_work_for_the_next_round(tmp_path):
     """Seen under faults: a restarting slurmctld was taken for one that no longer knew the jobs;
     their records were dropped, and the jobs stayed held and the node drained."""
