@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from .fragmentation import Fragmentation, key_after
 from .model import GpuState, PolicyConfig, Request, SloClass
+from .prices import slice_cost
 from .rules import Ask, fitting_positions, node_room
 from .stranding import stranding_growth, waste_growth
 from .view import NodeView
@@ -114,13 +115,18 @@ def _class_fit(gpu: GpuState, ask: Ask) -> tuple:
 
 
 def _ours_score(node: NodeView, positions: tuple[int, ...], ask: Ask, ctx: Context) -> tuple:
-    """FGD's score over fragmentation plus CPU stranding (:mod:`.stranding`): the same truncated
-    sigmoid of how much ``F_n + S_n`` grows, so that where CPU cannot strand a GPU (nodes that
-    do not report CPU, or CPU to spare) it is exactly FGD's score."""
+    """For a slice, first what it costs its GPU's room against the tightest packing of the
+    typical shares (:func:`.prices.slice_cost`); then FGD's score over fragmentation plus CPU
+    stranding (:mod:`.stranding`): the same truncated sigmoid of how much ``F_n + S_n`` grows, so
+    that where CPU cannot strand a GPU (nodes that do not report CPU, or CPU to spare) the second
+    key is exactly FGD's score. Whole GPUs cost no room, so for them only the second key counts."""
     frag = ctx.fragmentation
     after = key_after(node, positions, ask)
     growth = frag.of(node) - frag.of_key(after) + stranding_growth(node.key, after, frag)
-    return (int(_sigmoid(growth) * 100),)
+    cost = 0.0
+    if len(positions) == 1 and _is_slice(ask, node.gpus[positions[0]]):
+        cost = slice_cost(node, positions[0], ask, frag)
+    return (cost, int(_sigmoid(growth) * 100))
 
 
 def _ours_rest(node: NodeView, positions: tuple[int, ...], ask: Ask, ctx: Context) -> tuple:
@@ -142,7 +148,7 @@ SCORERS: dict[str, Policy] = {
     "first-fit": Policy(),  # what Slurm's own count would do: the first GPU with room, first node
     "best-fit": Policy(primary=_best_fit_score, after=_room_left),
     "fgd": Policy(primary=_fgd_score),  # first GPU by index on ties
-    "ours": Policy(primary=_ours_score, rest=_ours_rest),  # FGD's measure + CPU stranding first
+    "ours": Policy(primary=_ours_score, rest=_ours_rest),  # a slice's packing cost, then FGD + CPU stranding
 }
 
 RANDOM_TIES = frozenset({"random"})  # the others take the first best node in node order, as the

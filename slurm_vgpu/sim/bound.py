@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from ..policy.model import Request
+from ..policy.prices import heaviest_gpu
 from .protocol import gpu_request
 
 _TOLERANCE = 1e-9
@@ -29,26 +30,6 @@ def one_gpu_shares(pods: Iterable[Request], capacity_units: int, gpu_capacity: i
         if pod.gpus == 1 and 0 < pod.share < gpu_capacity:
             (before if arrived <= capacity_units else after)[pod.share] += 1
     return before, after
-
-
-def _heaviest_gpu(sizes: list[int], weights: list[float], capacity: int) -> tuple[float, list[int]]:
-    """The most weight one GPU can hold (any number of each size): exact unbounded knapsack."""
-    best = [0.0] * (capacity + 1)
-    last = [-1] * (capacity + 1)
-    for room in range(1, capacity + 1):
-        best[room], last[room] = best[room - 1], -1
-        for i, size in enumerate(sizes):
-            if size <= room and best[room - size] + weights[i] > best[room] + _TOLERANCE:
-                best[room], last[room] = best[room - size] + weights[i], i
-    counts = [0] * len(sizes)
-    room = capacity
-    while room > 0:
-        if last[room] < 0:
-            room -= 1
-        else:
-            counts[last[room]] += 1
-            room -= sizes[last[room]]
-    return best[capacity], counts
 
 
 def least_idle_gpus(shares: Mapping[int, int], capacity: int, later: Mapping[int, int] | None = None) -> float:
@@ -86,7 +67,7 @@ def least_idle_gpus(shares: Mapping[int, int], capacity: int, later: Mapping[int
         y = [max(0.0, -m) for m in marginals[:len(sizes)]]
         z = [max(0.0, -m) for m in marginals[len(sizes):]]
         values = [yi - zi + s / capacity for yi, zi, s in zip(y, z, sizes)]
-        heaviest, column = _heaviest_gpu(sizes, values, capacity)
+        heaviest, column = heaviest_gpu(sizes, values, capacity)
         if heaviest <= 1.0 + 1e-7 or column in columns:
             excess = max(0.0, heaviest - 1.0)
             return max(0.0, sum(yi * n for yi, n in zip(y, least)) - sum((zi + excess) * n for zi, n in zip(z, most)))

@@ -12,8 +12,8 @@ from slurm_vgpu.cli.simulate import simulate as simulate_cmd
 from slurm_vgpu.policy.apply import place_on
 from slurm_vgpu.policy.model import PolicyConfig, Request, SloClass
 from slurm_vgpu.policy.placement import build_context
-from slurm_vgpu.policy.rules import Ask
-from slurm_vgpu.policy.scoring import evaluate
+from slurm_vgpu.policy.rules import Ask, fitting_positions
+from slurm_vgpu.policy.scoring import SCORERS, candidates, evaluate
 from slurm_vgpu.policy.view import group_nodes
 from slurm_vgpu.sim.metrics import figures
 from slurm_vgpu.sim.protocol import Arrivals, arrivals, gpu_request, tune
@@ -180,8 +180,8 @@ def synthetic_trace(tmp_path: Path, seed: int, nodes: int = 24, pods: int = 260,
 
 
 def test_ours_is_fgd_where_cpu_cannot_strand(tmp_path):
-    """Where nodes have CPU to spare, ours keeps FGD's score and only breaks the ties FGD leaves
-    to node order."""
+    """Where nodes have CPU to spare, ours' score after a slice's packing cost is FGD's, and a
+    whole-GPU task (which costs no GPU room) goes to a node FGD scores best."""
     cluster, pods = synthetic_trace(tmp_path, seed=3, nodes=12, pods=40, node_cpus=RICH_CPUS)
     views = group_nodes(cluster.gpus, cluster.nodes)
     workload = [(p, 1.0) for p in pods]
@@ -194,9 +194,14 @@ def test_ours_is_fgd_where_cpu_cannot_strand(tmp_path):
         fitting = [(c.score, k) for c, k in ours if c is not None]
         if not fitting:
             continue
-        assert [c.score[0] for c, _ in ours if c is not None] == [f.score[0] for f in fgd if f is not None]
+        for v in views:
+            fit = fitting_positions(v, ask)
+            for positions in candidates(v, ask, fit) if fit else ():
+                assert (SCORERS["ours"].primary(v, positions, ask, ctx_ours)[1]
+                        == SCORERS["fgd"].primary(v, positions, ask, ctx_fgd)[0])
         _, chosen = max(fitting, key=lambda sk: (sk[0], -sk[1]))
-        assert fgd[chosen].score[0] == max(f.score[0] for f in fgd if f is not None)
+        if pod.share >= 1000:
+            assert fgd[chosen].score[0] == max(f.score[0] for f in fgd if f is not None)
         views[chosen] = place_on(views[chosen], ours[chosen][0].options[0], ask)
 
 
