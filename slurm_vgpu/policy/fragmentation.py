@@ -83,6 +83,17 @@ class Fragmentation:
         self._last: tuple[NodeView | None, float] = (None, 0.0)  # scores come node by node
         self._rows: dict[tuple[str, int | None], tuple[float, tuple[tuple[int, int, float], ...]]] = {}
 
+    def slices(self, capacity: int, speed: float) -> dict[int, float]:
+        """Units -> probability of the typical one-GPU requests that are slices on a GPU of this
+        capacity and speed (what :mod:`.stranding` and :mod:`.prices` weigh a GPU's room by)."""
+        out: dict[int, float] = {}
+        for m in self.typical:
+            if m.gpus == 1:
+                units = units_at(m.share, speed, self.config, self.ref_speed)
+                if 0 < units < capacity:
+                    out[units] = out.get(units, 0.0) + m.p
+        return out
+
     def of(self, node: NodeView) -> float:
         last, value = self._last
         if node is not last:  # hashing a node's key costs more than the rest of a score

@@ -22,7 +22,6 @@ from collections.abc import Mapping
 
 from .fragmentation import Fragmentation
 from .rules import Ask
-from .units import units_at
 from .view import NodeView
 
 _TOLERANCE = 1e-9
@@ -88,15 +87,12 @@ def share_prices(counts: Mapping[int, float], capacity: int) -> dict[int, float]
 
 def price_table(frag: Fragmentation, capacity: int, speed: float) -> tuple[list[float], dict[int, float]]:
     """``V(r)`` for r = 0..capacity, and the share prices, on a GPU of this capacity and speed."""
-    per_gpu = _tables.setdefault(frag, {})
+    per_gpu = _tables.get(frag)
+    if per_gpu is None:  # setdefault would build a dict on every call of a hot path
+        per_gpu = _tables[frag] = {}
     table = per_gpu.get((capacity, speed))
     if table is None:
-        counts: dict[int, float] = {}
-        for m in frag.typical:
-            if m.gpus == 1:
-                units = units_at(m.share, speed, frag.config, frag.ref_speed)
-                counts[units] = counts.get(units, 0.0) + m.p
-        prices = share_prices(counts, capacity)
+        prices = share_prices(frag.slices(capacity, speed), capacity)
         sizes = sorted(prices)
         values, _ = room_values(sizes, [prices[s] for s in sizes], capacity)
         table = per_gpu[(capacity, speed)] = (values, prices)

@@ -25,7 +25,6 @@ import weakref
 
 from .fragmentation import Fragmentation, Key
 from .rules import Ask
-from .units import units_at
 from .view import NodeView
 
 _cpu_per_unit: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -79,16 +78,13 @@ def stranding_growth(before: Key, after: Key, frag: Fragmentation) -> float:
 
 def waste_table(frag: Fragmentation, capacity: int, speed: float) -> list[float]:
     """``W(r)`` for r = 0..capacity on a GPU of this capacity and speed."""
-    per_gpu = _waste.setdefault(frag, {})
+    per_gpu = _waste.get(frag)
+    if per_gpu is None:  # setdefault would build a dict on every call of a hot path
+        per_gpu = _waste[frag] = {}
     table = per_gpu.get((capacity, speed))
     if table is not None:
         return table
-    shares: dict[int, float] = {}
-    for m in frag.typical:
-        if m.gpus == 1:
-            units = units_at(m.share, speed, frag.config, frag.ref_speed)
-            if 0 < units < capacity:
-                shares[units] = shares.get(units, 0.0) + m.p
+    shares = frag.slices(capacity, speed)
     total = sum(m.p for m in frag.typical) or 1.0
     ranked = sorted(shares.items())
     table = [0.0] * (capacity + 1)

@@ -16,8 +16,6 @@ from ..policy.model import Request
 from ..policy.prices import heaviest_gpu
 from .protocol import gpu_request
 
-_TOLERANCE = 1e-9
-
 
 def one_gpu_shares(pods: Iterable[Request], capacity_units: int, gpu_capacity: int) -> tuple[Counter, Counter]:
     """Share size -> count of the one-GPU shares among ``pods``: those that arrive before their

@@ -62,3 +62,10 @@ def test_ours_keeps_the_room_a_650_left_for_the_320_that_completes_it(tmp_path: 
             assert replay.place(Request(job_id=job, share=share, gpus=1))
         rooms[policy] = sorted(g.free for g in replay.state.views[0].gpus)
     assert rooms == {"fgd": [120, 530], "ours": [300, 350]}
+
+
+def test_a_solve_that_runs_out_of_pivots_prices_each_size_by_its_size(monkeypatch):
+    """A safety net, not a result: each size is then worth the room it takes, no more."""
+    import slurm_vgpu.policy.prices as prices
+    monkeypatch.setattr(prices, "_MAX_PIVOTS", 0)
+    assert share_prices({470: 10, 320: 5}, 1000) == pytest.approx({470: 0.47, 320: 0.32})
